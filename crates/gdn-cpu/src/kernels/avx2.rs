@@ -1,0 +1,179 @@
+//! AVX2 + FMA inner loops. Every function here is `unsafe` only because it is compiled with
+//! `#[target_feature(enable = "avx2,fma")]`: the caller must have checked [`is_supported`].
+
+use std::arch::x86_64::*;
+
+use super::HeadToken;
+
+/// Value columns processed together: 4 rows × (kv, q) accumulators = 8 independent FMA chains,
+/// enough to hide FMA latency, while the 4 rows (2 KiB at dk = 128) stay in L1 for the update.
+const COLUMNS: usize = 4;
+
+/// True when this CPU has AVX2 and FMA.
+pub fn is_supported() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Horizontal sum of eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    let single = _mm_add_ss(pair, _mm_movehdup_ps(pair));
+    _mm_cvtss_f32(single)
+}
+
+/// `e^x` for eight lanes: Cody–Waite range reduction and the Cephes degree-6 polynomial
+/// (≈ 1 ulp on the range that matters; saturates to 0 / +inf outside it).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.336_55)),
+        _mm256_set1_ps(88.722_83),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    // ln 2 split in a part exact in f32 and a small correction.
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let r2 = _mm256_mul_ps(r, r);
+    let p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+}
+
+/// `act ← act / (1 + e^−act)` in place.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn silu_in_place(act: &mut [f32]) {
+    let mut chunks = act.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        // SAFETY: `chunk` has exactly 8 f32s; unaligned loads/stores are allowed.
+        unsafe {
+            let x = _mm256_loadu_ps(chunk.as_ptr());
+            let e = exp(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let y = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            _mm256_storeu_ps(chunk.as_mut_ptr(), y);
+        }
+    }
+    super::portable::silu_in_place(chunks.into_remainder());
+}
+
+/// [`super::portable::conv_tap`] compiled for AVX2 (the portable loop vectorises to 8 lanes).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn conv_tap(act: &mut [f32], w: &[f32], x: &[f32], first: bool) {
+    super::portable::conv_tap(act, w, x, first);
+}
+
+/// Dot product of two slices whose length is a multiple of 8.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        // SAFETY: both chunks have exactly 8 f32s.
+        unsafe {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(ca.as_ptr()),
+                _mm256_loadu_ps(cb.as_ptr()),
+                acc,
+            );
+        }
+    }
+    hsum(acc)
+}
+
+/// Single-pass delta-rule update of one value head (see [`super::Kernel::head_update`]).
+///
+/// Each group of [`COLUMNS`] value columns is read once from wherever the state lives (L2, L3 or
+/// DRAM) to form `Sᵀk` and `Sᵀq`, then updated from L1 and written once.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA. Lengths are checked here (dk must be a multiple of 8).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn head_update(head: HeadToken<'_>, state: &mut [f32], out: &mut [f32]) {
+    let dk = head.k.len();
+    if !head.lengths_agree(state, out) || dk % 8 != 0 {
+        debug_assert!(false, "avx2 head_update called with inconsistent lengths");
+        return;
+    }
+    let kq = dot(head.k, head.q);
+    let decay = _mm256_set1_ps(head.decay);
+    let (k, q) = (head.k.as_ptr(), head.q.as_ptr());
+
+    let mut groups = state.chunks_exact_mut(dk * COLUMNS);
+    let mut column = 0;
+    for group in &mut groups {
+        let base = group.as_mut_ptr();
+        let mut acc_k = [_mm256_setzero_ps(); COLUMNS];
+        let mut acc_q = [_mm256_setzero_ps(); COLUMNS];
+        for c in (0..dk).step_by(8) {
+            // SAFETY: c + 8 ≤ dk, and row m of the group spans [m·dk, (m+1)·dk) inside `group`.
+            unsafe {
+                let kc = _mm256_loadu_ps(k.add(c));
+                let qc = _mm256_loadu_ps(q.add(c));
+                for m in 0..COLUMNS {
+                    let s = _mm256_loadu_ps(base.add(m * dk + c));
+                    acc_k[m] = _mm256_fmadd_ps(s, kc, acc_k[m]);
+                    acc_q[m] = _mm256_fmadd_ps(s, qc, acc_q[m]);
+                }
+            }
+        }
+        let mut delta = [_mm256_setzero_ps(); COLUMNS];
+        for m in 0..COLUMNS {
+            let kv = head.decay * hsum(acc_k[m]);
+            let qs = head.decay * hsum(acc_q[m]);
+            let d = head.beta * (head.v[column + m] - kv);
+            out[column + m] = qs + d * kq;
+            delta[m] = _mm256_set1_ps(d);
+        }
+        for c in (0..dk).step_by(8) {
+            // SAFETY: same bounds as the read loop above.
+            unsafe {
+                let kc = _mm256_loadu_ps(k.add(c));
+                for m in 0..COLUMNS {
+                    let p = base.add(m * dk + c);
+                    let s = _mm256_mul_ps(_mm256_loadu_ps(p), decay);
+                    _mm256_storeu_ps(p, _mm256_fmadd_ps(kc, delta[m], s));
+                }
+            }
+        }
+        column += COLUMNS;
+    }
+    // dv not a multiple of COLUMNS: the last columns one at a time.
+    for (row, (o, &v)) in groups
+        .into_remainder()
+        .chunks_exact_mut(dk)
+        .zip(out[column..].iter_mut().zip(&head.v[column..]))
+    {
+        let kv = head.decay * dot(row, head.k);
+        let qs = head.decay * dot(row, head.q);
+        let d = head.beta * (v - kv);
+        *o = qs + d * kq;
+        let delta = _mm256_set1_ps(d);
+        for (chunk, kc) in row.chunks_exact_mut(8).zip(head.k.chunks_exact(8)) {
+            // SAFETY: both chunks have exactly 8 f32s.
+            unsafe {
+                let s = _mm256_mul_ps(_mm256_loadu_ps(chunk.as_ptr()), decay);
+                let updated = _mm256_fmadd_ps(_mm256_loadu_ps(kc.as_ptr()), delta, s);
+                _mm256_storeu_ps(chunk.as_mut_ptr(), updated);
+            }
+        }
+    }
+}

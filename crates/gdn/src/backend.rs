@@ -1,0 +1,114 @@
+//! The GDN backend contract (DESIGN §4).
+
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::slots::SlotId;
+use crate::spec::{LayerConstants, LayerSpec, TokenInputs};
+use crate::state::SlotState;
+
+/// How a backend runs `prefill`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillStrategy {
+    /// One token after another through the same arithmetic as `step`.
+    Sequential,
+    /// Tokens in chunks of `chunk`; see the backend's docs for the form.
+    Chunked {
+        /// Tokens per chunk.
+        chunk: usize,
+    },
+}
+
+/// What a backend is and can do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Registry name (`reference`, `cpu`, ...).
+    pub name: String,
+    /// The device the state lives on, in words (e.g. `host CPU, 2 threads, AVX2+FMA`).
+    pub device: String,
+    /// True when the recurrent state lives in the host process's memory.
+    pub state_on_host: bool,
+    /// How `prefill` is computed.
+    pub prefill: PrefillStrategy,
+    /// Worker threads the backend uses on the host (1 for single-threaded).
+    pub host_threads: usize,
+}
+
+/// Cumulative counters since the backend was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Bytes copied host → device (constants, inputs, imported state). 0 for host backends.
+    pub bytes_to_device: u64,
+    /// Bytes copied device → host (outputs, exported state). 0 for host backends.
+    pub bytes_from_device: u64,
+    /// Time spent computing on the device, when the backend can tell (ns).
+    pub device_time_ns: Option<u64>,
+    /// `step` calls that succeeded.
+    pub steps: u64,
+    /// Tokens processed by successful `prefill` calls.
+    pub prefill_tokens: u64,
+}
+
+impl Counters {
+    /// Adds the wall time since `started` to `device_time_ns`: for host backends the host is the
+    /// device, so kernel wall time is the device time.
+    pub fn add_host_time(&mut self, started: Instant) {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.device_time_ns = Some(self.device_time_ns.unwrap_or(0).saturating_add(ns));
+    }
+}
+
+/// A Gated DeltaNet backend: owns every layer's constants and every slot's state on its device.
+///
+/// Per (layer, slot) it computes, for each token, the conv + SiLU, L2 norm, gating and the
+/// delta-rule recurrence of DESIGN §3, returning `o` (`Hv × dv`). Every method validates its input
+/// before touching state: a rejected call changes nothing. No method panics on bad input.
+pub trait GdnBackend: Send {
+    /// Name, device and capabilities.
+    fn info(&self) -> BackendInfo;
+
+    /// Uploads a layer's constants once. Every existing slot gets a zero state for it.
+    fn load_layer(
+        &mut self,
+        layer: usize,
+        spec: LayerSpec,
+        constants: &LayerConstants,
+    ) -> Result<()>;
+
+    /// Allocates a sequence slot with zero state in every loaded layer.
+    fn alloc_slot(&mut self) -> Result<SlotId>;
+
+    /// Zeroes a slot's conv and recurrent state in every layer (a new sequence in an old slot).
+    fn reset_slot(&mut self, slot: SlotId) -> Result<()>;
+
+    /// Frees a slot; its id is unknown afterwards.
+    fn free_slot(&mut self, slot: SlotId) -> Result<()>;
+
+    /// One decode token for (layer, slot): `inputs` hold exactly one token, `out` gets `Hv × dv`.
+    fn step(
+        &mut self,
+        layer: usize,
+        slot: SlotId,
+        inputs: TokenInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<()>;
+
+    /// T tokens for (layer, slot): `out` gets `T × Hv × dv`. Leaves exactly the state that T
+    /// `step` calls would leave (up to f32 rounding for chunked forms).
+    fn prefill(
+        &mut self,
+        layer: usize,
+        slot: SlotId,
+        inputs: TokenInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<()>;
+
+    /// The slot's state of `layer` in the canonical layout.
+    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState>;
+
+    /// Replaces the slot's state of `layer` with a canonical one (validated first).
+    fn import_state(&mut self, layer: usize, slot: SlotId, state: &SlotState) -> Result<()>;
+
+    /// Cumulative counters.
+    fn counters(&self) -> Counters;
+}

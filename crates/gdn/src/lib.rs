@@ -1,0 +1,37 @@
+//! # hybrid-gdn
+//!
+//! The Gated DeltaNet (GDN) backend contract of hybrid-decode: the [`GdnBackend`] trait, layer
+//! specs and constants, sequence slots, the canonical state layout, typed errors, the
+//! [`Registry`] that resolves a backend by name, and the scalar [`ReferenceBackend`] that every
+//! other backend is tested against. With the `conformance` feature it also carries the shared
+//! conformance suite (see [`conformance`]).
+//!
+//! The math (DESIGN §3), per token and value head h reading key head ⌊h/r⌋:
+//! conv + SiLU over `mixed_qkv`, L2-normalised q (scaled by 1/√dk) and k,
+//! `g = −exp(A_log)·softplus(a + dt_bias)`, `β = sigmoid(b)`, and
+//! `S ← e^g S; δ = β(v − Sᵀk); S ← S + kδᵀ; o = Sᵀq`.
+//!
+//! ## Input policy
+//! Every call validates lengths and rejects NaN/±Inf in its inputs with a typed error *before*
+//! touching any state, so a rejected call leaves the slot exactly as it was.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod error;
+pub mod math;
+pub mod reference;
+pub mod registry;
+pub mod slots;
+pub mod spec;
+pub mod state;
+
+pub use backend::{BackendInfo, Counters, GdnBackend, PrefillStrategy};
+pub use error::{GdnError, Result};
+pub use reference::ReferenceBackend;
+pub use registry::{BackendFactory, BackendOptions, Registry, RegistryEntry};
+pub use slots::{LayerTable, SlotId};
+pub use spec::{LayerConstants, LayerSpec, TokenInputs};
+pub use state::SlotState;

@@ -1,0 +1,168 @@
+//! Sequence slots and the per-layer bookkeeping every backend shares.
+//!
+//! A slot is one sequence's state across all loaded layers. [`LayerTable`] keeps, per loaded
+//! layer, its spec, the backend's own form of the constants, and one backend-specific state per
+//! live slot, so that each backend only writes the numerics and never the slot plumbing.
+
+use std::fmt;
+
+use crate::error::{GdnError, Result};
+use crate::spec::LayerSpec;
+
+/// Handle to a sequence slot. Ids are never reused, so a stale handle is an error, not a mix-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotId(pub u32);
+
+impl fmt::Display for SlotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// One loaded layer: spec, constants in the backend's form `C`, and a state `S` per slot index.
+#[derive(Debug)]
+pub struct LayerEntry<C, S> {
+    /// The layer's geometry.
+    pub spec: LayerSpec,
+    /// Constants as the backend keeps them (e.g. transposed, pre-exponentiated).
+    pub constants: C,
+    states: Vec<Option<S>>,
+}
+
+/// Layers indexed by model layer number (GDN layers are sparse in a hybrid model) × live slots.
+#[derive(Debug)]
+pub struct LayerTable<C, S> {
+    layers: Vec<Option<LayerEntry<C, S>>>,
+    live: Vec<bool>,
+}
+
+impl<C, S> Default for LayerTable<C, S> {
+    fn default() -> Self {
+        LayerTable {
+            layers: Vec::new(),
+            live: Vec::new(),
+        }
+    }
+}
+
+impl<C, S> LayerTable<C, S> {
+    /// Registers `layer` and gives every live slot a fresh state made by `new_state`.
+    pub fn insert_layer(
+        &mut self,
+        layer: usize,
+        spec: LayerSpec,
+        constants: C,
+        mut new_state: impl FnMut(&LayerSpec) -> S,
+    ) -> Result<()> {
+        if self.layers.get(layer).is_some_and(Option::is_some) {
+            return Err(GdnError::LayerAlreadyLoaded(layer));
+        }
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || None);
+        }
+        let states = self
+            .live
+            .iter()
+            .map(|&live| live.then(|| new_state(&spec)))
+            .collect();
+        self.layers[layer] = Some(LayerEntry {
+            spec,
+            constants,
+            states,
+        });
+        Ok(())
+    }
+
+    /// Allocates a slot with a fresh state (from `new_state`) in every loaded layer.
+    pub fn alloc_slot(&mut self, mut new_state: impl FnMut(&LayerSpec) -> S) -> Result<SlotId> {
+        let index = self.live.len();
+        let id = u32::try_from(index).map_err(|_| GdnError::Device {
+            backend: "slot table".into(),
+            message: "more than 2^32 slots allocated over the backend's lifetime".into(),
+        })?;
+        self.live.push(true);
+        for entry in self.layers.iter_mut().flatten() {
+            let state = new_state(&entry.spec);
+            entry.states.push(Some(state));
+        }
+        Ok(SlotId(id))
+    }
+
+    /// Frees a slot in every layer; its id becomes unknown for good.
+    pub fn free_slot(&mut self, slot: SlotId) -> Result<()> {
+        let index = self.live_index(slot)?;
+        self.live[index] = false;
+        for entry in self.layers.iter_mut().flatten() {
+            entry.states[index] = None;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` on the slot's state in every loaded layer (e.g. to reset it).
+    pub fn for_each_state_mut(
+        &mut self,
+        slot: SlotId,
+        mut f: impl FnMut(&LayerSpec, &mut S),
+    ) -> Result<()> {
+        let index = self.live_index(slot)?;
+        for entry in self.layers.iter_mut().flatten() {
+            if let Some(state) = entry.states[index].as_mut() {
+                f(&entry.spec, state);
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded layer `layer`.
+    pub fn layer(&self, layer: usize) -> Result<&LayerEntry<C, S>> {
+        self.layers
+            .get(layer)
+            .and_then(Option::as_ref)
+            .ok_or(GdnError::UnknownLayer(layer))
+    }
+
+    /// Spec, constants and the slot's state of `layer`, for a read-only use such as export.
+    pub fn get(&self, layer: usize, slot: SlotId) -> Result<(&LayerSpec, &C, &S)> {
+        let index = self.live_index(slot)?;
+        let entry = self.layer(layer)?;
+        let state = entry.states[index]
+            .as_ref()
+            .ok_or(GdnError::UnknownSlot(slot))?;
+        Ok((&entry.spec, &entry.constants, state))
+    }
+
+    /// Spec, constants and the slot's mutable state of `layer`, for step, prefill and import.
+    pub fn get_mut(&mut self, layer: usize, slot: SlotId) -> Result<(&LayerSpec, &C, &mut S)> {
+        let index = self.live_index(slot)?;
+        let entry = self
+            .layers
+            .get_mut(layer)
+            .and_then(Option::as_mut)
+            .ok_or(GdnError::UnknownLayer(layer))?;
+        let state = entry.states[index]
+            .as_mut()
+            .ok_or(GdnError::UnknownSlot(slot))?;
+        Ok((&entry.spec, &entry.constants, state))
+    }
+
+    /// Specs of every loaded layer, by layer index.
+    pub fn specs(&self) -> impl Iterator<Item = (usize, &LayerSpec)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i, &e.spec)))
+    }
+
+    /// Number of live slots.
+    pub fn live_slots(&self) -> usize {
+        self.live.iter().filter(|&&l| l).count()
+    }
+
+    fn live_index(&self, slot: SlotId) -> Result<usize> {
+        let index = slot.0 as usize;
+        match self.live.get(index) {
+            Some(true) => Ok(index),
+            _ => Err(GdnError::UnknownSlot(slot)),
+        }
+    }
+}
