@@ -54,8 +54,10 @@ thread).
 """
 
 import importlib.util
+import json
 import math
 import os
+import struct
 import sys
 
 # --------------------------------------------------------------------------------------
@@ -71,7 +73,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from safetensors.torch import save_file
+from safetensors import safe_open
 from transformers import DynamicCache
 from transformers.models.qwen3_5 import modeling_qwen3_5 as hf35
 from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5TextConfig
@@ -103,6 +105,36 @@ CASES = [
 TOL_MODULE = 1e-6
 TOL_NUMPY = 5e-5
 TOL_CHUNK_VS_RECURRENT = 5e-5
+
+
+# ======================================================================================
+# Deterministic safetensors writer
+# ======================================================================================
+def save_safetensors_deterministic(tensors, path, metadata):
+    """Write a standard safetensors file whose bytes depend only on the data.
+
+    safetensors.torch.save_file stores the metadata in a hash map, so the JSON header order
+    (and therefore the file bytes) changes from run to run even when every tensor is
+    bit-identical. Here the header is written with sorted keys and the tensors in name order.
+    The format is the same: u64-LE header length, JSON header padded with spaces to a
+    multiple of 8, then the raw little-endian row-major data. The file is read back with
+    safetensors afterwards to check it.
+    """
+    header = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name].detach().cpu().numpy().astype("<f4"))
+        data = arr.tobytes(order="C")
+        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    hbytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hbytes += b" " * ((8 - len(hbytes) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hbytes)))
+        f.write(hbytes)
+        for data in blobs:
+            f.write(data)
 
 
 # ======================================================================================
@@ -443,7 +475,13 @@ def main():
             "generator": GENERATOR,
         }
         path = os.path.join(OUT_DIR, f"{name}.safetensors")
-        save_file(tensors, path, metadata=metadata)
+        save_safetensors_deterministic(tensors, path, metadata)
+        # Read the file back with the real safetensors library: same tensors, same metadata.
+        with safe_open(path, "pt") as f:
+            assert f.metadata() == metadata, name
+            assert set(f.keys()) == set(tensors), name
+            for k in f.keys():
+                assert torch.equal(f.get_tensor(k), tensors[k]), (name, k)
 
         # ---- diagnostics -------------------------------------------------------------
         decay = torch.cat([pre["g"], dec["g"]], dim=1).exp()
@@ -477,7 +515,6 @@ def main():
 
     # ---- numpy self-check over the files as written ----------------------------------
     from safetensors.numpy import load_file
-    from safetensors import safe_open
 
     print("\n== numpy float64 sequential self-check (max abs diff vs stored)")
     total = 0
