@@ -1,1 +1,26 @@
-//! facade
+//! # hybrid-decode
+//!
+//! Inference engine for hybrid linear-attention LLMs (Qwen3-Next, Qwen3.5) on candle, with every
+//! Gated DeltaNet layer dispatched to a pluggable backend that keeps the layer's recurrent state
+//! resident on its own device.
+//!
+//! This facade crate re-exports the GDN contract ([`gdn`]) and builds the backend registry from
+//! whatever backends are compiled in ([`gdn_registry`]).
+
+#![warn(missing_docs)]
+
+pub use hybrid_gdn as gdn;
+pub use hybrid_gdn_cpu as gdn_cpu;
+
+/// The registry of every GDN backend name; those compiled into this build can be created.
+///
+/// ```
+/// let registry = hybrid_decode::gdn_registry();
+/// let backend = registry.create("cpu", &Default::default()).unwrap();
+/// assert_eq!(backend.info().name, "cpu");
+/// ```
+pub fn gdn_registry() -> gdn::Registry {
+    let mut registry = gdn::Registry::new();
+    hybrid_gdn_cpu::register(&mut registry);
+    registry
+}

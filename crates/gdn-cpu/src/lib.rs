@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bandwidth;
 pub mod kernels;
 pub mod pool;
 pub mod state;

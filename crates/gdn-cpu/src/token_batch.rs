@@ -54,7 +54,7 @@ impl SharedSlice {
     /// # Safety
     /// No other live reference may overlap the range, and the wrapped slice must outlive the use.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
         assert!(start + len <= self.len, "SharedSlice range out of bounds");
         // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }

@@ -9,6 +9,11 @@ use super::HeadToken;
 /// enough to hide FMA latency, while the 4 rows (2 KiB at dk = 128) stay in L1 for the update.
 const COLUMNS: usize = 4;
 
+/// How far ahead of the group being read the next state bytes are prefetched. When the state
+/// streams from DRAM (many layers), the hardware prefetcher alone leaves the core waiting;
+/// asking for the lines a few groups ahead overlaps the memory latency with the FMAs.
+const PREFETCH_AHEAD_FLOATS: usize = 2048;
+
 /// True when this CPU has AVX2 and FMA.
 pub fn is_supported() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
@@ -81,6 +86,15 @@ pub unsafe fn conv_tap(act: &mut [f32], w: &[f32], x: &[f32], first: bool) {
     super::portable::conv_tap(act, w, x, first);
 }
 
+/// [`super::portable::scale_in_place`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn scale_in_place(x: &mut [f32], factor: f32) {
+    super::portable::scale_in_place(x, factor);
+}
+
 /// Dot product of two slices whose length is a multiple of 8.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -129,7 +143,14 @@ pub unsafe fn head_update(head: HeadToken<'_>, state: &mut [f32], out: &mut [f32
                 let kc = _mm256_loadu_ps(k.add(c));
                 let qc = _mm256_loadu_ps(q.add(c));
                 for m in 0..COLUMNS {
-                    let s = _mm256_loadu_ps(base.add(m * dk + c));
+                    let p = base.add(m * dk + c);
+                    if c % 16 == 0 {
+                        // A hint only: it never faults, even past the end of the state.
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            p.wrapping_add(PREFETCH_AHEAD_FLOATS).cast::<i8>(),
+                        );
+                    }
+                    let s = _mm256_loadu_ps(p);
                     acc_k[m] = _mm256_fmadd_ps(s, kc, acc_k[m]);
                     acc_q[m] = _mm256_fmadd_ps(s, qc, acc_q[m]);
                 }

@@ -68,6 +68,17 @@ impl Kernel {
         }
     }
 
+    /// `x ← x · factor` in place: the plain streaming loop used as the memory roofline.
+    #[inline]
+    pub fn scale_in_place(self, x: &mut [f32], factor: f32) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx2Fma` is only constructed when the CPU supports AVX2 and FMA.
+            Kernel::Avx2Fma => unsafe { avx2::scale_in_place(x, factor) },
+            _ => portable::scale_in_place(x, factor),
+        }
+    }
+
     /// One token of the delta rule for one value head, in a single pass over its state.
     ///
     /// `state` is value-major `dv × dk` (row j is value column j of S). With S₀ the old state:

@@ -30,6 +30,14 @@ pub fn conv_tap(act: &mut [f32], w: &[f32], x: &[f32], first: bool) {
     }
 }
 
+/// `x ← x · factor`; `inline(always)` so the AVX2 wrapper vectorises it with 256-bit registers.
+#[inline(always)]
+pub fn scale_in_place(x: &mut [f32], factor: f32) {
+    for v in x {
+        *v *= factor;
+    }
+}
+
 /// Dot product with eight partial sums, so the loop vectorises and rounding stays stable.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut partial = [0.0f32; LANES];

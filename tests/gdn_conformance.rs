@@ -1,0 +1,35 @@
+//! The GDN conformance suite (hybrid_gdn::conformance) against every backend in this build,
+//! created through the registry exactly as users get them.
+
+use hybrid_decode::gdn::{BackendOptions, GdnBackend};
+
+fn create(name: &str) -> Box<dyn GdnBackend> {
+    hybrid_decode::gdn_registry()
+        .create(name, &BackendOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Backends that have a module below; a backend added to the registry without one fails here.
+const COVERED: &[&str] = &["reference", "cpu", "cpu-portable"];
+
+#[test]
+fn every_available_backend_is_covered() {
+    for name in hybrid_decode::gdn_registry().available() {
+        assert!(
+            COVERED.contains(&name),
+            "backend `{name}` is available but has no conformance module in tests/gdn_conformance.rs"
+        );
+    }
+}
+
+mod reference {
+    hybrid_decode::gdn::conformance_tests!(|| super::create("reference"), "models/goldens/gdn");
+}
+
+mod cpu {
+    hybrid_decode::gdn::conformance_tests!(|| super::create("cpu"), "models/goldens/gdn");
+}
+
+mod cpu_portable {
+    hybrid_decode::gdn::conformance_tests!(|| super::create("cpu-portable"), "models/goldens/gdn");
+}
