@@ -12,7 +12,10 @@ fn unknown_name_lists_known_backends() {
         GdnError::UnknownBackend { name, known } => {
             assert_eq!(name, "tpu");
             for expected in ["reference", "cpu", "cuda", "xrt", "xrt-sim"] {
-                assert!(known.contains(expected), "`{expected}` missing from {known}");
+                assert!(
+                    known.contains(expected),
+                    "`{expected}` missing from {known}"
+                );
             }
         }
         other => panic!("expected UnknownBackend, got {other:?}"),
@@ -46,6 +49,7 @@ fn cpu_backend_reports_threads_and_kernel() {
     let info = backend.info();
     assert_eq!(info.host_threads, 3);
     assert!(info.device.contains("3 threads"), "{}", info.device);
-    let zero = hybrid_decode::gdn_registry().create("cpu", &BackendOptions::default().with_threads(0));
+    let zero =
+        hybrid_decode::gdn_registry().create("cpu", &BackendOptions::default().with_threads(0));
     assert!(matches!(zero, Err(GdnError::Unavailable { .. })));
 }

@@ -88,7 +88,8 @@ impl CandleOps {
                 .broadcast_as((hk, ratio, dk))?
                 .reshape((hv, dk))?)
         };
-        let q = repeat((l2(mixed.narrow(0, 0, key_dim)?.reshape((hk, dk))?)? / (dk as f64).sqrt())?)?;
+        let q =
+            repeat((l2(mixed.narrow(0, 0, key_dim)?.reshape((hk, dk))?)? / (dk as f64).sqrt())?)?;
         let k = repeat(l2(mixed.narrow(0, key_dim, key_dim)?.reshape((hk, dk))?)?)?;
         let v = mixed.narrow(0, 2 * key_dim, hv * dv)?.reshape((hv, dv))?;
 

@@ -147,12 +147,18 @@ impl Subject {
         }
     }
 
-    fn prefill(&mut self, inputs: TokenInputs<'_>, out: &mut [f32], spec: &LayerSpec) -> Result<()> {
+    fn prefill(
+        &mut self,
+        inputs: TokenInputs<'_>,
+        out: &mut [f32],
+        spec: &LayerSpec,
+    ) -> Result<()> {
         match self {
             Subject::Backend(b, slot) => Ok(b.prefill(0, *slot, inputs, out)?),
             // A candle user without a chunked kernel runs the prompt token by token.
             Subject::Candle(c) => {
-                let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
+                let (conv_dim, hv, value_dim) =
+                    (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
                 for t in 0..inputs.a.len() / hv {
                     let one = TokenInputs {
                         mixed_qkv: &inputs.mixed_qkv[t * conv_dim..(t + 1) * conv_dim],
@@ -266,7 +272,9 @@ fn main() -> Result<()> {
             .map(|(g, e)| (g - e).abs())
             .fold(0.0f32, f32::max);
         if diff > 1e-4 || diff.is_nan() {
-            eprintln!("WARNING: `{name}` differs from reference by {diff:e} after {check_steps} steps");
+            eprintln!(
+                "WARNING: `{name}` differs from reference by {diff:e} after {check_steps} steps"
+            );
         }
         subject.reset()?;
 
@@ -442,10 +450,19 @@ fn print_table(rows: &[Row], spec: &LayerSpec, options: &Options) {
             r.device
         );
     }
-    if let Some(cpu) = rows.iter().find(|r| r.backend == "cpu" && r.regime == "hot") {
+    if let Some(cpu) = rows
+        .iter()
+        .find(|r| r.backend == "cpu" && r.regime == "hot")
+    {
         for other in ["reference", CANDLE_OPS] {
-            if let Some(o) = rows.iter().find(|r| r.backend == other && r.regime == "hot") {
-                println!("cpu is {:.1}× faster than {other} (hot)", o.median_us / cpu.median_us);
+            if let Some(o) = rows
+                .iter()
+                .find(|r| r.backend == other && r.regime == "hot")
+            {
+                println!(
+                    "cpu is {:.1}× faster than {other} (hot)",
+                    o.median_us / cpu.median_us
+                );
             }
         }
     }

@@ -220,3 +220,63 @@ fn wait_for_job(shared: &Shared, slot: &WorkerSlot, seen: u64) -> Option<u64> {
         slot.sleeping.store(false, Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn every_task_runs_exactly_once_across_many_jobs() {
+        for threads in [1, 2, 3, 5] {
+            let mut pool = WorkerPool::new(threads).expect("pool");
+            for tasks in [0, 1, 2, 3, 7, 16] {
+                let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+                for _ in 0..50 {
+                    pool.run(tasks, &|i| {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    })
+                    .expect("run");
+                }
+                for (i, hit) in hits.iter().enumerate() {
+                    assert_eq!(hit.load(Ordering::Relaxed), 50, "{threads} threads, task {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parked_workers_wake_up() {
+        let mut pool = WorkerPool::new(2).expect("pool");
+        let count = AtomicUsize::new(0);
+        for _ in 0..3 {
+            // Long enough for the worker to stop spinning and park.
+            thread::sleep(SPIN_BEFORE_PARK * 5);
+            pool.run(2, &|_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            })
+            .expect("run");
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn a_panicking_task_is_an_error_not_a_hang_and_the_pool_survives() {
+        let mut pool = WorkerPool::new(2).expect("pool");
+        // Task 1 runs on the worker thread, task 0 on the caller.
+        for bad in [0, 1] {
+            let result = pool.run(2, &|i| {
+                if i == bad {
+                    panic!("injected task failure");
+                }
+            });
+            assert_eq!(result, Err(TaskPanicked));
+        }
+        let count = AtomicUsize::new(0);
+        pool.run(4, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        })
+        .expect("pool still works");
+        assert_eq!(count.load(Ordering::Relaxed), 4);
+    }
+}

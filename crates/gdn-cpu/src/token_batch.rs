@@ -17,6 +17,13 @@ use crate::state::{ring_row, CpuConstants};
 /// Tokens per dispatch in prefill (bounds the activation scratch).
 pub const PREFILL_CHUNK: usize = 64;
 
+/// Value columns per state block: as many as fit in 16 KiB (a third of L1d), in whole groups
+/// of four (the AVX2 kernel's unroll), at least four.
+fn block_columns(dk: usize) -> usize {
+    const BLOCK_BYTES: usize = 16 * 1024;
+    (BLOCK_BYTES / (dk * std::mem::size_of::<f32>()) / 4 * 4).max(4)
+}
+
 /// A slice that several threads write at provably disjoint ranges.
 #[derive(Clone, Copy)]
 pub struct SharedSlice {
@@ -113,42 +120,59 @@ impl TokenBatch<'_> {
             }
             for (range, scale) in [(q_range, q_scale), (k_range, 1.0)] {
                 // SAFETY: this task owns channels `range` of every token's activation row.
-                let heads = unsafe { self.activated.range(t * conv_dim + range.0, range.1 - range.0) };
+                let heads = unsafe {
+                    self.activated
+                        .range(t * conv_dim + range.0, range.1 - range.0)
+                };
                 for head in heads.chunks_exact_mut(dk) {
                     l2_normalize(head, scale);
                 }
             }
         }
 
-        // 3–5. Gating and the recurrence, value head by value head, all tokens per head.
+        // 3–5. Gating and the recurrence. Value column j of S only ever needs δ_j, so a head's
+        // state splits into blocks of columns that evolve independently: each block (≤ 16 KiB)
+        // runs every token of the batch while it sits in L1, and the state crosses the memory
+        // hierarchy once per batch instead of once per token. Per column the arithmetic is the
+        // decode step's, so prefill leaves exactly the state that T steps leave.
         let value_dim = spec.value_dim();
+        let block_rows = block_columns(dk).min(dv);
+        let mut decay = [0.0f32; PREFILL_CHUNK];
+        let mut beta = [0.0f32; PREFILL_CHUNK];
         for h in h0..h1 {
             let key_head = h / ratio;
-            // SAFETY: value head h belongs to this task only.
-            let state = unsafe { self.recurrent.range(h * dv * dk, dv * dk) };
             for t in 0..self.tokens {
-                let row = t * conv_dim;
-                // SAFETY: q/k of `key_head` and v of `h` are in this task's channel ranges, and
-                // nothing writes them during the recurrence.
-                let (q, k, v) = unsafe {
-                    (
-                        self.activated.view(row + key_head * dk, dk),
-                        self.activated.view(row + key_dim + key_head * dk, dk),
-                        self.activated.view(row + 2 * key_dim + h * dv, dv),
-                    )
-                };
                 let i = t * hv + h;
                 let g = self.constants.neg_a[h] * softplus(self.a[i] + self.constants.dt_bias[h]);
-                let head = HeadToken {
-                    k,
-                    q,
-                    v,
-                    decay: g.exp(),
-                    beta: sigmoid(self.b[i]),
-                };
-                // SAFETY: output of (t, h) belongs to this task only.
-                let out = unsafe { self.out.range(t * value_dim + h * dv, dv) };
-                self.kernel.head_update(head, state, out);
+                decay[t] = g.exp();
+                beta[t] = sigmoid(self.b[i]);
+            }
+            for j0 in (0..dv).step_by(block_rows) {
+                let rows = block_rows.min(dv - j0);
+                // SAFETY: value head h, hence every block of it, belongs to this task only.
+                let block = unsafe { self.recurrent.range((h * dv + j0) * dk, rows * dk) };
+                for t in 0..self.tokens {
+                    let row = t * conv_dim;
+                    // SAFETY: q/k of `key_head` and v of `h` are in this task's channel ranges,
+                    // and nothing writes them during the recurrence.
+                    let (q, k, v) = unsafe {
+                        (
+                            self.activated.view(row + key_head * dk, dk),
+                            self.activated.view(row + key_dim + key_head * dk, dk),
+                            self.activated.view(row + 2 * key_dim + h * dv + j0, rows),
+                        )
+                    };
+                    let head = HeadToken {
+                        k,
+                        q,
+                        v,
+                        decay: decay[t],
+                        beta: beta[t],
+                    };
+                    // SAFETY: output of (t, h) belongs to this task only.
+                    let out = unsafe { self.out.range(t * value_dim + h * dv + j0, rows) };
+                    self.kernel.head_update(head, block, out);
+                }
             }
         }
     }

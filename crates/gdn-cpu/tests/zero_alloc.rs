@@ -39,7 +39,10 @@ fn main() {
     let probe = ALLOCATIONS.load(Ordering::SeqCst);
     let boxed = std::hint::black_box(Box::new([0u8; 64]));
     drop(boxed);
-    assert!(ALLOCATIONS.load(Ordering::SeqCst) > probe, "counting allocator is not installed");
+    assert!(
+        ALLOCATIONS.load(Ordering::SeqCst) > probe,
+        "counting allocator is not installed"
+    );
 
     let spec = LayerSpec::QWEN3_NEXT;
     for threads in [1, 2, 4] {

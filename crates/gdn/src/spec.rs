@@ -109,12 +109,9 @@ impl LayerConstants {
                 found: len / conv_dim,
             });
         }
-        check_len(
-            "conv_weight",
-            len,
-            conv_dim * spec.conv_kernel,
-            || format!("conv_dim × K = {conv_dim} × {}", spec.conv_kernel),
-        )?;
+        check_len("conv_weight", len, conv_dim * spec.conv_kernel, || {
+            format!("conv_dim × K = {conv_dim} × {}", spec.conv_kernel)
+        })?;
         let hv = spec.num_v_heads;
         check_len("a_log", self.a_log.len(), hv, || format!("Hv = {hv}"))?;
         check_len("dt_bias", self.dt_bias.len(), hv, || format!("Hv = {hv}"))?;

@@ -46,7 +46,13 @@ fn exp(x: __m256) -> __m256 {
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
     let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
     let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
     let r2 = _mm256_mul_ps(r, r);
@@ -168,10 +174,10 @@ pub unsafe fn head_update(head: HeadToken<'_>, state: &mut [f32], out: &mut [f32
             // SAFETY: same bounds as the read loop above.
             unsafe {
                 let kc = _mm256_loadu_ps(k.add(c));
-                for m in 0..COLUMNS {
+                for (m, &d) in delta.iter().enumerate() {
                     let p = base.add(m * dk + c);
                     let s = _mm256_mul_ps(_mm256_loadu_ps(p), decay);
-                    _mm256_storeu_ps(p, _mm256_fmadd_ps(kc, delta[m], s));
+                    _mm256_storeu_ps(p, _mm256_fmadd_ps(kc, d, s));
                 }
             }
         }

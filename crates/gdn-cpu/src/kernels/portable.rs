@@ -50,7 +50,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
             partial[lane] += ca[lane] * cb[lane];
         }
     }
-    let tail: f32 = a[chunks..].iter().zip(&b[chunks..]).map(|(x, y)| x * y).sum();
+    let tail: f32 = a[chunks..]
+        .iter()
+        .zip(&b[chunks..])
+        .map(|(x, y)| x * y)
+        .sum();
     partial.iter().sum::<f32>() + tail
 }
 

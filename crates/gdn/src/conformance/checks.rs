@@ -78,7 +78,10 @@ impl Pair {
     /// Compares the exported states of backend and oracle.
     fn compare_states(&self, context: &str) {
         let got = self.backend.export_state(0, self.slot).expect("export");
-        let want = self.oracle.export_state(0, self.oracle_slot).expect("oracle export");
+        let want = self
+            .oracle
+            .export_state(0, self.oracle_slot)
+            .expect("oracle export");
         compare_slot_states(&format!("{}: {context}", self.label), &got, &want);
     }
 }
@@ -117,7 +120,12 @@ pub(crate) fn step_all(
             b: &b[t * hv..(t + 1) * hv],
         };
         backend
-            .step(0, slot, inputs, &mut out[t * value_dim..(t + 1) * value_dim])
+            .step(
+                0,
+                slot,
+                inputs,
+                &mut out[t * value_dim..(t + 1) * value_dim],
+            )
             .unwrap_or_else(|e| panic!("{}: step {t} failed: {e}", backend.info().name));
     }
     out
@@ -188,7 +196,15 @@ pub fn gva_ratios(factory: Factory<'_>) {
 
 /// Head dims from 32 to 128, square and non-square.
 pub fn head_dims(factory: Factory<'_>) {
-    for (dk, dv) in [(32, 32), (64, 32), (32, 64), (128, 64), (64, 128), (128, 128), (48, 80)] {
+    for (dk, dv) in [
+        (32, 32),
+        (64, 32),
+        (32, 64),
+        (128, 64),
+        (64, 128),
+        (128, 128),
+        (48, 80),
+    ] {
         let mut pair = Pair::new(factory, spec(2, 4, dk, dv), 41);
         pair.run(20, 600, true);
         pair.run(6, 601, false);
@@ -212,7 +228,9 @@ pub fn slot_isolation(factory: Factory<'_>) {
     let constants = random_constants(&shape, 61);
     let mut backend = factory();
     backend.load_layer(0, shape, &constants).expect("load");
-    let slots: Vec<SlotId> = (0..3).map(|_| backend.alloc_slot().expect("alloc")).collect();
+    let slots: Vec<SlotId> = (0..3)
+        .map(|_| backend.alloc_slot().expect("alloc"))
+        .collect();
     let mut oracles: Vec<(ReferenceBackend, SlotId)> = (0..3)
         .map(|_| {
             let mut oracle = ReferenceBackend::new();
@@ -228,12 +246,7 @@ pub fn slot_isolation(factory: Factory<'_>) {
             let got = prefill_all(backend.as_mut(), slot, &shape, &x, &a, &b);
             let (oracle, oracle_slot) = &mut oracles[i];
             let want = step_all(oracle, *oracle_slot, &shape, &x, &a, &b);
-            assert_close(
-                &format!("slot {i}, round {round}"),
-                &got,
-                &want,
-                TOLERANCE,
-            );
+            assert_close(&format!("slot {i}, round {round}"), &got, &want, TOLERANCE);
         }
     }
     for (i, &slot) in slots.iter().enumerate() {
@@ -273,8 +286,14 @@ pub fn reset_and_free(factory: Factory<'_>) {
     let mut out = vec![0.0; shape.value_dim()];
     let backend = pair.backend.as_mut();
     let unknown = GdnError::UnknownSlot(slot);
-    assert_eq!(backend.step(0, slot, inputs, &mut out), Err(unknown.clone()));
-    assert_eq!(backend.prefill(0, slot, inputs, &mut out), Err(unknown.clone()));
+    assert_eq!(
+        backend.step(0, slot, inputs, &mut out),
+        Err(unknown.clone())
+    );
+    assert_eq!(
+        backend.prefill(0, slot, inputs, &mut out),
+        Err(unknown.clone())
+    );
     assert_eq!(backend.export_state(0, slot), Err(unknown.clone()));
     assert_eq!(backend.import_state(0, slot, &zeros), Err(unknown.clone()));
     assert_eq!(backend.reset_slot(slot), Err(unknown.clone()));
@@ -314,7 +333,9 @@ pub fn layer_loaded_after_slot(factory: Factory<'_>) {
         a: &a,
         b: &b,
     };
-    backend.prefill(3, slot, inputs, &mut got).expect("prefill 3");
+    backend
+        .prefill(3, slot, inputs, &mut got)
+        .expect("prefill 3");
     oracle
         .prefill(3, oracle_slot, inputs, &mut want)
         .expect("oracle");
@@ -377,7 +398,12 @@ pub fn migration_with_reference(factory: Factory<'_>) {
     let (x, a, b) = random_inputs(&shape, 10, 1201);
     let migrated = step_all(&mut target, target_slot, &shape, &x, &a, &b);
     let unmigrated = step_all(&mut pair.oracle, pair.oracle_slot, &shape, &x, &a, &b);
-    assert_close("backend → reference migration", &migrated, &unmigrated, TOLERANCE);
+    assert_close(
+        "backend → reference migration",
+        &migrated,
+        &unmigrated,
+        TOLERANCE,
+    );
     // reference → backend
     let state = pair
         .oracle
@@ -550,7 +576,9 @@ pub fn error_paths(factory: Factory<'_>) {
     ));
     // After all of that the slot is still zero and usable.
     assert_eq!(backend.export_state(0, slot).expect("export"), good);
-    backend.step(0, slot, one, out_one).expect("step after errors");
+    backend
+        .step(0, slot, one, out_one)
+        .expect("step after errors");
 }
 
 /// Policy: NaN or ±Inf anywhere in the inputs is rejected and the state is left as it was.
@@ -609,7 +637,12 @@ pub fn counters_count(factory: Factory<'_>) {
     };
     assert!(pair.backend.step(0, pair.slot, empty, &mut out).is_err());
     let after = pair.backend.counters();
-    assert_eq!(after.steps - before.steps, 3, "{}: steps counter", pair.label);
+    assert_eq!(
+        after.steps - before.steps,
+        3,
+        "{}: steps counter",
+        pair.label
+    );
     assert_eq!(
         after.prefill_tokens - before.prefill_tokens,
         10,

@@ -57,11 +57,7 @@ pub fn random_constants(spec: &LayerSpec, seed: u64) -> LayerConstants {
 }
 
 /// Random inputs for `tokens` tokens: `(mixed_qkv, a, b)`, all ~ N(0, 1).
-pub fn random_inputs(
-    spec: &LayerSpec,
-    tokens: usize,
-    seed: u64,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn random_inputs(spec: &LayerSpec, tokens: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut rng = Rng::new(seed);
     (
         rng.normals(tokens * spec.conv_dim(), 1.0),
@@ -104,7 +100,8 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], tol: Tolerance
     let mut worst: Option<(usize, f32)> = None;
     for (i, (&x, &y)) in actual.iter().zip(expected).enumerate() {
         let excess = (x - y).abs() - (tol.abs + tol.rel * y.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
+        let fails = excess > 0.0 || excess.is_nan();
+        if fails && worst.is_none_or(|(_, e)| excess > e || excess.is_nan()) {
             worst = Some((i, excess));
         }
     }

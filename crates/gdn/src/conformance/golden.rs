@@ -38,7 +38,8 @@ fn check_golden_file(factory: Factory<'_>, file: &Path) {
     let spec = golden.spec();
     let case = format!(
         "golden {}",
-        file.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        file.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     );
     let constants = LayerConstants {
         conv_weight: golden.tensor("conv_weight"),
@@ -141,7 +142,12 @@ impl<'a> Golden<'a> {
         self.metadata
             .get(key)
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{}: metadata field `{key}` missing or not a number", self.file))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: metadata field `{key}` missing or not a number",
+                    self.file
+                )
+            })
     }
 
     fn spec(&self) -> LayerSpec {
