@@ -11,6 +11,7 @@
 
 pub use hybrid_gdn as gdn;
 pub use hybrid_gdn_cpu as gdn_cpu;
+pub use hybrid_model as model;
 
 /// The registry of every GDN backend name; those compiled into this build can be created.
 ///

@@ -1,1 +1,27 @@
-//! Models (being written).
+//! # hybrid-model
+//!
+//! Qwen3-Next (`Qwen3NextForCausalLM`) and the Qwen3.5 family (`Qwen3_5ForCausalLM`,
+//! `Qwen3_5MoeForCausalLM`, and the text tower of the multimodal checkpoints) in candle, with
+//! every Gated DeltaNet layer's core running on a pluggable [`hybrid_gdn::GdnBackend`].
+//!
+//! Conventions that must match HF transformers exactly: every RMSNorm is zero-centred
+//! (`x̂·(1 + w)`) except the GDN output norm (`norm(o)·w·silu(z)`, plain `w`); the attention
+//! q projection carries a per-head sigmoid output gate; rope rotates only the first
+//! `partial_rotary_factor · head_dim` dims (rotate-half layout); the MoE router is a softmax
+//! with top-k (renormalised when `norm_topk_prob`) plus a sigmoid-gated shared expert.
+
+#![warn(missing_docs)]
+
+pub mod attention;
+pub mod config;
+pub mod error;
+pub mod gdn_mixer;
+pub mod model;
+pub mod moe;
+pub mod nn;
+pub mod weights;
+
+pub use config::{Architecture, LayerKind, ModelConfig};
+pub use error::{ModelError, Result};
+pub use model::{HybridModel, LoadOptions};
+pub use weights::WeightStore;

@@ -1,0 +1,208 @@
+//! Gated softmax attention (the `full_attention` layers): q projection carrying a per-head output
+//! gate, zero-centred q/k norms, partial rotary embedding, grouped-query attention over a growing
+//! KV cache, `sigmoid(gate)` on the output, then `o_proj`.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+use crate::nn::{sigmoid, Linear, RmsNorm};
+use crate::weights::WeightStore;
+
+/// Rotary tables for the first `rotary_dim` dims of each head (rotate-half layout).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `1 / θ^(2i/rotary_dim)` in f32, as HF computes it.
+    inv_freq: Vec<f32>,
+    rotary_dim: usize,
+}
+
+impl Rope {
+    /// Tables for `config`.
+    pub fn new(config: &ModelConfig) -> Self {
+        let rotary_dim = config.rotary_dim();
+        let inv_freq = (0..rotary_dim / 2)
+            .map(|i| {
+                let exponent = (2 * i) as f32 / rotary_dim as f32;
+                1.0 / (config.rope_theta as f32).powf(exponent)
+            })
+            .collect();
+        Rope {
+            inv_freq,
+            rotary_dim,
+        }
+    }
+
+    /// `(cos, sin)`, each `[T, rotary_dim]` f32, for positions `start..start + len`.
+    fn tables(&self, start: usize, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * self.rotary_dim);
+        let mut sin = Vec::with_capacity(len * self.rotary_dim);
+        for p in start..start + len {
+            // HF: freqs = position (f32) · inv_freq (f32); emb = cat(freqs, freqs).
+            let angles: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| (*a as f64).cos() as f32));
+                sin.extend(angles.iter().map(|a| (*a as f64).sin() as f32));
+            }
+        }
+        let shape = (len, 2 * half);
+        Ok((
+            Tensor::from_vec(cos, shape, device)?,
+            Tensor::from_vec(sin, shape, device)?,
+        ))
+    }
+
+    /// Rotates the first `rotary_dim` dims of `x` (`[T, heads, head_dim]`) in f32.
+    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (_, _, head_dim) = x.dims3()?;
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let rot = x.narrow(D::Minus1, 0, self.rotary_dim)?;
+        let half = self.rotary_dim / 2;
+        let x1 = rot.narrow(D::Minus1, 0, half)?;
+        let x2 = rot.narrow(D::Minus1, half, half)?;
+        let rotated_half = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        let cos = cos.unsqueeze(1)?;
+        let sin = sin.unsqueeze(1)?;
+        let embedded = (rot.broadcast_mul(&cos)? + rotated_half.broadcast_mul(&sin)?)?;
+        let out = if self.rotary_dim < head_dim {
+            let pass = x.narrow(D::Minus1, self.rotary_dim, head_dim - self.rotary_dim)?;
+            Tensor::cat(&[&embedded, &pass], D::Minus1)?
+        } else {
+            embedded
+        };
+        Ok(out.to_dtype(dtype)?)
+    }
+}
+
+/// One full-attention layer with its KV cache.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// `[kv_heads, cached, head_dim]` each, or `None` before the first token.
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    /// Loads `<prefix>.{q,k,v,o}_proj` and `<prefix>.{q,k}_norm`.
+    pub fn load(store: &WeightStore, prefix: &str, config: &ModelConfig) -> Result<Self> {
+        let (h, heads, kv, hd) = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        );
+        let bias = config.attention_bias;
+        Ok(Attention {
+            q_proj: Linear::load(store, &format!("{prefix}.q_proj"), h, heads * hd * 2, bias)?,
+            k_proj: Linear::load(store, &format!("{prefix}.k_proj"), h, kv * hd, bias)?,
+            v_proj: Linear::load(store, &format!("{prefix}.v_proj"), h, kv * hd, bias)?,
+            o_proj: Linear::load(store, &format!("{prefix}.o_proj"), heads * hd, h, bias)?,
+            q_norm: RmsNorm::load(store, &format!("{prefix}.q_norm"), hd, config.rms_norm_eps)?,
+            k_norm: RmsNorm::load(store, &format!("{prefix}.k_norm"), hd, config.rms_norm_eps)?,
+            heads,
+            kv_heads: kv,
+            head_dim: hd,
+            cache: None,
+        })
+    }
+
+    /// Drops the KV cache.
+    pub fn reset(&mut self) {
+        self.cache = None;
+    }
+
+    /// Tokens cached so far.
+    pub fn cached(&self) -> usize {
+        self.cache
+            .as_ref()
+            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
+    }
+
+    /// `x` is `[T, hidden]` for positions `start..start + T`; returns `[T, hidden]`.
+    pub fn forward(&mut self, x: &Tensor, start: usize, rope: &Rope) -> Result<Tensor> {
+        let (tokens, _) = x.dims2()?;
+        let (heads, kv_heads, hd) = (self.heads, self.kv_heads, self.head_dim);
+        // 1. q carries a per-head output gate: [T, heads, 2·hd] = [query | gate] per head.
+        let q_and_gate = self.q_proj.forward(x)?.reshape((tokens, heads, 2 * hd))?;
+        let query = q_and_gate.narrow(2, 0, hd)?;
+        let gate = q_and_gate
+            .narrow(2, hd, hd)?
+            .reshape((tokens, heads * hd))?;
+        // 2. Zero-centred per-head norms, then partial rope.
+        let query = self.q_norm.forward(&query.contiguous()?)?;
+        let key = self
+            .k_norm
+            .forward(&self.k_proj.forward(x)?.reshape((tokens, kv_heads, hd))?)?;
+        let value = self.v_proj.forward(x)?.reshape((tokens, kv_heads, hd))?;
+        let (cos, sin) = rope.tables(start, tokens, x.device())?;
+        let query = rope.apply(&query, &cos, &sin)?;
+        let key = rope.apply(&key, &cos, &sin)?;
+        // 3. Append to the cache: [kv_heads, cached + T, hd].
+        let key = key.transpose(0, 1)?.contiguous()?;
+        let value = value.transpose(0, 1)?.contiguous()?;
+        let (key, value) = match self.cache.take() {
+            Some((k, v)) => (Tensor::cat(&[&k, &key], 1)?, Tensor::cat(&[&v, &value], 1)?),
+            None => (key, value),
+        };
+        self.cache = Some((key.clone(), value.clone()));
+        let total = key.dim(1)?;
+        // 4. GQA: query head h uses kv head ⌊h / r⌋, so group the query heads per kv head.
+        let ratio = heads / kv_heads;
+        let query = query
+            .transpose(0, 1)? // [heads, T, hd]
+            .reshape((kv_heads, ratio * tokens, hd))?
+            .to_dtype(DType::F32)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (query.matmul(&key.to_dtype(DType::F32)?.t()?)? * scale)?;
+        let scores = scores.reshape((kv_heads, ratio, tokens, total))?;
+        let scores = if tokens > 1 {
+            scores.broadcast_add(&causal_mask(tokens, total, x.device())?)?
+        } else {
+            scores
+        };
+        let probs = softmax_last_dim(&scores)?.reshape((kv_heads, ratio * tokens, total))?;
+        let attended = probs
+            .matmul(&value.to_dtype(DType::F32)?)?
+            .reshape((heads, tokens, hd))?
+            .transpose(0, 1)?
+            .reshape((tokens, heads * hd))?
+            .to_dtype(x.dtype())?;
+        // 5. Output gate, then o_proj.
+        let gated = (attended * sigmoid(&gate)?)?;
+        self.o_proj.forward(&gated)
+    }
+}
+
+/// `[T, total]` additive mask: query t (at position total − T + t) sees keys ≤ its position.
+fn causal_mask(tokens: usize, total: usize, device: &Device) -> Result<Tensor> {
+    let offset = total - tokens;
+    let mask: Vec<f32> = (0..tokens)
+        .flat_map(|t| {
+            (0..total).map(move |s| {
+                if s <= offset + t {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(mask, (tokens, total), device)?)
+}
+
+/// Numerically stable softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
+}

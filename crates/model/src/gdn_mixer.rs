@@ -1,0 +1,182 @@
+//! The Gated DeltaNet layer on the candle side: input projections, the core through a
+//! [`GdnBackend`], the gated RMSNorm and `out_proj`.
+//!
+//! Both projection layouts are folded at load time into one matrix whose output is
+//! `[mixed_qkv (q_all | k_all | v_all) | z | b | a]`, so a token costs one matmul and the backend
+//! gets contiguous inputs:
+//! - Qwen3-Next interleaves per key-head group g: `in_proj_qkvz` rows are
+//!   `[q_g | k_g | v_g (r·dv) | z_g (r·dv)]` and `in_proj_ba` rows `[b_g (r) | a_g (r)]`; value
+//!   head g·r + j is the j-th of group g. The rows are permuted once here.
+//! - Qwen3.5 stores `in_proj_qkv` (already q | k | v), `in_proj_z`, `in_proj_b`, `in_proj_a`.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Tensor};
+use hybrid_gdn::{GdnBackend, LayerConstants, LayerSpec, SlotId, TokenInputs};
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::nn::{GatedRmsNorm, Linear};
+use crate::weights::WeightStore;
+
+/// One GDN layer's candle-side weights.
+#[derive(Debug, Clone)]
+pub struct GdnMixer {
+    in_proj: Linear,
+    norm: GatedRmsNorm,
+    out_proj: Linear,
+    spec: LayerSpec,
+}
+
+impl GdnMixer {
+    /// Loads `<prefix>.*` and returns the mixer plus the constants for the backend.
+    pub fn load(
+        store: &WeightStore,
+        prefix: &str,
+        config: &ModelConfig,
+    ) -> Result<(Self, LayerConstants)> {
+        let spec = config.gdn_spec();
+        let hidden = config.hidden_size;
+        let (key_dim, value_dim, hv) = (spec.key_dim(), spec.value_dim(), spec.num_v_heads);
+        let conv_dim = spec.conv_dim();
+        let in_proj = match config.architecture {
+            Architecture::Qwen3Next => {
+                let qkvz = store.get(
+                    &format!("{prefix}.in_proj_qkvz.weight"),
+                    &[2 * key_dim + 2 * value_dim, hidden],
+                )?;
+                let ba = store.get(&format!("{prefix}.in_proj_ba.weight"), &[2 * hv, hidden])?;
+                let (qkvz_rows, ba_rows) = deinterleave_rows(&spec);
+                let qkvz =
+                    qkvz.index_select(&Tensor::new(qkvz_rows.as_slice(), qkvz.device())?, 0)?;
+                let ba = ba.index_select(&Tensor::new(ba_rows.as_slice(), ba.device())?, 0)?;
+                Tensor::cat(&[qkvz, ba], 0)?
+            }
+            Architecture::Qwen35 | Architecture::Qwen35Moe => {
+                let part = |name: &str, rows: usize| {
+                    store.get(&format!("{prefix}.{name}.weight"), &[rows, hidden])
+                };
+                Tensor::cat(
+                    &[
+                        part("in_proj_qkv", conv_dim)?,
+                        part("in_proj_z", value_dim)?,
+                        part("in_proj_b", hv)?,
+                        part("in_proj_a", hv)?,
+                    ],
+                    0,
+                )?
+            }
+        };
+        let kernel = spec.conv_kernel;
+        let conv_weight = store
+            .get_as(
+                &format!("{prefix}.conv1d.weight"),
+                &[conv_dim, 1, kernel],
+                DType::F32,
+            )?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let vector = |name: &str| -> Result<Vec<f32>> {
+            Ok(store
+                .get_as(&format!("{prefix}.{name}"), &[hv], DType::F32)?
+                .to_vec1::<f32>()?)
+        };
+        let constants = LayerConstants {
+            conv_weight,
+            a_log: vector("A_log")?,
+            dt_bias: vector("dt_bias")?,
+        };
+        let mixer = GdnMixer {
+            in_proj: Linear::new(in_proj.contiguous()?, None),
+            norm: GatedRmsNorm::load(
+                store,
+                &format!("{prefix}.norm"),
+                spec.head_v_dim,
+                config.rms_norm_eps,
+            )?,
+            out_proj: Linear::load(
+                store,
+                &format!("{prefix}.out_proj"),
+                value_dim,
+                hidden,
+                false,
+            )?,
+            spec,
+        };
+        Ok((mixer, constants))
+    }
+
+    /// `x` is `[T, hidden]`; runs the core on `backend` for (`layer`, `slot`) and returns
+    /// `[T, hidden]` and the time spent in the backend.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        backend: &mut dyn GdnBackend,
+        slot: SlotId,
+    ) -> Result<(Tensor, Duration)> {
+        let (tokens, _) = x.dims2()?;
+        let spec = &self.spec;
+        let (conv_dim, value_dim, hv) = (spec.conv_dim(), spec.value_dim(), spec.num_v_heads);
+        let projected = self.in_proj.forward(x)?;
+        let as_f32 = projected.to_dtype(DType::F32)?;
+        let column = |start: usize, width: usize| -> Result<Vec<f32>> {
+            Ok(as_f32
+                .narrow(1, start, width)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let mixed_qkv = column(0, conv_dim)?;
+        let b = column(conv_dim + value_dim, hv)?;
+        let a = column(conv_dim + value_dim + hv, hv)?;
+        let z = projected.narrow(1, conv_dim, value_dim)?;
+
+        let mut out = vec![0.0f32; tokens * value_dim];
+        let inputs = TokenInputs {
+            mixed_qkv: &mixed_qkv,
+            a: &a,
+            b: &b,
+        };
+        let started = Instant::now();
+        let result = if tokens == 1 {
+            backend.step(layer, slot, inputs, &mut out)
+        } else {
+            backend.prefill(layer, slot, inputs, &mut out)
+        };
+        let gdn_time = started.elapsed();
+        result.map_err(|source| ModelError::Gdn { layer, source })?;
+
+        let core = Tensor::from_vec(out, (tokens, hv, spec.head_v_dim), x.device())?;
+        let z = z.reshape((tokens, hv, spec.head_v_dim))?;
+        let normed = self.norm.forward(&core, &z)?.reshape((tokens, value_dim))?;
+        Ok((self.out_proj.forward(&normed)?, gdn_time))
+    }
+}
+
+/// Row permutations that turn Qwen3-Next's per-group interleaving into
+/// `[q_all | k_all | v_all | z_all]` and `[b_all | a_all]`.
+fn deinterleave_rows(spec: &LayerSpec) -> (Vec<u32>, Vec<u32>) {
+    let (hk, dk, dv, r) = (
+        spec.num_k_heads,
+        spec.head_k_dim,
+        spec.head_v_dim,
+        spec.gva_ratio(),
+    );
+    let group = 2 * dk + 2 * r * dv;
+    let segment = |offset: usize, width: usize| -> Vec<u32> {
+        (0..hk)
+            .flat_map(|g| (0..width).map(move |i| (g * group + offset + i) as u32))
+            .collect()
+    };
+    let mut qkvz = segment(0, dk);
+    qkvz.extend(segment(dk, dk));
+    qkvz.extend(segment(2 * dk, r * dv));
+    qkvz.extend(segment(2 * dk + r * dv, r * dv));
+    let ba_group = 2 * r;
+    let mut ba: Vec<u32> = (0..hk)
+        .flat_map(|g| (0..r).map(move |j| (g * ba_group + j) as u32))
+        .collect();
+    ba.extend((0..hk).flat_map(|g| (0..r).map(move |j| (g * ba_group + r + j) as u32)));
+    (qkvz, ba)
+}

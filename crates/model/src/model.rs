@@ -1,0 +1,270 @@
+//! The whole hybrid model: embeddings, decoder layers (GDN or gated attention, then MoE or dense
+//! MLP, each behind a zero-centred RMSNorm and a residual), final norm and lm_head, with one
+//! sequence's hybrid cache (KV caches in the attention layers, a slot in the GDN backend).
+
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use hybrid_gdn::{GdnBackend, SlotId};
+
+use crate::attention::{Attention, Rope};
+use crate::config::{LayerKind, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::gdn_mixer::GdnMixer;
+use crate::moe::SparseMoe;
+use crate::nn::{Linear, Mlp, RmsNorm};
+use crate::weights::WeightStore;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype for the candle side (the GDN core is always f32).
+    pub dtype: DType,
+    /// Device for the candle side.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Mixer {
+    Gdn(GdnMixer),
+    Attention(Attention),
+}
+
+#[derive(Debug)]
+enum FeedForward {
+    Dense(Mlp),
+    Moe(SparseMoe),
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_norm: RmsNorm,
+    mixer: Mixer,
+    post_norm: RmsNorm,
+    feed_forward: FeedForward,
+}
+
+/// A loaded Qwen3-Next / Qwen3.5 model and the state of one sequence.
+pub struct HybridModel {
+    config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    gdn: Box<dyn GdnBackend>,
+    slot: SlotId,
+    position: usize,
+    gdn_time: Duration,
+}
+
+impl std::fmt::Debug for HybridModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HybridModel")
+            .field("architecture", &self.config.architecture)
+            .field("layers", &self.layers.len())
+            .field("gdn_backend", &self.gdn.info().name)
+            .field("position", &self.position)
+            .finish()
+    }
+}
+
+impl HybridModel {
+    /// Loads the checkpoint in `dir` (config.json + safetensors) with its GDN layers on `gdn`.
+    pub fn load(dir: &Path, options: &LoadOptions, gdn: Box<dyn GdnBackend>) -> Result<Self> {
+        let config = ModelConfig::from_dir(dir)?;
+        let store = WeightStore::open(dir, options.dtype, &options.device)?;
+        Self::from_store(config, &store, gdn)
+    }
+
+    /// Builds the model from an opened checkpoint.
+    pub fn from_store(
+        config: ModelConfig,
+        store: &WeightStore,
+        mut gdn: Box<dyn GdnBackend>,
+    ) -> Result<Self> {
+        let root = if config.nested_text_config {
+            "model.language_model"
+        } else {
+            "model"
+        };
+        let (hidden, vocab, eps) = (config.hidden_size, config.vocab_size, config.rms_norm_eps);
+        let embed = store.get(&format!("{root}.embed_tokens.weight"), &[vocab, hidden])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers());
+        for (i, kind) in config.layer_types.iter().enumerate() {
+            let prefix = format!("{root}.layers.{i}");
+            let mixer = match kind {
+                LayerKind::LinearAttention => {
+                    let (mixer, constants) =
+                        GdnMixer::load(store, &format!("{prefix}.linear_attn"), &config)?;
+                    gdn.load_layer(i, config.gdn_spec(), &constants)
+                        .map_err(|source| ModelError::Gdn { layer: i, source })?;
+                    Mixer::Gdn(mixer)
+                }
+                LayerKind::FullAttention => Mixer::Attention(Attention::load(
+                    store,
+                    &format!("{prefix}.self_attn"),
+                    &config,
+                )?),
+            };
+            let feed_forward = match (&config.moe, config.is_moe_layer(i)) {
+                (Some(moe), true) => FeedForward::Moe(SparseMoe::load(
+                    store,
+                    &format!("{prefix}.mlp"),
+                    hidden,
+                    moe,
+                )?),
+                _ => FeedForward::Dense(Mlp::load(
+                    store,
+                    &format!("{prefix}.mlp"),
+                    hidden,
+                    config.intermediate_size,
+                )?),
+            };
+            layers.push(DecoderLayer {
+                input_norm: RmsNorm::load(
+                    store,
+                    &format!("{prefix}.input_layernorm"),
+                    hidden,
+                    eps,
+                )?,
+                mixer,
+                post_norm: RmsNorm::load(
+                    store,
+                    &format!("{prefix}.post_attention_layernorm"),
+                    hidden,
+                    eps,
+                )?,
+                feed_forward,
+            });
+        }
+        let norm = RmsNorm::load(store, &format!("{root}.norm"), hidden, eps)?;
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(embed.clone(), None)
+        } else {
+            Linear::load(store, "lm_head", hidden, vocab, false)?
+        };
+        let slot = gdn
+            .alloc_slot()
+            .map_err(|source| ModelError::Gdn { layer: 0, source })?;
+        Ok(HybridModel {
+            rope: Rope::new(&config),
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            gdn,
+            slot,
+            position: 0,
+            gdn_time: Duration::ZERO,
+        })
+    }
+
+    /// The normalised config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The GDN backend the linear-attention layers run on.
+    pub fn gdn_backend(&self) -> &dyn GdnBackend {
+        self.gdn.as_ref()
+    }
+
+    /// Tokens of the current sequence processed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Cumulative wall time inside the GDN backend.
+    pub fn gdn_time(&self) -> Duration {
+        self.gdn_time
+    }
+
+    /// Starts a new sequence: empties the KV caches and zeroes the GDN slot.
+    pub fn reset(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            if let Mixer::Attention(attention) = &mut layer.mixer {
+                attention.reset();
+            }
+        }
+        self.gdn
+            .reset_slot(self.slot)
+            .map_err(|source| ModelError::Gdn { layer: 0, source })?;
+        self.position = 0;
+        Ok(())
+    }
+
+    /// Feeds `tokens` after the sequence so far and returns the last position's logits (f32).
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let hidden = self.forward_hidden(tokens)?;
+        let last = hidden.narrow(0, tokens.len() - 1, 1)?;
+        Ok(self
+            .lm_head
+            .forward(&last)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// Feeds `tokens` and returns the logits of every position, `[T, vocab]` f32.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let hidden = self.forward_hidden(tokens)?;
+        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// Embeds and runs every layer; returns the final-normed hidden states `[T, hidden]`.
+    fn forward_hidden(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(ModelError::NoTokens);
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
+        }
+        let end = self.position + tokens.len();
+        if end > self.config.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                length: end,
+                max: self.config.max_position_embeddings,
+            });
+        }
+        let ids = Tensor::new(tokens, self.embed.device())?;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        let start = self.position;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            // 1. Token mixer with residual.
+            let normed = layer.input_norm.forward(&x)?;
+            let mixed = match &mut layer.mixer {
+                Mixer::Gdn(gdn) => {
+                    let (y, spent) = gdn.forward(&normed, i, self.gdn.as_mut(), self.slot)?;
+                    self.gdn_time += spent;
+                    y
+                }
+                Mixer::Attention(attention) => attention.forward(&normed, start, &self.rope)?,
+            };
+            x = (x + mixed)?;
+            // 2. Feed-forward with residual.
+            let normed = layer.post_norm.forward(&x)?;
+            let ff = match &layer.feed_forward {
+                FeedForward::Dense(mlp) => mlp.forward(&normed)?,
+                FeedForward::Moe(moe) => moe.forward(&normed)?,
+            };
+            x = (x + ff)?;
+        }
+        self.position = end;
+        self.norm.forward(&x)
+    }
+}

@@ -1,0 +1,173 @@
+//! Small building blocks shared by both architectures: linear layers, the two RMSNorm flavours
+//! and the SwiGLU MLP.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::Result;
+use crate::weights::WeightStore;
+
+/// `y = x Wᵀ (+ b)` with W stored `[out, in]` as in HF checkpoints.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Wraps an `[out, in]` weight.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias }
+    }
+
+    /// Loads `<prefix>.weight` (and `<prefix>.bias` when `bias`) with shape `[out, in]`.
+    pub fn load(
+        store: &WeightStore,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = store.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(store.get(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// The `[out, in]` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// `x` is `[T, in]`; returns `[T, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// Zero-centred RMSNorm (every norm of these models except the GDN output norm):
+/// `x̂ · (1 + w)`, computed in f32 and cast back.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    /// `1 + w` in f32, precomputed.
+    scale: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    /// Loads `<prefix>.weight` of length `dim`.
+    pub fn load(store: &WeightStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        let w = store.get_as(&format!("{prefix}.weight"), &[dim], DType::F32)?;
+        Ok(RmsNorm {
+            scale: (w + 1.0)?,
+            eps,
+        })
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let normed = rms_normalize(&x, self.eps)?;
+        Ok(normed.broadcast_mul(&self.scale)?.to_dtype(dtype)?)
+    }
+}
+
+/// `x · rsqrt(mean(x²) + eps)` over the last dimension (f32 in, f32 out).
+fn rms_normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_sq = x.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(x.broadcast_div(&(mean_sq + eps)?.sqrt()?)?)
+}
+
+/// The GDN output norm: `norm(o) · w · silu(z)` per value head with a **plain** weight `w`.
+#[derive(Debug, Clone)]
+pub struct GatedRmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl GatedRmsNorm {
+    /// Loads `<prefix>.weight` of length `dim` (the value head dim).
+    pub fn load(store: &WeightStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(GatedRmsNorm {
+            weight: store.get(&format!("{prefix}.weight"), &[dim])?,
+            eps,
+        })
+    }
+
+    /// `o` is the backend output (f32, `[..., dv]`), `z` the gate in the compute dtype.
+    pub fn forward(&self, o: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let dtype = z.dtype();
+        let normed = rms_normalize(&o.to_dtype(DType::F32)?, self.eps)?;
+        // HF multiplies the weight in the compute dtype, then the gate in f32.
+        let weighted = normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?;
+        let gated = weighted
+            .to_dtype(DType::F32)?
+            .mul(&z.to_dtype(DType::F32)?.silu()?)?;
+        Ok(gated.to_dtype(dtype)?)
+    }
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) · up(x))`, with gate and up fused into one matmul.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_up: Linear,
+    down: Linear,
+    intermediate: usize,
+}
+
+impl Mlp {
+    /// Loads `<prefix>.{gate,up,down}_proj`.
+    pub fn load(
+        store: &WeightStore,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+    ) -> Result<Self> {
+        let gate = store.get(
+            &format!("{prefix}.gate_proj.weight"),
+            &[intermediate, hidden],
+        )?;
+        let up = store.get(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?;
+        let down = Linear::load(
+            store,
+            &format!("{prefix}.down_proj"),
+            intermediate,
+            hidden,
+            false,
+        )?;
+        Ok(Self::from_parts(
+            Tensor::cat(&[gate, up], 0)?,
+            down.weight().clone(),
+        ))
+    }
+
+    /// From a fused `[2I, H]` gate-up weight (gate rows first) and a `[H, I]` down weight.
+    pub fn from_parts(gate_up: Tensor, down: Tensor) -> Self {
+        let intermediate = gate_up.dim(0).unwrap_or(0) / 2;
+        Mlp {
+            gate_up: Linear::new(gate_up, None),
+            down: Linear::new(down, None),
+            intermediate,
+        }
+    }
+
+    /// `x` is `[T, H]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate_up = self.gate_up.forward(x)?;
+        let gate = gate_up.narrow(1, 0, self.intermediate)?;
+        let up = gate_up.narrow(1, self.intermediate, self.intermediate)?;
+        self.down.forward(&(gate.silu()? * up)?)
+    }
+}
+
+/// Logistic sigmoid, `1 / (1 + e^−x)` (PyTorch's formula).
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    Ok((x.neg()?.exp()? + 1.0)?.recip()?)
+}

@@ -1,0 +1,203 @@
+//! The models against HF transformers: tiny random checkpoints and goldens written by
+//! `models/tools/gen_model_fixtures.py` (HF 5.24, float32, pure-torch GDN path), checked on every
+//! GDN backend in the build: logits of every prompt position, last-position logits of a 200-token
+//! prompt (prefill crosses the 64-token chunk boundaries), greedy ids and the logits of every
+//! cached decode step, prefill + decode == token by token, and identical tokens across backends.
+
+use std::path::{Path, PathBuf};
+
+use hybrid_decode::gdn::BackendOptions;
+use hybrid_decode::model::{HybridModel, LoadOptions};
+use safetensors::{Dtype, SafeTensors};
+
+/// Max-abs tolerance on logits (f32 end to end; the logits are of order 1–10).
+const LOGIT_TOLERANCE: f32 = 1e-4;
+
+const FIXTURES: &[&str] = &["qwen3-next-tiny", "qwen3.5-tiny", "qwen3.5-moe-tiny"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    fn load(name: &str) -> Self {
+        let path = root()
+            .join("models/goldens/models")
+            .join(format!("{name}.safetensors"));
+        Golden {
+            bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+
+    fn f32s(&self, name: &str) -> Vec<f32> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("golden");
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(view.dtype(), Dtype::F32, "{name}");
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    fn ids(&self, name: &str) -> Vec<u32> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("golden");
+        let view = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(view.dtype(), Dtype::I64, "{name}");
+        view.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as u32)
+            .collect()
+    }
+}
+
+fn load(fixture: &str, backend: &str) -> HybridModel {
+    let gdn = hybrid_decode::gdn_registry()
+        .create(backend, &BackendOptions::default())
+        .expect("backend");
+    let dir: &Path = &root().join("models/fixtures").join(fixture);
+    HybridModel::load(dir, &LoadOptions::default(), gdn)
+        .unwrap_or_else(|e| panic!("loading {fixture}: {e}"))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn check_close(what: &str, got: &[f32], want: &[f32]) {
+    let diff = max_abs_diff(got, want);
+    eprintln!("{what}: max |Δ| = {diff:.2e}");
+    assert!(
+        diff <= LOGIT_TOLERANCE,
+        "{what}: max |Δ| {diff:e} > {LOGIT_TOLERANCE:e}"
+    );
+}
+
+/// Greedy decoding after `prompt`; returns the ids and each step's logits (as HF's scores).
+fn greedy(model: &mut HybridModel, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    model.reset().expect("reset");
+    let mut logits = model
+        .forward(prompt)
+        .expect("prefill")
+        .to_vec1::<f32>()
+        .expect("vec");
+    let (mut ids, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let next = argmax(&logits);
+        ids.push(next);
+        all.push(logits);
+        logits = model
+            .forward(&[next])
+            .expect("decode")
+            .to_vec1::<f32>()
+            .expect("vec");
+    }
+    (ids, all)
+}
+
+fn check_fixture(fixture: &str, backend: &str) {
+    let golden = Golden::load(fixture);
+    let mut model = load(fixture, backend);
+    let label = format!("{fixture} on {backend}");
+    let vocab = model.config().vocab_size;
+
+    let short = golden.ids("short_ids");
+    let all = model.forward_all(&short).expect("forward_all");
+    check_close(
+        &format!("{label}: short prompt, all positions"),
+        &all.flatten_all()
+            .expect("flat")
+            .to_vec1::<f32>()
+            .expect("vec"),
+        &golden.f32s("short_logits"),
+    );
+
+    let long = golden.ids("long_ids");
+    model.reset().expect("reset");
+    let last = model
+        .forward(&long)
+        .expect("long")
+        .to_vec1::<f32>()
+        .expect("vec");
+    check_close(
+        &format!(
+            "{label}: long prompt ({} tokens), last position",
+            long.len()
+        ),
+        &last,
+        &golden.f32s("long_last_logits"),
+    );
+
+    for prompt in ["short", "long"] {
+        let ids = golden.ids(&format!("{prompt}_ids"));
+        let want_ids = golden.ids(&format!("{prompt}_greedy_ids"));
+        let (got_ids, steps) = greedy(&mut model, &ids, want_ids.len());
+        assert_eq!(
+            got_ids, want_ids,
+            "{label}: greedy ids after the {prompt} prompt"
+        );
+        let want_steps = golden.f32s(&format!("{prompt}_stepwise_logits"));
+        for (i, step) in steps.iter().enumerate() {
+            check_close(
+                &format!("{label}: {prompt} prompt, decode step {i}"),
+                step,
+                &want_steps[i * vocab..(i + 1) * vocab],
+            );
+        }
+    }
+
+    // Prefill + decode == token by token: feed the short prompt one token at a time.
+    model.reset().expect("reset");
+    let mut stepped = Vec::new();
+    for &id in &short {
+        stepped = model
+            .forward(&[id])
+            .expect("step")
+            .to_vec1::<f32>()
+            .expect("vec");
+    }
+    let prefilled = &golden.f32s("short_logits")[(short.len() - 1) * vocab..];
+    check_close(
+        &format!("{label}: token-by-token prompt"),
+        &stepped,
+        prefilled,
+    );
+}
+
+#[test]
+fn qwen3_next_matches_hf_on_every_backend() {
+    for backend in hybrid_decode::gdn_registry().available() {
+        check_fixture(FIXTURES[0], backend);
+    }
+}
+
+#[test]
+fn qwen3_5_dense_bf16_checkpoint_matches_hf_on_every_backend() {
+    for backend in hybrid_decode::gdn_registry().available() {
+        check_fixture(FIXTURES[1], backend);
+    }
+}
+
+#[test]
+fn qwen3_5_moe_matches_hf_on_every_backend() {
+    for backend in hybrid_decode::gdn_registry().available() {
+        check_fixture(FIXTURES[2], backend);
+    }
+}
