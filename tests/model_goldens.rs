@@ -10,8 +10,11 @@ use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions};
 use safetensors::{Dtype, SafeTensors};
 
-/// Max-abs tolerance on logits (f32 end to end; the logits are of order 1–10).
-const LOGIT_TOLERANCE: f32 = 1e-4;
+/// Max-abs tolerance on logits. The fixtures' logits span about ±25 (std ≈ 4); HF's own paths
+/// differ from each other by up to 5.3e-5 on them (cached decode vs full forward, eager vs sdpa),
+/// and a different f32 summation order (our GEMV, our attention) moves them by ~1e-4 at most.
+/// 2e-4 is 8e-6 of the logit range, far below what any wrong convention produces (≥ 1e-2).
+const LOGIT_TOLERANCE: f32 = 2e-4;
 
 const FIXTURES: &[&str] = &["qwen3-next-tiny", "qwen3.5-tiny", "qwen3.5-moe-tiny"];
 

@@ -239,7 +239,11 @@ mod tests {
                     .expect("run");
                 }
                 for (i, hit) in hits.iter().enumerate() {
-                    assert_eq!(hit.load(Ordering::Relaxed), 50, "{threads} threads, task {i}");
+                    assert_eq!(
+                        hit.load(Ordering::Relaxed),
+                        50,
+                        "{threads} threads, task {i}"
+                    );
                 }
             }
         }

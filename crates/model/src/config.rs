@@ -316,7 +316,8 @@ impl Normaliser {
             layer_types,
             num_attention_heads,
             num_key_value_heads,
-            head_dim: r.head_dim.unwrap_or(hidden_size / num_attention_heads),
+            // HF's config classes default head_dim to 256 (not hidden / heads).
+            head_dim: r.head_dim.unwrap_or(256),
             rms_norm_eps: r.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             partial_rotary_factor,

@@ -41,11 +41,12 @@ impl GdnMixer {
         let conv_dim = spec.conv_dim();
         let in_proj = match config.architecture {
             Architecture::Qwen3Next => {
-                let qkvz = store.get(
+                let qkvz = store.get_matrix(
                     &format!("{prefix}.in_proj_qkvz.weight"),
                     &[2 * key_dim + 2 * value_dim, hidden],
                 )?;
-                let ba = store.get(&format!("{prefix}.in_proj_ba.weight"), &[2 * hv, hidden])?;
+                let ba =
+                    store.get_matrix(&format!("{prefix}.in_proj_ba.weight"), &[2 * hv, hidden])?;
                 let (qkvz_rows, ba_rows) = deinterleave_rows(&spec);
                 let qkvz =
                     qkvz.index_select(&Tensor::new(qkvz_rows.as_slice(), qkvz.device())?, 0)?;
@@ -54,7 +55,7 @@ impl GdnMixer {
             }
             Architecture::Qwen35 | Architecture::Qwen35Moe => {
                 let part = |name: &str, rows: usize| {
-                    store.get(&format!("{prefix}.{name}.weight"), &[rows, hidden])
+                    store.get_matrix(&format!("{prefix}.{name}.weight"), &[rows, hidden])
                 };
                 Tensor::cat(
                     &[

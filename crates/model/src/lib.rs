@@ -16,6 +16,7 @@ pub mod attention;
 pub mod config;
 pub mod error;
 pub mod gdn_mixer;
+pub mod gemv;
 pub mod model;
 pub mod moe;
 pub mod nn;

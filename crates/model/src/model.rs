@@ -19,7 +19,8 @@ use crate::weights::WeightStore;
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Compute dtype for the candle side (the GDN core is always f32).
+    /// Storage dtype of the weight matrices (f32, bf16 or f16). Activations, norms and all
+    /// accumulation are f32 whatever this is; bf16 halves the bytes streamed per token.
     pub dtype: DType,
     /// Device for the candle side.
     pub device: Device,
@@ -87,6 +88,18 @@ impl HybridModel {
         Self::from_store(config, &store, gdn)
     }
 
+    /// A model of `config`'s shapes with seeded random weights (see [`WeightStore::random`]):
+    /// for speed measurements at real shapes.
+    pub fn random(
+        config: ModelConfig,
+        options: &LoadOptions,
+        gdn: Box<dyn GdnBackend>,
+        seed: u64,
+    ) -> Result<Self> {
+        let store = WeightStore::random(seed, options.dtype, &options.device);
+        Self::from_store(config, &store, gdn)
+    }
+
     /// Builds the model from an opened checkpoint.
     pub fn from_store(
         config: ModelConfig,
@@ -99,7 +112,7 @@ impl HybridModel {
             "model"
         };
         let (hidden, vocab, eps) = (config.hidden_size, config.vocab_size, config.rms_norm_eps);
-        let embed = store.get(&format!("{root}.embed_tokens.weight"), &[vocab, hidden])?;
+        let embed = store.get_matrix(&format!("{root}.embed_tokens.weight"), &[vocab, hidden])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers());
         for (i, kind) in config.layer_types.iter().enumerate() {
             let prefix = format!("{root}.layers.{i}");
@@ -242,7 +255,7 @@ impl HybridModel {
             });
         }
         let ids = Tensor::new(tokens, self.embed.device())?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
         let start = self.position;
         for (i, layer) in self.layers.iter_mut().enumerate() {
             // 1. Token mixer with residual.

@@ -29,8 +29,8 @@ impl SparseMoe {
         let router = Linear::load(store, &format!("{prefix}.gate"), hidden, e, false)?;
         let fused = format!("{prefix}.experts.gate_up_proj");
         let experts = if store.contains(&fused) {
-            let gate_up = store.get(&fused, &[e, 2 * i, hidden])?;
-            let down = store.get(&format!("{prefix}.experts.down_proj"), &[e, hidden, i])?;
+            let gate_up = store.get_matrix(&fused, &[e, 2 * i, hidden])?;
+            let down = store.get_matrix(&format!("{prefix}.experts.down_proj"), &[e, hidden, i])?;
             (0..e)
                 .map(|n| Ok(Mlp::from_parts(gate_up.get(n)?, down.get(n)?)))
                 .collect::<Result<_>>()?
@@ -91,8 +91,7 @@ impl SparseMoe {
             }
             let ids = Tensor::new(token_ids.as_slice(), x.device())?;
             let rows = x.index_select(&ids, 0)?;
-            let weights =
-                Tensor::from_slice(weights, (weights.len(), 1), x.device())?.to_dtype(x.dtype())?;
+            let weights = Tensor::from_slice(weights, (weights.len(), 1), x.device())?;
             let y = self.experts[expert]
                 .forward(&rows)?
                 .broadcast_mul(&weights)?;

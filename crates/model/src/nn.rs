@@ -1,10 +1,15 @@
 //! Small building blocks shared by both architectures: linear layers, the two RMSNorm flavours
 //! and the SwiGLU MLP.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Storage, Tensor, D};
 
 use crate::error::Result;
+use crate::gemv::{gemv, WeightRows};
 use crate::weights::WeightStore;
+
+/// Rows up to which [`Linear`] uses the streaming GEMV instead of candle's matmul: decode is one
+/// row; a few more still read the weights once.
+const GEMV_MAX_ROWS: usize = 8;
 
 /// `y = x Wᵀ (+ b)` with W stored `[out, in]` as in HF checkpoints.
 #[derive(Debug, Clone)]
@@ -27,7 +32,7 @@ impl Linear {
         out_dim: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = store.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let weight = store.get_matrix(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
         let bias = if bias {
             Some(store.get(&format!("{prefix}.bias"), &[out_dim])?)
         } else {
@@ -41,13 +46,58 @@ impl Linear {
         &self.weight
     }
 
-    /// `x` is `[T, in]`; returns `[T, out]`.
+    /// `x` is `[T, in]` f32; returns `[T, out]` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = match self.forward_gemv(x)? {
+            Some(y) => y,
+            None => x.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
+        };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
+    }
+
+    /// The decode path: a few rows against f32 or bf16 weights on the CPU go through
+    /// [`crate::gemv`], which streams the weights once; `None` when it does not apply.
+    fn forward_gemv(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, in_dim) = x.dims2()?;
+        if rows > GEMV_MAX_ROWS || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let out_dim = self.weight.dim(0)?;
+        let x = x
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut y = vec![0.0f32; rows * out_dim];
+        let (storage, layout) = self.weight.storage_and_layout();
+        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        match self.weight.dtype() {
+            DType::F32 => gemv(
+                WeightRows::F32(&cpu.as_slice::<f32>()?[start..end]),
+                in_dim,
+                &x,
+                &mut y,
+            ),
+            DType::BF16 => gemv(
+                WeightRows::Bf16(&cpu.as_slice::<half::bf16>()?[start..end]),
+                in_dim,
+                &x,
+                &mut y,
+            ),
+            _ => return Ok(None),
+        }
+        drop(storage);
+        Ok(Some(Tensor::from_vec(
+            y,
+            (rows, out_dim),
+            self.weight.device(),
+        )?))
     }
 }
 

@@ -28,13 +28,16 @@ struct WeightFile {
     map: Mmap,
 }
 
-/// All tensors of a checkpoint, by name.
+/// All tensors of a checkpoint, by name — or, for benchmarks, seeded random tensors of the
+/// shapes a config implies ([`WeightStore::random`]).
 pub struct WeightStore {
     dir: PathBuf,
     files: Vec<WeightFile>,
     tensors: HashMap<String, TensorEntry>,
     dtype: DType,
     device: Device,
+    /// `Some(seed)`: every tensor is generated instead of read.
+    random_seed: Option<u64>,
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -54,7 +57,7 @@ struct ShardIndex {
 }
 
 impl WeightStore {
-    /// Opens the checkpoint in `dir`; tensors are converted to `dtype` on `device` when read.
+    /// Opens the checkpoint in `dir`; weight matrices are stored as `dtype` on `device`.
     pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
@@ -84,6 +87,7 @@ impl WeightStore {
             tensors: HashMap::new(),
             dtype,
             device: device.clone(),
+            random_seed: None,
         };
         for path in paths {
             store.add_file(path)?;
@@ -125,12 +129,27 @@ impl WeightStore {
         Ok(())
     }
 
+    /// A store that invents every tensor: seeded, of the requested shape, with values in the
+    /// ranges real checkpoints have (matrices ±0.035 uniform, zero-centred norms 0, the GDN output
+    /// norm 1, `A_log = ln U(1, 16)`, `dt_bias` and conv weights of order 0.5). For measuring
+    /// speed at real shapes without downloading weights; the outputs mean nothing.
+    pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
+        WeightStore {
+            dir: PathBuf::from("<random weights>"),
+            files: Vec::new(),
+            tensors: HashMap::new(),
+            dtype,
+            device: device.clone(),
+            random_seed: Some(seed),
+        }
+    }
+
     /// The model directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The compute dtype tensors are converted to.
+    /// The storage dtype of weight matrices.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -150,13 +169,24 @@ impl WeightStore {
         Ok(&self.entry(name)?.shape)
     }
 
-    /// Tensor `name`, which must have shape `expected`, in the compute dtype.
+    /// Tensor `name`, which must have shape `expected`, as f32 (activations, norms, biases and
+    /// every small tensor are f32).
     pub fn get(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        self.get_as(name, expected, DType::F32)
+    }
+
+    /// A weight matrix (or stack of them) in the storage dtype chosen at open: these dominate
+    /// the bytes streamed per token, so they may be bf16 while the arithmetic stays f32.
+    pub fn get_matrix(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
         self.get_as(name, expected, self.dtype)
     }
 
     /// Tensor `name`, which must have shape `expected`, converted to `dtype`.
     pub fn get_as(&self, name: &str, expected: &[usize], dtype: DType) -> Result<Tensor> {
+        if let Some(seed) = self.random_seed {
+            let values = random_values(name, expected.iter().product(), seed);
+            return Ok(Tensor::from_vec(values, expected, &self.device)?.to_dtype(dtype)?);
+        }
         let entry = self.entry(name)?;
         let file = &self.files[entry.file];
         if entry.shape != expected {
@@ -206,4 +236,32 @@ fn read_to_string(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Seeded values for tensor `name` (see [`WeightStore::random`]).
+fn random_values(name: &str, len: usize, seed: u64) -> Vec<f32> {
+    // FNV-1a of the name, so each tensor has its own reproducible stream.
+    let mut state = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut uniform = move || {
+        // xorshift64*: fast enough to fill a billion values in a few seconds.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let bits = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+        bits as f32 / (1u64 << 24) as f32
+    };
+    let (low, high) = if name.ends_with("A_log") {
+        return (0..len).map(|_| (1.0 + 15.0 * uniform()).ln()).collect();
+    } else if name.ends_with("linear_attn.norm.weight") {
+        return vec![1.0; len];
+    } else if name.contains("norm") {
+        return vec![0.0; len];
+    } else if name.ends_with("dt_bias") || name.contains("conv1d") {
+        (-0.8, 0.8)
+    } else {
+        (-0.035, 0.035)
+    };
+    (0..len).map(|_| low + (high - low) * uniform()).collect()
 }

@@ -1,0 +1,241 @@
+//! Matrix–vector products for decode, where candle's general matmul is slow on one row (and very
+//! slow in bf16). `y = W x` for a row-major `[out, in]` weight in f32 or bf16 and f32 activations:
+//! every weight byte is streamed once, rows are split over rayon's threads, and the inner loop is
+//! AVX2+FMA when the CPU has it (bf16 is widened to f32 in registers), portable Rust otherwise.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Output rows per rayon task: large enough to amortise scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 64;
+
+/// Weight storage a GEMV can stream.
+#[derive(Debug, Clone, Copy)]
+pub enum WeightRows<'a> {
+    /// f32 weights, `[out, in]` row-major.
+    F32(&'a [f32]),
+    /// bf16 weights, `[out, in]` row-major.
+    Bf16(&'a [bf16]),
+}
+
+/// `y[r][j] = Σ_i W[j][i] · x[r][i]` for each of the `rows` activation rows in `x` (`rows × in`),
+/// writing `y` (`rows × out`).
+pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) {
+    let rows = x.len() / in_dim.max(1);
+    let out_dim = y.len() / rows.max(1);
+    let avx2 = avx2_available();
+    // Parallel over blocks of weight rows; each block serves every activation row, so the
+    // weights are read once per call however many rows there are.
+    let mut transposed = vec![0.0f32; rows * out_dim];
+    transposed
+        .par_chunks_mut(ROWS_PER_TASK * rows)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let first = block * ROWS_PER_TASK;
+            for (local, j) in (first..(first + ROWS_PER_TASK).min(out_dim)).enumerate() {
+                for r in 0..rows {
+                    let xr = &x[r * in_dim..(r + 1) * in_dim];
+                    out[local * rows + r] = match weight {
+                        WeightRows::F32(w) => dot_f32(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
+                        WeightRows::Bf16(w) => dot_bf16(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
+                    };
+                }
+            }
+        });
+    for j in 0..out_dim {
+        for r in 0..rows {
+            y[r * out_dim + j] = transposed[j * rows + r];
+        }
+    }
+}
+
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline]
+fn dot_f32(w: &[f32], x: &[f32], avx2: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+        return unsafe { x86::dot_f32(w, x) };
+    }
+    let _ = avx2;
+    let mut partial = [0.0f32; 8];
+    let chunks = w.len() / 8 * 8;
+    for (cw, cx) in w[..chunks].chunks_exact(8).zip(x[..chunks].chunks_exact(8)) {
+        for lane in 0..8 {
+            partial[lane] += cw[lane] * cx[lane];
+        }
+    }
+    let tail: f32 = w[chunks..]
+        .iter()
+        .zip(&x[chunks..])
+        .map(|(a, b)| a * b)
+        .sum();
+    partial.iter().sum::<f32>() + tail
+}
+
+#[inline]
+fn dot_bf16(w: &[bf16], x: &[f32], avx2: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+        return unsafe { x86::dot_bf16(w, x) };
+    }
+    let _ = avx2;
+    let mut partial = [0.0f32; 8];
+    let chunks = w.len() / 8 * 8;
+    for (cw, cx) in w[..chunks].chunks_exact(8).zip(x[..chunks].chunks_exact(8)) {
+        for lane in 0..8 {
+            partial[lane] += cw[lane].to_f32() * cx[lane];
+        }
+    }
+    let tail: f32 = w[chunks..]
+        .iter()
+        .zip(&x[chunks..])
+        .map(|(a, b)| a.to_f32() * b)
+        .sum();
+    partial.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use half::bf16;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 ≤ n ≤ both lengths.
+            unsafe {
+                a0 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(w.as_ptr().add(i)),
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    a0,
+                );
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(w.as_ptr().add(i + 8)),
+                    _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                    a1,
+                );
+            }
+            i += 16;
+        }
+        let mut sum = hsum(_mm256_add_ps(a0, a1));
+        for k in i..n {
+            sum += w[k] * x[k];
+        }
+        sum
+    }
+
+    /// Eight bf16 widened to f32: bf16 is the top half of an f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_bf16(p: *const bf16) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable bf16 (16 bytes) at `p`.
+        let raw = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 ≤ n ≤ both lengths.
+            unsafe {
+                a0 = _mm256_fmadd_ps(
+                    load_bf16(w.as_ptr().add(i)),
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    a0,
+                );
+                a1 = _mm256_fmadd_ps(
+                    load_bf16(w.as_ptr().add(i + 8)),
+                    _mm256_loadu_ps(x.as_ptr().add(i + 8)),
+                    a1,
+                );
+            }
+            i += 16;
+        }
+        let mut sum = hsum(_mm256_add_ps(a0, a1));
+        for k in i..n {
+            sum += w[k].to_f32() * x[k];
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &[f32], x: &[f32], in_dim: usize) -> Vec<f32> {
+        let rows = x.len() / in_dim;
+        let out = w.len() / in_dim;
+        let mut y = vec![0.0; rows * out];
+        for r in 0..rows {
+            for j in 0..out {
+                y[r * out + j] = (0..in_dim)
+                    .map(|i| w[j * in_dim + i] as f64 * x[r * in_dim + i] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn f32_and_bf16_match_a_f64_reference_at_odd_sizes() {
+        for (out, in_dim, rows) in [(1, 1, 1), (7, 33, 1), (130, 100, 3), (257, 1024, 2)] {
+            let w: Vec<f32> = (0..out * in_dim)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+                .collect();
+            let x: Vec<f32> = (0..rows * in_dim)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 16.0)
+                .collect();
+            let mut y = vec![0.0; rows * out];
+            gemv(WeightRows::F32(&w), in_dim, &x, &mut y);
+            let want = reference(&w, &x, in_dim);
+            for (a, b) in y.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "f32 {out}x{in_dim}: {a} vs {b}"
+                );
+            }
+            // These weights are exact in bf16 (multiples of 1/64 with ≤ 7 significant bits).
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            gemv(WeightRows::Bf16(&wb), in_dim, &x, &mut y);
+            for (a, b) in y.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "bf16 {out}x{in_dim}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
