@@ -9,9 +9,13 @@
 
 #![warn(missing_docs)]
 
+mod engine;
+
+pub use engine::Engine;
 pub use hybrid_gdn as gdn;
 pub use hybrid_gdn_cpu as gdn_cpu;
 pub use hybrid_model as model;
+pub use hybrid_runtime as runtime;
 
 /// The registry of every GDN backend name; those compiled into this build can be created.
 ///

@@ -1,0 +1,181 @@
+//! The `generate` example as users run it: real process, real flags, exit codes. The binary is
+//! the one `cargo test` builds next to this test (target/<profile>/examples/generate).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn generate_binary() -> PathBuf {
+    // target/<profile>/deps/generate_cli-<hash> → target/<profile>/examples/generate
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let binary = profile_dir
+        .join("examples")
+        .join(format!("generate{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo test` builds examples; run it through cargo",
+        binary.display()
+    );
+    binary
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(generate_binary())
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run generate")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The last stdout line parsed as JSON.
+fn json(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().expect("some stdout");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u64> {
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_u64().expect("id"))
+        .collect()
+}
+
+/// The greedy ids HF produced for the default prompt on the default model
+/// (models/goldens/models/qwen3-next-tiny.safetensors, `short_greedy_ids`).
+const HF_GREEDY: [u64; 16] = [
+    318, 288, 518, 227, 676, 800, 946, 656, 811, 455, 168, 195, 230, 903, 123, 793,
+];
+
+#[test]
+fn default_model_greedy_matches_hf_on_every_backend() {
+    for backend in hybrid_decode::gdn_registry().available() {
+        let out = run(&["--max-new-tokens", "16", "--gdn-backend", backend, "--json"]);
+        assert!(out.status.success(), "{backend}: {}", stderr(&out));
+        let v = json(&out);
+        assert_eq!(ids(&v["generated_ids"]), HF_GREEDY, "{backend}");
+        assert_eq!(v["gdn_backend"], backend);
+        assert!(v["text"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(v["decode_tok_s"].as_f64().is_some_and(|x| x > 0.0));
+        assert!(
+            stderr(&out).contains("RANDOM weights"),
+            "the default model must say what it is"
+        );
+    }
+}
+
+#[test]
+fn prompt_ids_need_no_tokenizer_and_sampling_is_seeded() {
+    let args = [
+        "--prompt-ids",
+        "296,387,388,11",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0.9",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.9",
+        "--repeat-penalty",
+        "1.1",
+        "--seed",
+        "7",
+        "--json",
+    ];
+    let first = run(&args);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = run(&args);
+    assert_eq!(
+        json(&first)["generated_ids"],
+        json(&second)["generated_ids"]
+    );
+    assert_eq!(ids(&json(&first)["prompt_ids"]), [296, 387, 388, 11]);
+}
+
+#[test]
+fn chat_template_wraps_the_prompt() {
+    let out = run(&[
+        "--chat",
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // <|im_start|> is id 1022 in the tiny tokenizer.
+    assert_eq!(ids(&json(&out)["prompt_ids"])[0], 1022);
+}
+
+#[test]
+fn random_weights_on_a_config_run_without_a_tokenizer() {
+    let config = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/fixtures/qwen3.5-tiny/config.json"
+    );
+    let out = run(&[
+        "--config",
+        config,
+        "--random-weights",
+        "--prompt-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ids(&json(&out)["generated_ids"]).len(), 3);
+    assert!(json(&out)["text"].is_null());
+}
+
+/// Bad input: exit code ≠ 0, a message naming the problem, and never a panic.
+fn assert_fails(args: &[&str], expected: &str) {
+    let out = run(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(
+        err.contains(expected),
+        "{args:?}: expected `{expected}` in: {err}"
+    );
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    assert_fails(&["--model", "/no/such/model"], "/no/such/model");
+    assert_fails(&["--gdn-backend", "tpu"], "unknown GDN backend `tpu`");
+    assert_fails(&["--gdn-backend", "cuda"], "not available");
+    assert_fails(&["--temperature", "-1"], "--temperature");
+    assert_fails(&["--top-p", "1.5"], "--top-p");
+    assert_fails(&["--max-new-tokens", "many"], "--max-new-tokens");
+    assert_fails(&["--prompt", "a", "--prompt-ids", "1"], "not both");
+    assert_fails(&["--frobnicate"], "unknown flag `--frobnicate`");
+    assert_fails(&["--prompt-ids", "1,2,99999"], "99999");
+    let long: Vec<String> = (0..600).map(|i| (i % 1000).to_string()).collect();
+    assert_fails(&["--prompt-ids", &long.join(",")], "512");
+}
+
+#[test]
+fn broken_checkpoints_fail_cleanly() {
+    let dir = tempfile::tempdir().expect("temp");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/models/fixtures/qwen3.5-tiny");
+    for entry in std::fs::read_dir(src).expect("fixture") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    let model = dir.path().to_str().expect("utf-8 path");
+    std::fs::write(dir.path().join("config.json"), "{ broken").expect("write");
+    assert_fails(&["--model", model], "config.json");
+    std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).expect("write");
+    assert_fails(&["--model", model], "model_type `gpt2` is not supported");
+}
