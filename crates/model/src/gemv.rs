@@ -36,8 +36,8 @@ pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) {
                 for r in 0..rows {
                     let xr = &x[r * in_dim..(r + 1) * in_dim];
                     out[local * rows + r] = match weight {
-                        WeightRows::F32(w) => dot_f32(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
-                        WeightRows::Bf16(w) => dot_bf16(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
+                        WeightRows::F32(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
+                        WeightRows::Bf16(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
                     };
                 }
             }
@@ -61,48 +61,71 @@ fn avx2_available() -> bool {
     }
 }
 
-#[inline]
-fn dot_f32(w: &[f32], x: &[f32], avx2: bool) -> f32 {
+/// A weight element the GEMV can widen to f32.
+trait WeightElement: Copy {
+    /// The value as f32.
+    fn widen(self) -> f32;
+
+    /// Eight consecutive elements at `p`, widened to f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, and 8 elements must be readable at `p`.
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
-        return unsafe { x86::dot_f32(w, x) };
-    }
-    let _ = avx2;
-    let mut partial = [0.0f32; 8];
-    let chunks = w.len() / 8 * 8;
-    for (cw, cx) in w[..chunks].chunks_exact(8).zip(x[..chunks].chunks_exact(8)) {
-        for lane in 0..8 {
-            partial[lane] += cw[lane] * cx[lane];
-        }
-    }
-    let tail: f32 = w[chunks..]
-        .iter()
-        .zip(&x[chunks..])
-        .map(|(a, b)| a * b)
-        .sum();
-    partial.iter().sum::<f32>() + tail
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
+impl WeightElement for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees 8 readable f32 at `p`.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl WeightElement for bf16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    /// bf16 is the top half of an f32: zero-extend to 32 bits and shift into place.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 8 readable bf16 (16 bytes) at `p`.
+        let raw = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
+    }
+}
+
+/// `Σ w[i]·x[i]` with f32 accumulation.
 #[inline]
-fn dot_bf16(w: &[bf16], x: &[f32], avx2: bool) -> f32 {
+fn dot<W: WeightElement>(w: &[W], x: &[f32], avx2: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
-        return unsafe { x86::dot_bf16(w, x) };
+        return unsafe { x86::dot(w, x) };
     }
     let _ = avx2;
+    // Eight partial sums so the loop vectorises.
     let mut partial = [0.0f32; 8];
     let chunks = w.len() / 8 * 8;
     for (cw, cx) in w[..chunks].chunks_exact(8).zip(x[..chunks].chunks_exact(8)) {
         for lane in 0..8 {
-            partial[lane] += cw[lane].to_f32() * cx[lane];
+            partial[lane] += cw[lane].widen() * cx[lane];
         }
     }
     let tail: f32 = w[chunks..]
         .iter()
         .zip(&x[chunks..])
-        .map(|(a, b)| a.to_f32() * b)
+        .map(|(a, b)| a.widen() * b)
         .sum();
     partial.iter().sum::<f32>() + tail
 }
@@ -111,7 +134,7 @@ fn dot_bf16(w: &[bf16], x: &[f32], avx2: bool) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use half::bf16;
+    use super::WeightElement;
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -121,71 +144,27 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
     }
 
+    /// Two independent accumulators of eight lanes hide the FMA latency.
+    ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    pub unsafe fn dot<W: WeightElement>(w: &[W], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
         while i + 16 <= n {
             // SAFETY: i + 16 ≤ n ≤ both lengths.
             unsafe {
-                a0 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(w.as_ptr().add(i)),
-                    _mm256_loadu_ps(x.as_ptr().add(i)),
-                    a0,
-                );
-                a1 = _mm256_fmadd_ps(
-                    _mm256_loadu_ps(w.as_ptr().add(i + 8)),
-                    _mm256_loadu_ps(x.as_ptr().add(i + 8)),
-                    a1,
-                );
+                let (wp, xp) = (w.as_ptr().add(i), x.as_ptr().add(i));
+                a0 = _mm256_fmadd_ps(W::load8(wp), _mm256_loadu_ps(xp), a0);
+                a1 = _mm256_fmadd_ps(W::load8(wp.add(8)), _mm256_loadu_ps(xp.add(8)), a1);
             }
             i += 16;
         }
         let mut sum = hsum(_mm256_add_ps(a0, a1));
         for k in i..n {
-            sum += w[k] * x[k];
-        }
-        sum
-    }
-
-    /// Eight bf16 widened to f32: bf16 is the top half of an f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn load_bf16(p: *const bf16) -> __m256 {
-        // SAFETY: the caller guarantees 8 readable bf16 (16 bytes) at `p`.
-        let raw = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
-        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 ≤ n ≤ both lengths.
-            unsafe {
-                a0 = _mm256_fmadd_ps(
-                    load_bf16(w.as_ptr().add(i)),
-                    _mm256_loadu_ps(x.as_ptr().add(i)),
-                    a0,
-                );
-                a1 = _mm256_fmadd_ps(
-                    load_bf16(w.as_ptr().add(i + 8)),
-                    _mm256_loadu_ps(x.as_ptr().add(i + 8)),
-                    a1,
-                );
-            }
-            i += 16;
-        }
-        let mut sum = hsum(_mm256_add_ps(a0, a1));
-        for k in i..n {
-            sum += w[k].to_f32() * x[k];
+            sum += w[k].widen() * x[k];
         }
         sum
     }
