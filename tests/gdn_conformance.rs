@@ -10,7 +10,7 @@ fn create(name: &str) -> Box<dyn GdnBackend> {
 }
 
 /// Backends that have a module below; a backend added to the registry without one fails here.
-const COVERED: &[&str] = &["reference", "cpu", "cpu-portable"];
+const COVERED: &[&str] = &["reference", "cpu", "cpu-portable", "xrt-sim", "xrt"];
 
 #[test]
 fn every_available_backend_is_covered() {
@@ -32,4 +32,12 @@ mod cpu {
 
 mod cpu_portable {
     hybrid_decode::gdn::conformance_tests!(|| super::create("cpu-portable"), "models/goldens/gdn");
+}
+
+/// The FPGA kernel's own C++ (C-simulation, design point P = 16) behind the XRT host logic. `xrt`
+/// itself is available only with a card (or a computing XRT emulation mode) and an xclbin; its
+/// suite then runs from crates/gdn-xrt/tests/card_conformance.rs (feature `card-tests`).
+#[cfg(feature = "xrt")]
+mod xrt_sim {
+    hybrid_decode::gdn::conformance_tests!(|| super::create("xrt-sim"), "models/goldens/gdn");
 }

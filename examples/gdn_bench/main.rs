@@ -402,7 +402,41 @@ fn json_line(r: &Row, spec: &LayerSpec) -> String {
         v["prefill_tokens"] = r.tokens.into();
         v["tokens_per_s"] = (r.tokens as f64 / (r.median_us * 1e-6)).into();
     }
+    #[cfg(feature = "xrt")]
+    if let Some(model) = fpga_model(r, spec) {
+        for (key, value) in model {
+            v[key] = value;
+        }
+    }
     v.to_string()
+}
+
+/// For `xrt-sim`, whose measured time is the C-simulation on this CPU, the latency model's U55C
+/// figures for the simulated design point, in separate fields.
+#[cfg(feature = "xrt")]
+fn fpga_model(r: &Row, spec: &LayerSpec) -> Option<Vec<(&'static str, serde_json::Value)>> {
+    use hybrid_decode::gdn_xrt::{latency, XrtBackend};
+    if r.backend != XrtBackend::SIM_NAME {
+        return None;
+    }
+    let design = XrtBackend::SIM_DESIGN;
+    let device_us = if r.regime == "prefill" {
+        latency::device_us_per_prefill_token(spec, design, r.tokens)
+    } else {
+        latency::device_us_per_step(spec, design)
+    };
+    Some(vec![
+        (
+            "measured_us_is",
+            "C-simulation wall time on the host CPU".into(),
+        ),
+        ("modelled_design_point_p", design.heads_per_cycle().into()),
+        ("modelled_device_us_per_layer_step", device_us.into()),
+        (
+            "modelled_host_us_per_layer_step",
+            latency::host_us_per_step(spec).into(),
+        ),
+    ])
 }
 
 fn print_table(rows: &[Row], spec: &LayerSpec, options: &Options) {
@@ -448,6 +482,28 @@ fn print_table(rows: &[Row], spec: &LayerSpec, options: &Options) {
             vs,
             tok_s,
             r.device
+        );
+    }
+    #[cfg(feature = "xrt")]
+    if let Some(model) = rows.iter().find_map(|r| fpga_model(r, spec)) {
+        let field = |key| {
+            model
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
+        println!(
+            "xrt-sim rows measure the C-simulation on this CPU; the latency model gives {:.1} µs \
+             device + {:.1} µs host per layer-token on a U55C (P = {})",
+            field("modelled_device_us_per_layer_step")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0),
+            field("modelled_host_us_per_layer_step")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(0.0),
+            field("modelled_design_point_p")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0),
         );
     }
     if let Some(cpu) = rows

@@ -1,6 +1,8 @@
 //! Resolves a backend by name. Every backend name the project knows is listed here, so a name that
 //! is known but not usable in this build answers with the reason and the fix instead of "unknown".
 
+use std::path::PathBuf;
+
 use crate::backend::GdnBackend;
 use crate::error::{GdnError, Result};
 use crate::reference::ReferenceBackend;
@@ -11,12 +13,28 @@ use crate::reference::ReferenceBackend;
 pub struct BackendOptions {
     /// Host worker threads (`None`: the backend's default, usually all cores).
     pub threads: Option<usize>,
+    /// The FPGA bitstream container for the `xrt` backend (`None`: `$HYBRID_GDN_XCLBIN`).
+    pub xclbin: Option<PathBuf>,
+    /// Which device (card) a device backend opens first (`xrt`: the XRT device index).
+    pub device_index: usize,
 }
 
 impl BackendOptions {
     /// Options with an explicit host thread count.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = Some(threads);
+        self
+    }
+
+    /// Options with the xclbin the `xrt` backend loads.
+    pub fn with_xclbin(mut self, xclbin: impl Into<PathBuf>) -> Self {
+        self.xclbin = Some(xclbin.into());
+        self
+    }
+
+    /// Options with the device index a device backend opens first.
+    pub fn with_device_index(mut self, device_index: usize) -> Self {
+        self.device_index = device_index;
         self
     }
 }
@@ -44,12 +62,12 @@ const KNOWN_BACKENDS: &[(&str, &str, &str)] = &[
     (
         "xrt",
         "AMD Alveo FPGA through the Xilinx Runtime",
-        "not implemented in this version of hybrid-decode yet (planned behind the cargo feature `xrt`)",
+        "not compiled in: enable the cargo feature `xrt`",
     ),
     (
         "xrt-sim",
         "the FPGA kernel's C++ run in-process (C-simulation)",
-        "not implemented in this version of hybrid-decode yet (planned behind the cargo feature `xrt`)",
+        "not compiled in: enable the cargo feature `xrt`",
     ),
 ];
 
@@ -105,6 +123,19 @@ impl Registry {
                 name,
                 summary,
                 availability: Ok(factory),
+            }),
+        }
+    }
+
+    /// Keeps `name` known but unavailable, with `reason` (what is missing and how to get it):
+    /// for a backend that is compiled in but cannot work on this machine.
+    pub fn set_unavailable(&mut self, name: &'static str, reason: String) {
+        match self.entries.iter_mut().find(|e| e.name == name) {
+            Some(entry) => entry.availability = Err(reason),
+            None => self.entries.push(RegistryEntry {
+                name,
+                summary: "",
+                availability: Err(reason),
             }),
         }
     }

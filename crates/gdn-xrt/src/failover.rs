@@ -1,0 +1,259 @@
+//! Fault tolerance: a backend that moves every live sequence to a fallback backend when its device
+//! fails, and carries on.
+//!
+//! [`FailoverBackend`] wraps a primary backend (a card) and a factory for a fallback (`cpu`). When
+//! a `step` or `prefill` of the primary fails with a device error, it exports the state of every
+//! loaded layer of every live slot from the primary in the canonical layout, loads the same layers
+//! into a fresh fallback, imports the states, and runs the failed call again there. Callers (the
+//! model) keep their slot ids and see one successful call.
+//!
+//! Why this is exact: a backend validates before it touches state, and a run that fails on the
+//! device does not commit a partial update of the slot (the kernel writes a (layer, slot) only
+//! while it runs to completion; a rejected or aborted run never started), so the exported states
+//! are those after the last successful call — layers earlier in the current token already include
+//! the token, the failed layer and later ones do not — which is exactly what the retried call and
+//! the rest of the token expect.
+//!
+//! What it needs: the failed card must still answer exports (a failed or timed-out run on a live
+//! card, a rejected command). If the card is gone altogether, the export fails too and the
+//! original error is returned with that failure attached: the sequence has to be recomputed from
+//! its tokens.
+
+use std::collections::BTreeMap;
+
+use hybrid_gdn::{
+    BackendInfo, Counters, GdnBackend, GdnError, LayerConstants, LayerSpec, Result, SlotId,
+    SlotState, TokenInputs,
+};
+
+/// Builds the fallback backend.
+pub type FallbackFactory = Box<dyn FnOnce() -> Result<Box<dyn GdnBackend>> + Send>;
+
+/// One failover that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverEvent {
+    /// The primary's name.
+    pub from: String,
+    /// The fallback's name.
+    pub to: String,
+    /// The device error that triggered it.
+    pub cause: GdnError,
+    /// Layer and (caller's) slot of the failed call.
+    pub layer: usize,
+    /// The caller's slot id.
+    pub slot: SlotId,
+    /// Live slots moved.
+    pub slots_moved: usize,
+}
+
+/// A primary backend with a fallback for device failures. See the module docs.
+pub struct FailoverBackend {
+    active: Box<dyn GdnBackend>,
+    fallback: Option<FallbackFactory>,
+    layers: Vec<(usize, LayerSpec, LayerConstants)>,
+    /// Caller's slot id → the active backend's slot id.
+    slots: BTreeMap<SlotId, SlotId>,
+    next_slot: u32,
+    /// Counters of backends that were retired by a failover.
+    retired: Counters,
+    events: Vec<FailoverEvent>,
+}
+
+impl std::fmt::Debug for FailoverBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailoverBackend")
+            .field("active", &self.active.info().name)
+            .field("fallback_armed", &self.fallback.is_some())
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FailoverBackend {
+    /// `primary` until its device fails, then whatever `fallback` builds.
+    pub fn new(primary: Box<dyn GdnBackend>, fallback: FallbackFactory) -> Self {
+        FailoverBackend {
+            active: primary,
+            fallback: Some(fallback),
+            layers: Vec::new(),
+            slots: BTreeMap::new(),
+            next_slot: 0,
+            retired: Counters::default(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The failovers so far (at most one: the fallback is used once).
+    pub fn events(&self) -> &[FailoverEvent] {
+        &self.events
+    }
+
+    /// The backend in use now.
+    pub fn active(&self) -> &dyn GdnBackend {
+        self.active.as_ref()
+    }
+
+    fn inner_slot(&self, slot: SlotId) -> Result<SlotId> {
+        self.slots
+            .get(&slot)
+            .copied()
+            .ok_or(GdnError::UnknownSlot(slot))
+    }
+
+    /// Moves every live slot to a fresh fallback; on success the fallback is active.
+    fn fail_over(&mut self, cause: GdnError, layer: usize, slot: SlotId) -> Result<()> {
+        let Some(factory) = self.fallback.take() else {
+            return Err(cause);
+        };
+        let attach = |cause: &GdnError, what: &str, e: GdnError| GdnError::Device {
+            backend: self.active.info().name,
+            message: format!("{cause}; moving the sequences to the fallback failed ({what}): {e}"),
+        };
+        let mut target = factory().map_err(|e| attach(&cause, "creating it", e))?;
+        for (index, spec, constants) in &self.layers {
+            target
+                .load_layer(*index, *spec, constants)
+                .map_err(|e| attach(&cause, "loading a layer", e))?;
+        }
+        let mut moved = BTreeMap::new();
+        for (&outer, &inner) in &self.slots {
+            let new_slot = target
+                .alloc_slot()
+                .map_err(|e| attach(&cause, "allocating a slot", e))?;
+            for (index, _, _) in &self.layers {
+                let state: SlotState = self
+                    .active
+                    .export_state(*index, inner)
+                    .map_err(|e| attach(&cause, "exporting the state", e))?;
+                target
+                    .import_state(*index, new_slot, &state)
+                    .map_err(|e| attach(&cause, "importing the state", e))?;
+            }
+            moved.insert(outer, new_slot);
+        }
+        let old = std::mem::replace(&mut self.active, target);
+        self.retired = add_counters(self.retired, old.counters());
+        self.events.push(FailoverEvent {
+            from: old.info().name,
+            to: self.active.info().name,
+            cause,
+            layer,
+            slot,
+            slots_moved: moved.len(),
+        });
+        self.slots = moved;
+        Ok(())
+    }
+
+    /// Runs `call` on the active backend; on a device error fails over once and runs it again.
+    fn with_failover(
+        &mut self,
+        layer: usize,
+        slot: SlotId,
+        mut call: impl FnMut(&mut dyn GdnBackend, SlotId) -> Result<()>,
+    ) -> Result<()> {
+        let inner = self.inner_slot(slot)?;
+        match call(self.active.as_mut(), inner) {
+            Err(cause @ GdnError::Device { .. }) if self.fallback.is_some() => {
+                self.fail_over(cause, layer, slot)?;
+                let inner = self.inner_slot(slot)?;
+                call(self.active.as_mut(), inner)
+            }
+            other => other,
+        }
+    }
+}
+
+fn add_counters(a: Counters, b: Counters) -> Counters {
+    Counters {
+        bytes_to_device: a.bytes_to_device + b.bytes_to_device,
+        bytes_from_device: a.bytes_from_device + b.bytes_from_device,
+        device_time_ns: match (a.device_time_ns, b.device_time_ns) {
+            (None, None) => None,
+            (x, y) => Some(x.unwrap_or(0) + y.unwrap_or(0)),
+        },
+        steps: a.steps + b.steps,
+        prefill_tokens: a.prefill_tokens + b.prefill_tokens,
+    }
+}
+
+impl GdnBackend for FailoverBackend {
+    fn info(&self) -> BackendInfo {
+        let mut info = self.active.info();
+        if let Some(event) = self.events.last() {
+            info.device = format!("{} (failed over from `{}`)", info.device, event.from);
+        }
+        info
+    }
+
+    fn load_layer(
+        &mut self,
+        layer: usize,
+        spec: LayerSpec,
+        constants: &LayerConstants,
+    ) -> Result<()> {
+        self.active.load_layer(layer, spec, constants)?;
+        self.layers.push((layer, spec, constants.clone()));
+        Ok(())
+    }
+
+    fn alloc_slot(&mut self) -> Result<SlotId> {
+        let inner = self.active.alloc_slot()?;
+        let outer = SlotId(self.next_slot);
+        self.next_slot = self.next_slot.checked_add(1).ok_or(GdnError::Device {
+            backend: "failover".into(),
+            message: "more than 2^32 slots allocated over the backend's lifetime".into(),
+        })?;
+        self.slots.insert(outer, inner);
+        Ok(outer)
+    }
+
+    fn reset_slot(&mut self, slot: SlotId) -> Result<()> {
+        let inner = self.inner_slot(slot)?;
+        self.active.reset_slot(inner)
+    }
+
+    fn free_slot(&mut self, slot: SlotId) -> Result<()> {
+        let inner = self.inner_slot(slot)?;
+        self.active.free_slot(inner)?;
+        self.slots.remove(&slot);
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        layer: usize,
+        slot: SlotId,
+        inputs: TokenInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.with_failover(layer, slot, |backend, inner| {
+            backend.step(layer, inner, inputs, out)
+        })
+    }
+
+    fn prefill(
+        &mut self,
+        layer: usize,
+        slot: SlotId,
+        inputs: TokenInputs<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.with_failover(layer, slot, |backend, inner| {
+            backend.prefill(layer, inner, inputs, out)
+        })
+    }
+
+    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {
+        self.active.export_state(layer, self.inner_slot(slot)?)
+    }
+
+    fn import_state(&mut self, layer: usize, slot: SlotId, state: &SlotState) -> Result<()> {
+        let inner = self.inner_slot(slot)?;
+        self.active.import_state(layer, inner, state)
+    }
+
+    fn counters(&self) -> Counters {
+        add_counters(self.retired, self.active.counters())
+    }
+}

@@ -1,0 +1,179 @@
+//! FailoverBackend at the GDN level: several layers and slots move from a failing simulated card
+//! to the fallback mid-token, the failed call is retried there, and every output and state
+//! matches an uninterrupted run; errors that are not device failures never trigger it.
+
+use hybrid_gdn::conformance::{assert_close, random_constants, random_inputs, TOLERANCE};
+use hybrid_gdn::{GdnBackend, GdnError, LayerSpec, ReferenceBackend, TokenInputs};
+use hybrid_gdn_xrt::kernel::abi::Op;
+use hybrid_gdn_xrt::kernel::csim::FaultPlan;
+use hybrid_gdn_xrt::{FailoverBackend, RunState, SimConfig, XrtBackend};
+
+const SPEC: LayerSpec = LayerSpec {
+    num_k_heads: 2,
+    num_v_heads: 4,
+    head_k_dim: 32,
+    head_v_dim: 16,
+    conv_kernel: 4,
+};
+const LAYERS: [usize; 3] = [0, 2, 5];
+
+fn failing_card(nth: u64) -> Box<dyn GdnBackend> {
+    let fault = FaultPlan {
+        op: Op::Step,
+        nth,
+        state: RunState::Timeout,
+    };
+    Box::new(
+        XrtBackend::simulated_with(SimConfig {
+            fault: Some(fault),
+            ..SimConfig::default()
+        })
+        .expect("xrt-sim"),
+    )
+}
+
+fn setup(backend: &mut dyn GdnBackend) {
+    for layer in LAYERS {
+        backend
+            .load_layer(layer, SPEC, &random_constants(&SPEC, layer as u64))
+            .expect("load");
+    }
+}
+
+#[test]
+fn live_sequences_move_mid_token_and_continue_exactly() {
+    let mut failover = FailoverBackend::new(
+        failing_card(7),
+        Box::new(|| Ok(Box::new(ReferenceBackend::new()))),
+    );
+    let mut oracle = ReferenceBackend::new();
+    setup(&mut failover);
+    setup(&mut oracle);
+    let slots: Vec<_> = (0..2)
+        .map(|_| {
+            (
+                failover.alloc_slot().expect("slot"),
+                oracle.alloc_slot().expect("slot"),
+            )
+        })
+        .collect();
+    // Token t: every layer of slot 0, then of slot 1. The 8th run (token 1, slot 0, layer 2)
+    // fails on the card.
+    for t in 0..4u64 {
+        for (s, &(slot, oracle_slot)) in slots.iter().enumerate() {
+            for layer in LAYERS {
+                let (x, a, b) = random_inputs(&SPEC, 1, 1000 * t + 10 * s as u64 + layer as u64);
+                let inputs = TokenInputs {
+                    mixed_qkv: &x,
+                    a: &a,
+                    b: &b,
+                };
+                let mut got = vec![0.0; SPEC.value_dim()];
+                let mut want = got.clone();
+                failover.step(layer, slot, inputs, &mut got).expect("step");
+                oracle
+                    .step(layer, oracle_slot, inputs, &mut want)
+                    .expect("oracle");
+                assert_close(
+                    &format!("token {t} slot {s} layer {layer}"),
+                    &got,
+                    &want,
+                    TOLERANCE,
+                );
+            }
+        }
+    }
+    let events = failover.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].from.as_str(), events[0].to.as_str()),
+        ("xrt-sim", "reference")
+    );
+    assert_eq!((events[0].layer, events[0].slots_moved), (2, 2));
+    assert!(
+        matches!(&events[0].cause, GdnError::Device { message, .. } if message.contains("ERT_CMD_STATE_TIMEOUT")),
+        "{:?}",
+        events[0].cause
+    );
+    for &(slot, oracle_slot) in &slots {
+        for layer in LAYERS {
+            let got = failover.export_state(layer, slot).expect("export");
+            let want = oracle.export_state(layer, oracle_slot).expect("export");
+            assert_close(
+                "recurrent state",
+                &got.recurrent,
+                &want.recurrent,
+                TOLERANCE,
+            );
+            assert_close("conv state", &got.conv, &want.conv, TOLERANCE);
+        }
+    }
+    let c = failover.counters();
+    assert_eq!(
+        c.steps,
+        4 * 2 * LAYERS.len() as u64,
+        "each step counted once"
+    );
+}
+
+#[test]
+fn input_errors_are_not_device_failures() {
+    let mut failover = FailoverBackend::new(
+        failing_card(0),
+        Box::new(|| Ok(Box::new(ReferenceBackend::new()))),
+    );
+    setup(&mut failover);
+    let slot = failover.alloc_slot().expect("slot");
+    let (x, a, b) = random_inputs(&SPEC, 1, 1);
+    let inputs = TokenInputs {
+        mixed_qkv: &x,
+        a: &a,
+        b: &b,
+    };
+    let mut out = vec![0.0; SPEC.value_dim()];
+    assert_eq!(
+        failover.step(1, slot, inputs, &mut out),
+        Err(GdnError::UnknownLayer(1))
+    );
+    assert!(failover.events().is_empty());
+    assert_eq!(failover.active().info().name, "xrt-sim");
+    // The first run on the card is the failing one: now it moves.
+    failover
+        .step(0, slot, inputs, &mut out)
+        .expect("step after failover");
+    assert_eq!(failover.active().info().name, "reference");
+}
+
+#[test]
+fn a_broken_fallback_returns_the_original_error_with_the_reason() {
+    let mut failover = FailoverBackend::new(
+        failing_card(0),
+        Box::new(|| {
+            Err(GdnError::Unavailable {
+                name: "cpu".into(),
+                reason: "test fallback refuses".into(),
+            })
+        }),
+    );
+    setup(&mut failover);
+    let slot = failover.alloc_slot().expect("slot");
+    let (x, a, b) = random_inputs(&SPEC, 1, 1);
+    let mut out = vec![0.0; SPEC.value_dim()];
+    let err = failover
+        .step(
+            0,
+            slot,
+            TokenInputs {
+                mixed_qkv: &x,
+                a: &a,
+                b: &b,
+            },
+            &mut out,
+        )
+        .expect_err("no fallback");
+    let message = err.to_string();
+    assert!(
+        message.contains("ERT_CMD_STATE_TIMEOUT") && message.contains("test fallback refuses"),
+        "{message}"
+    );
+}
