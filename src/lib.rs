@@ -14,6 +14,8 @@ mod engine;
 pub use engine::Engine;
 pub use hybrid_gdn as gdn;
 pub use hybrid_gdn_cpu as gdn_cpu;
+#[cfg(feature = "cuda")]
+pub use hybrid_gdn_cuda as gdn_cuda;
 #[cfg(feature = "xrt")]
 pub use hybrid_gdn_xrt as gdn_xrt;
 pub use hybrid_model as model;
@@ -29,6 +31,8 @@ pub use hybrid_runtime as runtime;
 pub fn gdn_registry() -> gdn::Registry {
     let mut registry = gdn::Registry::new();
     hybrid_gdn_cpu::register(&mut registry);
+    #[cfg(feature = "cuda")]
+    hybrid_gdn_cuda::register(&mut registry);
     #[cfg(feature = "xrt")]
     hybrid_gdn_xrt::register(&mut registry);
     registry

@@ -10,7 +10,10 @@ fn create(name: &str) -> Box<dyn GdnBackend> {
 }
 
 /// Backends that have a module below; a backend added to the registry without one fails here.
+#[cfg(not(feature = "cuda"))]
 const COVERED: &[&str] = &["reference", "cpu", "cpu-portable", "xrt-sim", "xrt"];
+#[cfg(feature = "cuda")]
+const COVERED: &[&str] = &["reference", "cpu", "cpu-portable", "cuda", "xrt-sim", "xrt"];
 
 #[test]
 fn every_available_backend_is_covered() {
@@ -32,6 +35,13 @@ mod cpu {
 
 mod cpu_portable {
     hybrid_decode::gdn::conformance_tests!(|| super::create("cpu-portable"), "models/goldens/gdn");
+}
+
+/// Needs a GPU, its driver and NVRTC: with `--features cuda` on a machine without them every
+/// test here fails with the `Unavailable` reason (see crates/gdn-cuda/gpu_check/run.sh).
+#[cfg(feature = "cuda")]
+mod cuda {
+    hybrid_decode::gdn::conformance_tests!(|| super::create("cuda"), "models/goldens/gdn");
 }
 
 /// The FPGA kernel's own C++ (C-simulation, design point P = 16) behind the XRT host logic. `xrt`

@@ -57,7 +57,7 @@ const KNOWN_BACKENDS: &[(&str, &str, &str)] = &[
     (
         "cuda",
         "GPU-resident state, fused CUDA kernels",
-        "not implemented in this version of hybrid-decode yet (planned behind the cargo feature `cuda`)",
+        "not compiled in: rebuild with `--features cuda`",
     ),
     (
         "xrt",

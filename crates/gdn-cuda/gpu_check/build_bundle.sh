@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds, on a machine WITHOUT a GPU (no CUDA toolkit needed), everything run.sh needs on the GPU
+# machine (which has no Rust toolchain and no network), and packs it into
+#   target/gpu-bundle/bundle.tar.xz   stripped release binaries (tests and examples)
+#   target/gpu-bundle/wheels/         fla-core (flash-linear-attention's kernels) for fla_bench.py
+# target/ is git-ignored: name `target/gpu-bundle` in the device tool's `carry`.
+#
+# Usage (repository root): bash crates/gdn-cuda/gpu_check/build_bundle.sh
+# Takes ~10 min cold on 2 cores (candle in release), ~1 min warm. Bundle ≈ 20–30 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+BUNDLE=target/gpu-bundle
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/bin" "$BUNDLE/wheels"
+
+# Facade: the conformance suite and the model goldens run on every backend in the build, so with
+# `--features cuda` they include `cuda`; generate and gdn_bench take `--gdn-backend cuda` /
+# `--backends cuda`.
+cargo build --release --features cuda --tests --example generate --example gdn_bench \
+    --message-format=json-render-diagnostics >"$BUNDLE/facade.json"
+# The crate's own GPU tests, the NVRTC check and the GPU benchmark.
+cargo build --release -p hybrid-gdn-cuda --tests --example cuda_bench \
+    --message-format=json-render-diagnostics >"$BUNDLE/crate.json"
+
+python3 - "$BUNDLE" <<'EOF'
+import json, shutil, sys, os
+bundle = sys.argv[1]
+wanted_tests = {"gdn_conformance", "gdn_registry", "model_goldens", "gpu", "nvrtc_compile", "unavailable"}
+wanted_examples = {"generate", "gdn_bench", "cuda_bench"}
+copied = []
+for name in ("facade.json", "crate.json"):
+    for line in open(os.path.join(bundle, name)):
+        msg = json.loads(line)
+        if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
+            continue
+        target = msg["target"]
+        kind = target["kind"]
+        if ("test" in kind and target["name"] in wanted_tests) or (
+            "example" in kind and target["name"] in wanted_examples
+        ):
+            dst = os.path.join(bundle, "bin", target["name"])
+            shutil.copy2(msg["executable"], dst)
+            copied.append(target["name"])
+missing = (wanted_tests | wanted_examples) - set(copied)
+if missing:
+    sys.exit(f"not built: {sorted(missing)}")
+print("bundled:", " ".join(sorted(copied)))
+EOF
+strip "$BUNDLE"/bin/*
+tar -C "$BUNDLE" -cf - bin | xz -T2 -6 >"$BUNDLE/bundle.tar.xz"
+rm -rf "$BUNDLE/bin" "$BUNDLE/facade.json" "$BUNDLE/crate.json"
+
+# flash-linear-attention's Triton kernels (pure Python; torch, triton and einops are on the GPU
+# image already). Only fla-core is needed for fla.ops.
+python3 -m pip download --no-deps --only-binary=:all: -d "$BUNDLE/wheels" fla-core==0.6.0
+
+du -sh "$BUNDLE"/*
+echo "carry: target/gpu-bundle   command: bash crates/gdn-cuda/gpu_check/run.sh"
