@@ -5,10 +5,17 @@
 //!     [--chat] [--max-new-tokens 32] [--temperature 0] [--top-k K] [--top-p P]
 //!     [--repeat-penalty 1.0] [--repeat-last-n 64] [--seed S] [--gdn-backend cpu] [--threads N]
 //!     [--dtype f32|bf16|f16] [--config FILE --random-weights] [--json]
+//!     [--save-state FILE [--force]] [--resume FILE] [--migrate-after N --to BACKEND]
 //! ```
 //! Without `--model` it runs the embedded default model (see `DEFAULT_MODEL`). Text streams to
 //! stdout as it is generated; a timing summary goes to stderr; `--json` adds one JSON object as
 //! the last line of stdout. `--gdn-backend help` lists the backends.
+//!
+//! State: `--save-state FILE` writes the whole sequence state after generation (see
+//! `hybrid_model::snapshot` for the format); `--resume FILE` continues it without a prefill,
+//! producing the tokens an uninterrupted run would (the sampler's parameters and random-stream
+//! position travel in the snapshot). `--migrate-after N --to BACKEND` moves the live GDN state to
+//! another backend after N generated tokens.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -17,12 +24,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
-use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig};
+use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig, Snapshot, WriteMode};
 use hybrid_decode::runtime::{
-    resolve_model, ChatMessage, ChatTemplate, GenerateOptions, GenerationConfig, Generator,
-    HubOptions, LanguageModel, Sampler, SamplingParams, Tokenizer, TokenizerConfig, DEFAULT_SEED,
+    resolve_model, ChatMessage, ChatTemplate, GenerateOptions, GeneratedToken, GenerationConfig,
+    GenerationOutput, Generator, HubOptions, LanguageModel, Sampler, SamplingParams, StopReason,
+    Tokenizer, TokenizerConfig, DEFAULT_SEED,
 };
 use hybrid_decode::Engine;
+use serde_json::{json, Value};
 
 /// The model used when `--model` is not given: committed under models/, no network needed.
 const DEFAULT_MODEL: &str = concat!(
@@ -51,6 +60,11 @@ struct Args {
     threads: Option<usize>,
     dtype: Option<DType>,
     json: bool,
+    save_state: Option<PathBuf>,
+    force: bool,
+    resume: Option<PathBuf>,
+    migrate_after: Option<usize>,
+    migrate_to: Option<String>,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
@@ -86,8 +100,15 @@ fn parse_args() -> Result<Args> {
             "--gdn-backend",
             "--threads",
             "--dtype",
+            "--save-state",
+            "--resume",
+            "--migrate-after",
+            "--to",
         ];
-        let switch = matches!(flag.as_str(), "--chat" | "--json" | "--random-weights");
+        let switch = matches!(
+            flag.as_str(),
+            "--chat" | "--json" | "--random-weights" | "--force"
+        );
         if !switch && !VALUE_FLAGS.contains(&flag.as_str()) {
             bail!("unknown flag `{flag}` (see --help)");
         }
@@ -128,6 +149,11 @@ fn parse_args() -> Result<Args> {
                 })
             }
             "--json" => a.json = true,
+            "--save-state" => a.save_state = Some(value.into()),
+            "--force" => a.force = true,
+            "--resume" => a.resume = Some(value.into()),
+            "--migrate-after" => a.migrate_after = Some(number(&flag, &value)?),
+            "--to" => a.migrate_to = Some(value),
             other => bail!("unknown flag `{other}` (see --help)"),
         }
     }
@@ -140,6 +166,7 @@ fn parse_args() -> Result<Args> {
     if a.random_weights && a.model.is_some() {
         bail!("--random-weights builds the model from --config; drop --model");
     }
+    check_state_flags(&a)?;
     Ok(a)
 }
 
@@ -268,18 +295,207 @@ fn sampling(a: &Args, generation: &GenerationConfig) -> SamplingParams {
     params
 }
 
+/// The state flags' rules, checked before anything is loaded.
+fn check_state_flags(a: &Args) -> Result<()> {
+    if a.resume.is_some() {
+        for (given, flag) in [
+            (a.prompt.is_some(), "--prompt"),
+            (a.prompt_ids.is_some(), "--prompt-ids"),
+            (a.chat, "--chat"),
+        ] {
+            if given {
+                bail!("--resume continues the sequence saved in the snapshot; drop {flag}");
+            }
+        }
+    }
+    match (a.migrate_after, &a.migrate_to) {
+        (Some(_), None) => bail!("--migrate-after N needs --to BACKEND (the backend to move to)"),
+        (None, Some(_)) => bail!("--to BACKEND needs --migrate-after N (when to move)"),
+        (Some(n), Some(_)) if n == 0 || n >= a.max_new_tokens => bail!(
+            "--migrate-after {n} must be between 1 and --max-new-tokens − 1 ({}) so that tokens \
+             are generated on both backends",
+            a.max_new_tokens.saturating_sub(1)
+        ),
+        _ => {}
+    }
+    if let Some(path) = &a.save_state {
+        if a.max_new_tokens == 0 {
+            bail!(
+                "--save-state needs --max-new-tokens ≥ 1: a snapshot continues from a generated \
+                 token that has not been fed yet"
+            );
+        }
+        if path.exists() && !a.force {
+            bail!(
+                "--save-state {}: the file exists and is left untouched; choose another file or \
+                 add --force to replace it",
+                path.display()
+            );
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            bail!(
+                "--save-state {}: the directory {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The sampler's parameters and random-stream position, as stored in a snapshot's `app` field.
+fn sampler_json(sampler: &Sampler) -> Value {
+    let p = sampler.params();
+    json!({
+        "temperature": p.temperature,
+        "top_k": p.top_k,
+        "top_p": p.top_p,
+        "repeat_penalty": p.repeat_penalty,
+        "repeat_last_n": p.repeat_last_n,
+        // u64/u128 as strings: JSON numbers lose precision past 2^53 in many readers.
+        "seed": p.seed.to_string(),
+        "rng_position": sampler.rng_position().to_string(),
+    })
+}
+
+/// The sampler to resume with: the snapshot's parameters, overridden by any sampling flag given
+/// now; its random stream continues where it stopped unless a different `--seed` re-seeds it.
+fn resumed_sampler(a: &Args, saved: &Value, path: &std::path::Path) -> Result<Sampler> {
+    let bad = |field: &str| {
+        anyhow::anyhow!(
+            "--resume {}: the snapshot's app.sampler.{field} is missing or invalid (was it \
+             written by the generate example?)",
+            path.display()
+        )
+    };
+    let s = &saved["sampler"];
+    let text_number = |field: &str| -> Result<u128> {
+        s[field]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| bad(field))
+    };
+    let saved_seed = u64::try_from(text_number("seed")?).map_err(|_| bad("seed"))?;
+    let mut params = SamplingParams {
+        temperature: s["temperature"]
+            .as_f64()
+            .ok_or_else(|| bad("temperature"))?,
+        top_k: s["top_k"].as_u64().map(|k| k as usize),
+        top_p: s["top_p"].as_f64(),
+        repeat_penalty: s["repeat_penalty"]
+            .as_f64()
+            .ok_or_else(|| bad("repeat_penalty"))?,
+        repeat_last_n: s["repeat_last_n"]
+            .as_u64()
+            .ok_or_else(|| bad("repeat_last_n"))? as usize,
+        seed: saved_seed,
+    };
+    if let Some(t) = a.temperature {
+        params.temperature = t;
+    }
+    if a.top_k.is_some() {
+        params.top_k = a.top_k;
+    }
+    if a.top_p.is_some() {
+        params.top_p = a.top_p;
+    }
+    if let Some(p) = a.repeat_penalty {
+        params.repeat_penalty = p;
+    }
+    if let Some(n) = a.repeat_last_n {
+        params.repeat_last_n = n;
+    }
+    match a.seed {
+        Some(seed) if seed != saved_seed => {
+            eprintln!("--seed {seed} differs from the snapshot's {saved_seed}: sampling re-seeded");
+            params.seed = seed;
+            Ok(Sampler::new(params)?)
+        }
+        _ => Ok(Sampler::resume_at(params, text_number("rng_position")?)?),
+    }
+}
+
+/// Concatenates the generated tokens of consecutive phases (before and after a migration).
+struct Run {
+    context: Vec<u32>,
+    generated: Vec<u32>,
+    phases: Vec<GenerationOutput>,
+}
+
+impl Run {
+    fn history(&self) -> Vec<u32> {
+        [self.context.clone(), self.generated.clone()].concat()
+    }
+
+    fn push(&mut self, output: GenerationOutput) {
+        self.generated.extend_from_slice(&output.generated_ids);
+        self.phases.push(output);
+    }
+
+    fn stop_reason(&self) -> StopReason {
+        self.phases
+            .last()
+            .map_or(StopReason::MaxNewTokens, |p| p.stop_reason)
+    }
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
     if a.gdn_backend == "help" {
         list_backends();
         return Ok(());
     }
+    // Everything that can be checked without the model is checked before loading it.
+    let snapshot = a
+        .resume
+        .as_deref()
+        .map(Snapshot::read)
+        .transpose()
+        .context("--resume")?;
+    let mut backend_options = BackendOptions::default();
+    if let Some(threads) = a.threads {
+        backend_options = backend_options.with_threads(threads);
+    }
+    let mut migrate_to = match &a.migrate_to {
+        Some(name) => Some(
+            hybrid_decode::gdn_registry()
+                .create(name, &backend_options)
+                .with_context(|| format!("--to {name} (try --gdn-backend help)"))?,
+        ),
+        None => None,
+    };
+
     let mut loaded = load(&a)?;
     eprintln!("model: {}", loaded.description);
     let backend = loaded.engine.model().gdn_backend().info();
     eprintln!("GDN backend: {} ({})", backend.name, backend.device);
-    let prompt = prompt_ids(&a, &loaded)?;
-    let params = sampling(&a, &loaded.generation);
+    let (context, fed, sampler) = match &snapshot {
+        Some(snap) => {
+            loaded.engine.model_mut().restore(snap)?;
+            eprintln!(
+                "resumed {}: {} tokens, position {} (saved on GDN backend `{}`)",
+                snap.origin_path().display(),
+                snap.tokens.len(),
+                snap.state.position,
+                snap.gdn_backend
+            );
+            let path = snap.origin_path();
+            let sampler = if snap.app["sampler"].is_null() {
+                // Written through the library by another program: nothing to continue.
+                eprintln!("the snapshot carries no sampler state: sampling starts from the flags");
+                Sampler::new(sampling(&a, &loaded.generation))?
+            } else {
+                resumed_sampler(&a, &snap.app, &path)?
+            };
+            (snap.tokens.clone(), Some(snap.state.position), sampler)
+        }
+        None => {
+            let prompt = prompt_ids(&a, &loaded)?;
+            let sampler = Sampler::new(sampling(&a, &loaded.generation))?;
+            (prompt, None, sampler)
+        }
+    };
     let mut eos = loaded.generation.eos_token_ids.clone();
     if let (Some(config), Some(tokenizer)) = (&loaded.tokenizer_config, &loaded.tokenizer) {
         eos.extend(
@@ -288,17 +504,14 @@ fn main() -> Result<()> {
                 .filter(|id| !eos.contains(id)),
         );
     }
-    let options = GenerateOptions::new(a.max_new_tokens, eos);
-    let sampler = Sampler::new(params)?;
     let vocab = loaded.engine.vocab_size();
     let tokenizer = loaded.tokenizer.as_ref();
-    let mut generator = Generator::new(&mut loaded.engine, sampler, tokenizer)?;
     let mut stdout = std::io::stdout();
     let stream_text = tokenizer.is_some();
     if !stream_text {
         eprintln!("no tokenizer: printing token ids (vocab {vocab})");
     }
-    let output = generator.generate(&prompt, &options, &mut |token| {
+    let mut on_token = |token: &GeneratedToken<'_>| {
         // A closed stdout (e.g. `| head`) ends generation instead of failing it.
         let written = if stream_text {
             write!(stdout, "{}", token.text)
@@ -309,21 +522,108 @@ fn main() -> Result<()> {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         }
-    })?;
+    };
+
+    // Phase 1: everything, or up to the migration point.
+    let first_phase = a.migrate_after.unwrap_or(a.max_new_tokens);
+    let mut run = Run {
+        context: context.clone(),
+        generated: Vec::new(),
+        phases: Vec::new(),
+    };
+    let mut generator = Generator::new(&mut loaded.engine, sampler, tokenizer)?;
+    let options = GenerateOptions::new(first_phase, eos.clone());
+    run.push(match fed {
+        Some(fed) => generator.resume(&context, fed, &options, &mut on_token)?,
+        None => generator.generate(&context, &options, &mut on_token)?,
+    });
+    let mut sampler = generator.sampler_mut().clone();
+    drop(generator);
+
+    // Phase 2: move the live GDN state, then continue on the new backend.
+    let mut migration = Value::Null;
+    if let Some(to) = migrate_to.take() {
+        if run.stop_reason() == StopReason::MaxNewTokens {
+            let model = loaded.engine.model_mut();
+            let old = model
+                .migrate_gdn_backend(to)
+                .context("--migrate-after: moving the GDN state")?;
+            let new = model.gdn_backend().info();
+            eprintln!(
+                "\nmigrated the GDN state of {} layers from `{}` to `{}` ({}) after {} tokens",
+                model.gdn_layers(),
+                old.info().name,
+                new.name,
+                new.device,
+                run.generated.len()
+            );
+            migration = json!({
+                "after": run.generated.len(),
+                "from": old.info().name,
+                "to": new.name,
+            });
+            drop(old);
+            let history = run.history();
+            let options = GenerateOptions::new(a.max_new_tokens - first_phase, eos.clone());
+            let mut generator = Generator::new(&mut loaded.engine, sampler, tokenizer)?;
+            run.push(generator.resume(&history, history.len() - 1, &options, &mut on_token)?);
+            sampler = generator.sampler_mut().clone();
+        } else {
+            eprintln!("generation stopped before --migrate-after; no migration");
+        }
+    }
     println!();
-    eprintln!("{}", output.summary());
+    for phase in &run.phases {
+        eprintln!("{}", phase.summary());
+    }
+
+    if let Some(path) = &a.save_state {
+        let history = run.history();
+        let app = json!({ "sampler": sampler_json(&sampler), "eos_token_ids": eos });
+        let snapshot = loaded.engine.model().snapshot(&history, app)?;
+        let mode = if a.force {
+            WriteMode::Overwrite
+        } else {
+            WriteMode::CreateNew
+        };
+        snapshot
+            .write(path, mode)
+            .with_context(|| format!("--save-state {}", path.display()))?;
+        eprintln!(
+            "saved the state of {} tokens (position {}) to {}",
+            history.len(),
+            snapshot.state.position,
+            path.display()
+        );
+    }
+
     if a.json {
-        let json = serde_json::json!({
+        let backend = loaded.engine.model().gdn_backend().info();
+        let first = &run.phases[0];
+        let (steps, decode) = run.phases.iter().fold((0, 0.0), |(n, t), p| {
+            (n + p.decode_steps, t + p.decode.as_secs_f64())
+        });
+        let gdn: f64 = run.phases.iter().map(|p| p.gdn.as_secs_f64()).sum();
+        let model_time = first.prefill.as_secs_f64() + decode;
+        let shown = match run.stop_reason() {
+            StopReason::Eos => &run.generated[..run.generated.len() - 1],
+            _ => &run.generated[..],
+        };
+        let text = tokenizer.map(|t| t.decode(shown, true)).transpose()?;
+        let json = json!({
             "model": a.model.clone().unwrap_or_else(|| "default".into()),
-            "prompt_ids": output.prompt_ids,
-            "generated_ids": output.generated_ids,
-            "text": output.text,
+            "prompt_ids": run.context,
+            "generated_ids": run.generated,
+            "text": text,
             "gdn_backend": backend.name,
             "gdn_device": backend.device,
-            "prefill_tok_s": output.prefill_tok_s,
-            "decode_tok_s": output.decode_tok_s,
-            "gdn_share": output.gdn_share,
-            "stop_reason": format!("{:?}", output.stop_reason),
+            "prefill_tok_s": first.prefill_tok_s,
+            "decode_tok_s": if decode > 0.0 { steps as f64 / decode } else { 0.0 },
+            "gdn_share": if model_time > 0.0 { gdn / model_time } else { 0.0 },
+            "stop_reason": format!("{:?}", run.stop_reason()),
+            "resumed_from": a.resume.as_ref().map(|p| p.display().to_string()),
+            "saved_state": a.save_state.as_ref().map(|p| p.display().to_string()),
+            "migration": migration,
         });
         println!("{json}");
     }

@@ -48,4 +48,8 @@ impl LanguageModel for Engine {
     fn gdn_time(&self) -> Duration {
         self.model.gdn_time()
     }
+
+    fn position(&self) -> Option<usize> {
+        Some(self.model.position())
+    }
 }

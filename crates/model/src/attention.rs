@@ -128,6 +128,44 @@ impl Attention {
             .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
     }
 
+    /// `(kv_heads, head_dim)`: the cache holds `[kv_heads, cached, head_dim]` keys and values.
+    pub fn kv_geometry(&self) -> (usize, usize) {
+        (self.kv_heads, self.head_dim)
+    }
+
+    /// A copy of the KV cache as f32 `(keys, values)`, each `[kv_heads, cached, head_dim]`
+    /// row-major; both empty before the first token. For snapshots and migration.
+    pub fn export_cache(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        match &self.cache {
+            Some((k, v)) => Ok((flat(k)?, flat(v)?)),
+            None => Ok((Vec::new(), Vec::new())),
+        }
+    }
+
+    /// Replaces the KV cache with `cached` positions of f32 keys and values (layout as in
+    /// [`export_cache`](Self::export_cache)) on `device`; `cached == 0` empties it. The caller
+    /// checks the lengths (a wrong length is a candle shape error here, never a panic).
+    pub fn import_cache(
+        &mut self,
+        cached: usize,
+        keys: &[f32],
+        values: &[f32],
+        device: &Device,
+    ) -> Result<()> {
+        if cached == 0 {
+            self.cache = None;
+            return Ok(());
+        }
+        let shape = (self.kv_heads, cached, self.head_dim);
+        let keys = Tensor::from_slice(keys, shape, device)?;
+        let values = Tensor::from_slice(values, shape, device)?;
+        self.cache = Some((keys, values));
+        Ok(())
+    }
+
     /// `x` is `[T, hidden]` for positions `start..start + T`; returns `[T, hidden]`.
     pub fn forward(&mut self, x: &Tensor, start: usize, rope: &Rope) -> Result<Tensor> {
         let (tokens, _) = x.dims2()?;

@@ -128,6 +128,15 @@ pub enum ModelError {
         source: hybrid_gdn::GdnError,
     },
 
+    /// A sequence state (snapshot or [`crate::snapshot::ModelState`]) that does not fit this
+    /// model; nothing was changed.
+    #[error("the sequence state does not fit this model: {0}")]
+    IncompatibleState(String),
+
+    /// Reading, writing or restoring a snapshot failed.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+
     /// A candle tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -9,6 +9,10 @@
 //! q projection carries a per-head sigmoid output gate; rope rotates only the first
 //! `partial_rotary_factor · head_dim` dims (rotate-half layout); the MoE router is a softmax
 //! with top-k (renormalised when `norm_topk_prob`) plus a sigmoid-gated shared expert.
+//!
+//! One sequence's whole state (KV caches + canonical GDN state) can be exported, imported, written
+//! to disk as a versioned, checksummed [`Snapshot`] and restored (see [`snapshot`]), or moved live
+//! to another GDN backend with [`HybridModel::migrate_gdn_backend`].
 
 #![warn(missing_docs)]
 
@@ -20,9 +24,11 @@ pub mod gemv;
 pub mod model;
 pub mod moe;
 pub mod nn;
+pub mod snapshot;
 pub mod weights;
 
 pub use config::{Architecture, LayerKind, ModelConfig};
 pub use error::{ModelError, Result};
 pub use model::{HybridModel, LoadOptions};
+pub use snapshot::{Fingerprint, ModelState, Snapshot, SnapshotError, WriteMode};
 pub use weights::WeightStore;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use hybrid_gdn::{GdnBackend, SlotId};
+use hybrid_gdn::{GdnBackend, LayerConstants, SlotId};
 
 use crate::attention::{Attention, Rope};
 use crate::config::{LayerKind, ModelConfig};
@@ -14,7 +14,10 @@ use crate::error::{ModelError, Result};
 use crate::gdn_mixer::GdnMixer;
 use crate::moe::SparseMoe;
 use crate::nn::{Linear, Mlp, RmsNorm};
+use crate::snapshot::Fingerprint;
 use crate::weights::WeightStore;
+
+mod state;
 
 /// How to load a model.
 #[derive(Debug, Clone)]
@@ -37,7 +40,12 @@ impl Default for LoadOptions {
 
 #[derive(Debug)]
 enum Mixer {
-    Gdn(GdnMixer),
+    /// The constants stay here after upload so that the layer can be loaded into another
+    /// backend for live migration (a few hundred KiB per layer at real shapes).
+    Gdn {
+        mixer: GdnMixer,
+        constants: LayerConstants,
+    },
     Attention(Attention),
 }
 
@@ -67,6 +75,9 @@ pub struct HybridModel {
     slot: SlotId,
     position: usize,
     gdn_time: Duration,
+    /// Storage dtype of the weight matrices (recorded in snapshots).
+    dtype: DType,
+    fingerprint: Fingerprint,
 }
 
 impl std::fmt::Debug for HybridModel {
@@ -122,7 +133,7 @@ impl HybridModel {
                         GdnMixer::load(store, &format!("{prefix}.linear_attn"), &config)?;
                     gdn.load_layer(i, config.gdn_spec(), &constants)
                         .map_err(|source| ModelError::Gdn { layer: i, source })?;
-                    Mixer::Gdn(mixer)
+                    Mixer::Gdn { mixer, constants }
                 }
                 LayerKind::FullAttention => Mixer::Attention(Attention::load(
                     store,
@@ -170,6 +181,7 @@ impl HybridModel {
         let slot = gdn
             .alloc_slot()
             .map_err(|source| ModelError::Gdn { layer: 0, source })?;
+        let fingerprint = state::fingerprint(&config, &layers, &embed, &lm_head)?;
         Ok(HybridModel {
             rope: Rope::new(&config),
             config,
@@ -181,6 +193,8 @@ impl HybridModel {
             slot,
             position: 0,
             gdn_time: Duration::ZERO,
+            dtype: store.dtype(),
+            fingerprint,
         })
     }
 
@@ -261,8 +275,8 @@ impl HybridModel {
             // 1. Token mixer with residual.
             let normed = layer.input_norm.forward(&x)?;
             let mixed = match &mut layer.mixer {
-                Mixer::Gdn(gdn) => {
-                    let (y, spent) = gdn.forward(&normed, i, self.gdn.as_mut(), self.slot)?;
+                Mixer::Gdn { mixer, .. } => {
+                    let (y, spent) = mixer.forward(&normed, i, self.gdn.as_mut(), self.slot)?;
                     self.gdn_time += spent;
                     y
                 }

@@ -246,6 +246,26 @@ pub enum RuntimeError {
         max_positions: usize,
     },
 
+    /// [`crate::Generator::resume`] was given a history with no token left to feed.
+    #[error(
+        "cannot resume: all {history} tokens of the history are already in the model's state,          so there is no pending token whose logits choose the next one (save state only after          generating at least one token)"
+    )]
+    NothingToResume {
+        /// Length of the history.
+        history: usize,
+    },
+
+    /// [`crate::Generator::resume`] was told the model holds a state it does not hold.
+    #[error(
+        "cannot resume: the history says the model has consumed {expected} tokens, but the model          is at position {actual} (restore the matching state first)"
+    )]
+    ResumePositionMismatch {
+        /// Tokens the caller says were fed.
+        expected: usize,
+        /// The model's position.
+        actual: usize,
+    },
+
     /// The model's own forward pass or reset failed.
     #[error("model {stage} failed: {source}")]
     Model {

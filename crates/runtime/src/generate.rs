@@ -15,6 +15,18 @@
 //!   `gdn_share = gdn / (prefill + decode)`, the fraction of model time spent in GDN layers.
 //!
 //! Rates and shares are `0.0` when their denominator is zero (e.g. no decode step).
+//!
+//! ## Continuing a sequence
+//!
+//! [`Generator::generate`] always starts a fresh sequence. [`Generator::resume`] continues the
+//! state the model already holds — left by an earlier call, restored from a snapshot, or moved
+//! to another GDN backend meanwhile. After `generate` the model has consumed every token but the
+//! last generated one (that one was chosen but never fed), so
+//! `resume(&[prompt, generated].concat(), prompt.len() + generated.len() - 1, ..)` continues
+//! exactly where it stopped: the pending token is fed as one decode step, as the uninterrupted
+//! loop would have fed it, and greedy (or seeded, with the same [`Sampler`] state) generation
+//! yields the same tokens. For `resume`, "prefill" is that catch-up forward over the pending
+//! tokens.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -76,8 +88,11 @@ pub enum StopReason {
 /// The result of one [`Generator::generate`] call; see the module docs for the timings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationOutput {
-    /// The prompt as fed.
+    /// The prompt as fed; for [`Generator::resume`], the whole history it continued.
     pub prompt_ids: Vec<u32>,
+    /// Tokens fed by the prefill forward pass: the prompt for `generate`, the pending tokens
+    /// for `resume`.
+    pub prefill_tokens: usize,
     /// Generated ids, including the EOS token when one stopped generation.
     pub generated_ids: Vec<u32>,
     /// The generated text (EOS and special tokens excluded), when a tokenizer was given.
@@ -110,7 +125,7 @@ impl GenerationOutput {
             "prompt: {} tokens in {:.2} ms ({:.2} tok/s)\n\
              decode: {} steps in {:.2} ms ({:.2} tok/s), {} tokens generated ({:?})\n\
              sampling: {:.2} ms; GDN: {:.2} ms ({:.1}% of model time)",
-            self.prompt_ids.len(),
+            self.prefill_tokens,
             ms(self.prefill),
             self.prefill_tok_s,
             self.decode_steps,
@@ -179,26 +194,75 @@ impl<'a> Generator<'a> {
         on_token: &mut dyn FnMut(&GeneratedToken<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationOutput> {
         self.check_prompt(prompt_ids, options.max_new_tokens)?;
-        let vocab = self.model.vocab_size();
         self.model.reset().map_err(|source| RuntimeError::Model {
             stage: "reset".into(),
             source,
         })?;
 
+        self.run(prompt_ids, prompt_ids, options, on_token)
+    }
+
+    /// Continues the sequence the model already holds (see the module docs). `history` is the
+    /// whole sequence so far, of which the model has consumed the first `fed` tokens; the rest
+    /// (at least one) are pending and are fed first, in one forward call whose logits choose
+    /// the first new token. The repeat penalty sees all of `history`. `max_new_tokens` counts
+    /// new tokens only.
+    ///
+    /// Checked first, before the model runs: at least one pending token, ids in the vocabulary,
+    /// `history + max_new_tokens` within `max_position_embeddings`, and — when the model
+    /// reports [`LanguageModel::position`] — that it really is at `fed`.
+    pub fn resume(
+        &mut self,
+        history: &[u32],
+        fed: usize,
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(&GeneratedToken<'_>) -> ControlFlow<()>,
+    ) -> Result<GenerationOutput> {
+        if fed >= history.len() {
+            return Err(RuntimeError::NothingToResume {
+                history: history.len(),
+            });
+        }
+        self.check_prompt(history, options.max_new_tokens)?;
+        if let Some(actual) = self.model.position() {
+            if actual != fed {
+                return Err(RuntimeError::ResumePositionMismatch {
+                    expected: fed,
+                    actual,
+                });
+            }
+        }
+        self.run(history, &history[fed..], options, on_token)
+    }
+
+    /// Feeds `feed` (the prompt, or the pending tail of `history`), then samples and feeds one
+    /// token at a time.
+    fn run(
+        &mut self,
+        history: &[u32],
+        feed: &[u32],
+        options: &GenerateOptions,
+        on_token: &mut dyn FnMut(&GeneratedToken<'_>) -> ControlFlow<()>,
+    ) -> Result<GenerationOutput> {
+        let vocab = self.model.vocab_size();
         let gdn_start = self.model.gdn_time();
         let started = Instant::now();
         let mut logits = self
             .model
-            .forward(prompt_ids)
+            .forward(feed)
             .map_err(|source| RuntimeError::Model {
-                stage: format!("prefill of {} prompt tokens", prompt_ids.len()),
+                stage: if feed.len() == history.len() {
+                    format!("prefill of {} prompt tokens", feed.len())
+                } else {
+                    format!("catch-up of {} pending tokens", feed.len())
+                },
                 source,
             })?;
         let prefill = started.elapsed();
         check_logits(&logits, vocab)?;
 
         let mut streamer = self.tokenizer.map(|t| TokenStreamer::new(t, true));
-        let mut history = prompt_ids.to_vec();
+        let mut history = history.to_vec();
         let mut generated = Vec::with_capacity(options.max_new_tokens);
         let mut decode = Duration::ZERO;
         let mut decode_steps = 0;
@@ -264,7 +328,8 @@ impl<'a> Generator<'a> {
             None => None,
         };
         Ok(GenerationOutput {
-            prompt_ids: prompt_ids.to_vec(),
+            prompt_ids: history[..history.len() - generated.len()].to_vec(),
+            prefill_tokens: feed.len(),
             generated_ids: generated,
             text,
             stop_reason,
@@ -273,7 +338,7 @@ impl<'a> Generator<'a> {
             decode_steps,
             sampling,
             gdn,
-            prefill_tok_s: rate(prompt_ids.len(), prefill),
+            prefill_tok_s: rate(feed.len(), prefill),
             decode_tok_s: rate(decode_steps, decode),
             gdn_share: ratio(gdn, prefill + decode),
         })

@@ -9,7 +9,9 @@
 //! * [`generation_config`] — `generation_config.json`: EOS ids and sampling defaults.
 //! * [`chat`] — the model's Jinja chat template, rendered like transformers does.
 //! * [`sampling`] — repeat penalty → temperature → top-k → top-p, seeded.
-//! * [`generate`] — the prefill/decode loop with streaming and llama.cpp-style timings.
+//! * [`generate`] — the prefill/decode loop with streaming and llama.cpp-style timings, and
+//!   [`Generator::resume`] to continue a sequence the model already holds (restored snapshot,
+//!   migrated backend).
 //!
 //! A typical run:
 //!

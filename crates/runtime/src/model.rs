@@ -33,4 +33,11 @@ pub trait LanguageModel {
     /// the counter need not restart at [`reset`](Self::reset). Models without GDN layers
     /// return [`Duration::ZERO`].
     fn gdn_time(&self) -> Duration;
+
+    /// Tokens of the current sequence the model has consumed, when it keeps count. The runtime
+    /// uses it to check that [`crate::Generator::resume`] continues the state the model really
+    /// holds; `None` (the default) skips that check.
+    fn position(&self) -> Option<usize> {
+        None
+    }
 }

@@ -161,6 +161,21 @@ impl Sampler {
         &self.params
     }
 
+    /// How far the random generator has advanced (ChaCha's 32-bit word position, < 2⁶⁸).
+    /// With [`Sampler::resume_at`] it lets a saved generation continue with exactly the draws an
+    /// uninterrupted one would make.
+    pub fn rng_position(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    /// A sampler for `params` whose random generator continues at `position` (from
+    /// [`Sampler::rng_position`] of a sampler with the same seed).
+    pub fn resume_at(params: SamplingParams, position: u128) -> Result<Self> {
+        let mut sampler = Self::new(params)?;
+        sampler.rng.set_word_pos(position);
+        Ok(sampler)
+    }
+
     /// Picks the next token from `logits` (one per vocabulary id). `history` is the sequence so
     /// far (prompt and generated tokens, oldest first); only its last `repeat_last_n` entries
     /// matter, and ids outside the vocabulary are ignored by the penalty.

@@ -1,0 +1,332 @@
+//! The sequence state as data: export and import of the whole hybrid state (for snapshots),
+//! the model fingerprint that snapshots carry, and live migration of the GDN state to another
+//! backend. A child module of `model` so it can reach the model's private fields.
+
+use candle_core::{DType, Tensor};
+use hybrid_gdn::GdnBackend;
+use serde_json::Value;
+
+use super::{DecoderLayer, HybridModel, Mixer};
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::nn::Linear;
+use crate::snapshot::checksum::Fnv64;
+use crate::snapshot::{Fingerprint, KvState, LayerState, ModelState, Snapshot, SnapshotError};
+
+/// The fingerprint of a model: config, state geometry and a sample of the weights.
+pub(super) fn fingerprint(
+    config: &ModelConfig,
+    layers: &[DecoderLayer],
+    embed: &Tensor,
+    lm_head: &Linear,
+) -> Result<Fingerprint> {
+    // The normalised config's Debug form lists every field in a fixed order, so the hash is the
+    // same for equivalent config.json files (key order, whitespace, legacy rope spellings).
+    let mut config_hash = Fnv64::default();
+    config_hash.write(format!("{config:?}").as_bytes());
+    let mut shapes = Fnv64::default();
+    let mut weights = Fnv64::default();
+    for (i, layer) in layers.iter().enumerate() {
+        match &layer.mixer {
+            Mixer::Gdn { constants, .. } => {
+                shapes.write(format!("{i}:gdn:{:?};", config.gdn_spec()).as_bytes());
+                weights.write_f32s(&constants.conv_weight);
+                weights.write_f32s(&constants.a_log);
+                weights.write_f32s(&constants.dt_bias);
+            }
+            Mixer::Attention(attention) => {
+                shapes.write(format!("{i}:attention:{:?};", attention.kv_geometry()).as_bytes());
+            }
+        }
+    }
+    let first_row = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(t.narrow(0, 0, 1)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    weights.write_f32s(&first_row(embed)?);
+    weights.write_f32s(&first_row(lm_head.weight())?);
+    Ok(Fingerprint {
+        config: config_hash.finish(),
+        shapes: shapes.finish(),
+        weights: weights.finish(),
+    })
+}
+
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_lowercase()
+}
+
+impl HybridModel {
+    /// What identifies this model in snapshots.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// A copy of the current sequence's whole state: KV caches and canonical GDN state.
+    pub fn export_state(&self) -> Result<ModelState> {
+        let spec = self.config.gdn_spec();
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| match &layer.mixer {
+                Mixer::Gdn { .. } => Ok(LayerState::Gdn {
+                    spec,
+                    state: self
+                        .gdn
+                        .export_state(i, self.slot)
+                        .map_err(|source| ModelError::Gdn { layer: i, source })?,
+                }),
+                Mixer::Attention(attention) => {
+                    let (kv_heads, head_dim) = attention.kv_geometry();
+                    let (keys, values) = attention.export_cache()?;
+                    Ok(LayerState::Attention(KvState {
+                        kv_heads,
+                        head_dim,
+                        cached: attention.cached(),
+                        keys,
+                        values,
+                    }))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ModelState {
+            position: self.position,
+            layers,
+        })
+    }
+
+    /// Replaces the current sequence's state with `state`. Everything is checked against the
+    /// model first, so a state that does not fit changes nothing; should the backend still fail
+    /// half-way (a device error), the sequence is reset rather than left half-imported.
+    pub fn import_state(&mut self, state: &ModelState) -> Result<()> {
+        self.check_state(state)?;
+        let result = self.apply_state(state);
+        if result.is_err() {
+            let _ = self.reset();
+        }
+        result
+    }
+
+    fn check_state(&self, state: &ModelState) -> Result<()> {
+        let mismatch = |detail: String| Err(ModelError::IncompatibleState(detail));
+        if state.layers.len() != self.layers.len() {
+            return mismatch(format!(
+                "it has {} layers, the model {}",
+                state.layers.len(),
+                self.layers.len()
+            ));
+        }
+        let max = self.config.max_position_embeddings;
+        if state.position > max {
+            return mismatch(format!(
+                "position {} exceeds max_position_embeddings = {max}",
+                state.position
+            ));
+        }
+        let spec = self.config.gdn_spec();
+        for (i, (layer, saved)) in self.layers.iter().zip(&state.layers).enumerate() {
+            match (&layer.mixer, saved) {
+                (
+                    Mixer::Gdn { .. },
+                    LayerState::Gdn {
+                        spec: saved_spec,
+                        state,
+                    },
+                ) => {
+                    if *saved_spec != spec {
+                        return mismatch(format!(
+                            "layer {i} GDN geometry {saved_spec:?}, the model's {spec:?}"
+                        ));
+                    }
+                    state
+                        .validate(&spec)
+                        .map_err(|source| ModelError::Gdn { layer: i, source })?;
+                }
+                (Mixer::Attention(attention), LayerState::Attention(kv)) => {
+                    let (kv_heads, head_dim) = attention.kv_geometry();
+                    if (kv.kv_heads, kv.head_dim) != (kv_heads, head_dim) {
+                        return mismatch(format!(
+                            "layer {i} KV cache has {} heads × {} dims, the model {kv_heads} × \
+                             {head_dim}",
+                            kv.kv_heads, kv.head_dim
+                        ));
+                    }
+                    if kv.cached != state.position {
+                        return mismatch(format!(
+                            "layer {i} caches {} positions but the state is at position {}",
+                            kv.cached, state.position
+                        ));
+                    }
+                    let len = kv_heads * kv.cached * head_dim;
+                    if kv.keys.len() != len || kv.values.len() != len {
+                        return mismatch(format!(
+                            "layer {i} keys/values have {}/{} values, expected {len}",
+                            kv.keys.len(),
+                            kv.values.len()
+                        ));
+                    }
+                }
+                (Mixer::Gdn { .. }, LayerState::Attention(_)) => {
+                    return mismatch(format!(
+                        "layer {i} is a GDN layer, the state has a KV cache"
+                    ))
+                }
+                (Mixer::Attention(_), LayerState::Gdn { .. }) => {
+                    return mismatch(format!(
+                        "layer {i} is an attention layer, the state has GDN state"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_state(&mut self, state: &ModelState) -> Result<()> {
+        let device = self.embed.device().clone();
+        for (i, (layer, saved)) in self.layers.iter_mut().zip(&state.layers).enumerate() {
+            match (&mut layer.mixer, saved) {
+                (Mixer::Gdn { .. }, LayerState::Gdn { state, .. }) => self
+                    .gdn
+                    .import_state(i, self.slot, state)
+                    .map_err(|source| ModelError::Gdn { layer: i, source })?,
+                (Mixer::Attention(attention), LayerState::Attention(kv)) => {
+                    attention.import_cache(kv.cached, &kv.keys, &kv.values, &device)?
+                }
+                _ => {
+                    return Err(ModelError::IncompatibleState(format!(
+                        "layer {i} changed kind while importing"
+                    )))
+                }
+            }
+        }
+        self.position = state.position;
+        Ok(())
+    }
+
+    /// The current state as a [`Snapshot`] of the sequence `tokens` (the tokens fed so far plus
+    /// any chosen but not yet fed); `app` is free-form data for the caller (e.g. sampler state).
+    pub fn snapshot(&self, tokens: &[u32], app: Value) -> Result<Snapshot> {
+        if tokens.len() < self.position {
+            return Err(ModelError::IncompatibleState(format!(
+                "a snapshot at position {} needs at least that many tokens, got {}",
+                self.position,
+                tokens.len()
+            )));
+        }
+        Ok(Snapshot {
+            architecture: format!("{:?}", self.config.architecture),
+            weights_dtype: dtype_name(self.dtype),
+            fingerprint: self.fingerprint,
+            gdn_backend: self.gdn.info().name,
+            tokens: tokens.to_vec(),
+            state: self.export_state()?,
+            app,
+            origin: None,
+        })
+    }
+
+    /// Continues the sequence of `snapshot`: checks that this is the model (and weight dtype)
+    /// that made it, then imports its state. The GDN backend may differ from the one that
+    /// saved it (the state is canonical).
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let path = snapshot.origin_path();
+        let (saved, ours) = (snapshot.fingerprint, self.fingerprint);
+        let differing = |parts: &[(&str, u64, u64)]| {
+            parts
+                .iter()
+                .filter(|(_, a, b)| a != b)
+                .map(|(what, a, b)| format!("{what} (snapshot {a:016x}, this model {b:016x})"))
+                .collect::<Vec<_>>()
+        };
+        let foreign = |differs: Vec<String>| {
+            let architecture = format!("{:?}", self.config.architecture);
+            let which = if snapshot.architecture != architecture {
+                format!(
+                    "it is a {} snapshot and this is a {architecture} model; ",
+                    snapshot.architecture
+                )
+            } else {
+                String::new()
+            };
+            SnapshotError::ForeignModel {
+                path: path.clone(),
+                detail: format!("{which}differs in {}", differs.join(", ")),
+            }
+        };
+        // Order matters for the message: another config first; then the weight dtype, because
+        // the weight sample is hashed as stored, so another dtype also changes that hash.
+        let differs = differing(&[
+            ("config", saved.config, ours.config),
+            ("state shapes", saved.shapes, ours.shapes),
+        ]);
+        if !differs.is_empty() {
+            return Err(foreign(differs).into());
+        }
+        let dtype = dtype_name(self.dtype);
+        if snapshot.weights_dtype != dtype {
+            return Err(SnapshotError::Incompatible {
+                path,
+                detail: format!(
+                    "it was computed with {} weights and this model stores {dtype}; load the \
+                     model with --dtype {}",
+                    snapshot.weights_dtype, snapshot.weights_dtype
+                ),
+            }
+            .into());
+        }
+        let differs = differing(&[("weights", saved.weights, ours.weights)]);
+        if !differs.is_empty() {
+            return Err(foreign(differs).into());
+        }
+        self.import_state(&snapshot.state).map_err(|e| match e {
+            ModelError::IncompatibleState(detail) => {
+                SnapshotError::Incompatible { path, detail }.into()
+            }
+            other => other,
+        })
+    }
+
+    /// Moves the live GDN state to backend `to` (live migration): loads every GDN layer's
+    /// constants into it, allocates a slot, and copies every layer's state across in the
+    /// canonical layout. On success `to` runs the model from the next token on and the old
+    /// backend is returned (drop it to free its memory); on failure nothing changed and the old
+    /// backend keeps running the model.
+    pub fn migrate_gdn_backend(
+        &mut self,
+        mut to: Box<dyn GdnBackend>,
+    ) -> Result<Box<dyn GdnBackend>> {
+        let spec = self.config.gdn_spec();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Mixer::Gdn { constants, .. } = &layer.mixer {
+                to.load_layer(i, spec, constants)
+                    .map_err(|source| ModelError::Gdn { layer: i, source })?;
+            }
+        }
+        let slot = to
+            .alloc_slot()
+            .map_err(|source| ModelError::Gdn { layer: 0, source })?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Mixer::Gdn { .. } = layer.mixer {
+                let state = self
+                    .gdn
+                    .export_state(i, self.slot)
+                    .map_err(|source| ModelError::Gdn { layer: i, source })?;
+                to.import_state(i, slot, &state)
+                    .map_err(|source| ModelError::Gdn { layer: i, source })?;
+            }
+        }
+        self.slot = slot;
+        Ok(std::mem::replace(&mut self.gdn, to))
+    }
+
+    /// Number of GDN (linear-attention) layers.
+    pub fn gdn_layers(&self) -> usize {
+        self.layers
+            .iter()
+            .filter(|l| matches!(l.mixer, Mixer::Gdn { .. }))
+            .count()
+    }
+}
