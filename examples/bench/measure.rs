@@ -1,0 +1,181 @@
+//! Runs one backend: loads the model with its GDN layers there, warms up, then times the same
+//! prompt and greedy decode `repeats` times.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use hybrid_decode::gdn::BackendOptions;
+use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig};
+use hybrid_decode::runtime::{resolve_model, HubOptions};
+
+use crate::report::{BackendResult, Roofline, Stat};
+use crate::roofline::{device_bandwidth, recurrence_flops, state_bytes};
+
+/// Where the model comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A local directory or a hub repo id (`--model`).
+    Model(String),
+    /// A config's shapes with seeded random weights (`--config FILE --random-weights`).
+    RandomWeights { config: PathBuf, seed: u64 },
+}
+
+/// What to run, the same for every backend.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: Source,
+    pub dtype: DType,
+    pub threads: Option<usize>,
+    pub prompt_tokens: usize,
+    pub gen_tokens: usize,
+    pub repeats: usize,
+    pub warmup: usize,
+}
+
+fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
+    let mut options = BackendOptions::default();
+    if let Some(threads) = settings.threads {
+        options = options.with_threads(threads);
+    }
+    let gdn = hybrid_decode::gdn_registry()
+        .create(backend, &options)
+        .with_context(|| format!("--gdn-backend {backend}"))?;
+    let load_options = LoadOptions {
+        dtype: settings.dtype,
+        ..LoadOptions::default()
+    };
+    Ok(match &settings.source {
+        Source::Model(spec) => {
+            let files = resolve_model(spec, &HubOptions::from_env()?)?;
+            HybridModel::load(&files.dir, &load_options, gdn)
+                .with_context(|| format!("loading the model in {}", files.dir.display()))?
+        }
+        Source::RandomWeights { config, seed } => {
+            let config = ModelConfig::from_file(config)?;
+            HybridModel::random(config, &load_options, gdn, *seed)?
+        }
+    })
+}
+
+/// The bench prompt: fixed pseudo-random ids (a multiplicative hash of the position), so every
+/// backend and every run sees the same tokens without a tokenizer.
+pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    (0..len as u64)
+        .map(|i| ((i * 2_654_435_761 + 12_345) % vocab as u64) as u32)
+        .collect()
+}
+
+/// Greedy choice; the lowest id wins ties, as in the runtime's sampler.
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The process's peak resident set (VmHWM), where /proc tells it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// One timed run's samples.
+struct Sample {
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    gdn_us_per_layer_token: f64,
+    gdn_share: f64,
+    bytes_moved_per_token: f64,
+    tokens: Vec<u32>,
+}
+
+fn run_once(model: &mut HybridModel, prompt: &[u32], gen_tokens: usize) -> Result<Sample> {
+    model.reset()?;
+    let started = Instant::now();
+    let mut logits = model.forward(prompt)?.to_vec1::<f32>()?;
+    let prefill = started.elapsed().as_secs_f64();
+    let mut tokens = vec![argmax(&logits)];
+    let counters = model.gdn_backend().counters();
+    let gdn_before = model.gdn_time();
+    let started = Instant::now();
+    for _ in 0..gen_tokens {
+        let last = tokens[tokens.len() - 1];
+        logits = model.forward(&[last])?.to_vec1::<f32>()?;
+        tokens.push(argmax(&logits));
+    }
+    let decode = started.elapsed().as_secs_f64();
+    let gdn = (model.gdn_time() - gdn_before).as_secs_f64();
+    let after = model.gdn_backend().counters();
+    let moved = (after.bytes_to_device - counters.bytes_to_device)
+        + (after.bytes_from_device - counters.bytes_from_device);
+    let layers = model.gdn_layers().max(1);
+    Ok(Sample {
+        prefill_tok_s: prompt.len() as f64 / prefill,
+        decode_tok_s: gen_tokens as f64 / decode,
+        gdn_us_per_layer_token: gdn * 1e6 / (gen_tokens * layers) as f64,
+        gdn_share: gdn / decode,
+        bytes_moved_per_token: moved as f64 / gen_tokens as f64,
+        tokens,
+    })
+}
+
+/// Measures `backend` in this process.
+pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
+    let started = Instant::now();
+    let mut model = load(settings, backend)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let info = model.gdn_backend().info();
+    let prompt = prompt(settings.prompt_tokens, model.config().vocab_size);
+    for _ in 0..settings.warmup {
+        run_once(&mut model, &prompt, settings.gen_tokens)?;
+    }
+    let samples = (0..settings.repeats)
+        .map(|_| run_once(&mut model, &prompt, settings.gen_tokens))
+        .collect::<Result<Vec<_>>>()?;
+    // Read before the bandwidth test allocates its buffer: the peak is the model's.
+    let peak_rss_bytes = peak_rss_bytes();
+    let spec = model.config().gdn_spec();
+    let gdn_layers = model.gdn_layers();
+    drop(model);
+
+    let stat = |f: fn(&Sample) -> f64| Stat::of(&samples.iter().map(f).collect::<Vec<_>>());
+    let gdn_us = stat(|s| s.gdn_us_per_layer_token);
+    let per_layer_bytes = state_bytes(&spec);
+    let device = device_bandwidth(&info, &spec, gdn_layers)?;
+    let tokens = samples[0].tokens.clone();
+    Ok(BackendResult {
+        backend: backend.to_string(),
+        device: info.device,
+        host_threads: info.host_threads,
+        state_on_host: info.state_on_host,
+        load_s,
+        prefill_tok_s: stat(|s| s.prefill_tok_s),
+        decode_tok_s: stat(|s| s.decode_tok_s),
+        gdn_share: stat(|s| s.gdn_share),
+        bytes_moved_per_token: stat(|s| s.bytes_moved_per_token).median,
+        peak_rss_bytes,
+        deterministic: samples.iter().all(|s| s.tokens == tokens),
+        tokens,
+        roofline: Roofline {
+            gdn_layers,
+            state_bytes_per_token: per_layer_bytes * gdn_layers as f64,
+            flops_per_token: recurrence_flops(&spec) * gdn_layers as f64,
+            // Bytes of one layer-token over the median time of one layer-token (the modelled
+            // device's time for a simulated device).
+            achieved_gb_s: match device.as_ref().and_then(|d| d.modelled_us_per_layer_token) {
+                Some(us) => per_layer_bytes / (us * 1e3),
+                None if gdn_us.median > 0.0 => per_layer_bytes / (gdn_us.median * 1e3),
+                None => 0.0,
+            },
+            device,
+        },
+        gdn_us_per_layer_token: gdn_us,
+    })
+}
