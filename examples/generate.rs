@@ -58,6 +58,8 @@ struct Args {
     seed: Option<u64>,
     gdn_backend: String,
     threads: Option<usize>,
+    xclbin: Option<PathBuf>,
+    device_index: Option<usize>,
     dtype: Option<DType>,
     json: bool,
     save_state: Option<PathBuf>,
@@ -99,6 +101,8 @@ fn parse_args() -> Result<Args> {
             "--seed",
             "--gdn-backend",
             "--threads",
+            "--xclbin",
+            "--device-index",
             "--dtype",
             "--save-state",
             "--resume",
@@ -140,6 +144,8 @@ fn parse_args() -> Result<Args> {
             "--seed" => a.seed = Some(number(&flag, &value)?),
             "--gdn-backend" => a.gdn_backend = value,
             "--threads" => a.threads = Some(number(&flag, &value)?),
+            "--xclbin" => a.xclbin = Some(value.into()),
+            "--device-index" => a.device_index = Some(number(&flag, &value)?),
             "--dtype" => {
                 a.dtype = Some(match value.as_str() {
                     "f32" => DType::F32,
@@ -191,11 +197,23 @@ struct Loaded {
     description: String,
 }
 
-fn load(a: &Args) -> Result<Loaded> {
+/// The GDN backend options the flags ask for (the same for `--gdn-backend` and `--to`).
+fn backend_options(a: &Args) -> BackendOptions {
     let mut options = BackendOptions::default();
     if let Some(threads) = a.threads {
         options = options.with_threads(threads);
     }
+    if let Some(xclbin) = &a.xclbin {
+        options = options.with_xclbin(xclbin);
+    }
+    if let Some(index) = a.device_index {
+        options = options.with_device_index(index);
+    }
+    options
+}
+
+fn load(a: &Args) -> Result<Loaded> {
+    let options = backend_options(a);
     let gdn = hybrid_decode::gdn_registry()
         .create(&a.gdn_backend, &options)
         .with_context(|| format!("--gdn-backend {} (try --gdn-backend help)", a.gdn_backend))?;
@@ -453,10 +471,7 @@ fn main() -> Result<()> {
         .map(Snapshot::read)
         .transpose()
         .context("--resume")?;
-    let mut backend_options = BackendOptions::default();
-    if let Some(threads) = a.threads {
-        backend_options = backend_options.with_threads(threads);
-    }
+    let backend_options = backend_options(&a);
     let mut migrate_to = match &a.migrate_to {
         Some(name) => Some(
             hybrid_decode::gdn_registry()

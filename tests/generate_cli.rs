@@ -155,6 +155,12 @@ fn bad_input_fails_cleanly() {
     assert_fails(&["--model", "/no/such/model"], "/no/such/model");
     assert_fails(&["--gdn-backend", "tpu"], "unknown GDN backend `tpu`");
     assert_fails(&["--gdn-backend", "cuda"], "not available");
+    // Without a card `xrt` says so; with one, the missing xclbin is the error.
+    assert_fails(
+        &["--gdn-backend", "xrt", "--xclbin", "/nonexistent/gdn.xclbin"],
+        "--gdn-backend xrt",
+    );
+    assert_fails(&["--device-index", "first"], "--device-index");
     assert_fails(&["--temperature", "-1"], "--temperature");
     assert_fails(&["--top-p", "1.5"], "--top-p");
     assert_fails(&["--max-new-tokens", "many"], "--max-new-tokens");

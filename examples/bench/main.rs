@@ -64,6 +64,7 @@ fn parse() -> Result<Options> {
     let mut seed = 7;
     let mut dtype = DType::F32;
     let mut threads = None;
+    let mut gdn_options = BackendOptions::default();
     let (mut prompt_tokens, mut gen_tokens, mut repeats, mut warmup) = (128, 32, 3, 1);
     let mut backends = vec!["all".to_string()];
     let (mut json, mut svg, mut in_process) = (false, None, false);
@@ -85,6 +86,8 @@ fn parse() -> Result<Options> {
             "--dtype",
             "--gdn-backend",
             "--threads",
+            "--xclbin",
+            "--device-index",
             "--prompt-tokens",
             "--gen-tokens",
             "--repeats",
@@ -125,6 +128,10 @@ fn parse() -> Result<Options> {
                     .collect()
             }
             "--threads" => threads = Some(number(&flag, &value, count)?),
+            "--xclbin" => gdn_options = gdn_options.with_xclbin(value),
+            "--device-index" => {
+                gdn_options = gdn_options.with_device_index(number(&flag, &value, count)?)
+            }
             "--prompt-tokens" => prompt_tokens = number(&flag, &value, count)?,
             "--gen-tokens" => gen_tokens = number(&flag, &value, count)?,
             "--repeats" => repeats = number(&flag, &value, count)?,
@@ -153,8 +160,10 @@ fn parse() -> Result<Options> {
             bail!("{flag} must be at least 1");
         }
     }
-    if threads == Some(0) {
-        bail!("--threads must be at least 1");
+    match threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(threads) => gdn_options = gdn_options.with_threads(threads),
+        None => {}
     }
     let (source, model_label) = match (model, config, random_weights) {
         (Some(spec), None, false) => (Source::Model(spec.clone()), spec),
@@ -208,7 +217,7 @@ fn parse() -> Result<Options> {
         settings: Settings {
             source,
             dtype,
-            threads,
+            gdn_options,
             prompt_tokens,
             gen_tokens,
             repeats,

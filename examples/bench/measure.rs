@@ -27,7 +27,8 @@ pub enum Source {
 pub struct Settings {
     pub source: Source,
     pub dtype: DType,
-    pub threads: Option<usize>,
+    /// Options every GDN backend is created with (threads, xclbin, device index).
+    pub gdn_options: BackendOptions,
     pub prompt_tokens: usize,
     pub gen_tokens: usize,
     pub repeats: usize,
@@ -35,12 +36,8 @@ pub struct Settings {
 }
 
 fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
-    let mut options = BackendOptions::default();
-    if let Some(threads) = settings.threads {
-        options = options.with_threads(threads);
-    }
     let gdn = hybrid_decode::gdn_registry()
-        .create(backend, &options)
+        .create(backend, &settings.gdn_options)
         .with_context(|| format!("--gdn-backend {backend}"))?;
     let load_options = LoadOptions {
         dtype: settings.dtype,

@@ -36,6 +36,8 @@ struct Options {
     layers: usize,
     prefill_tokens: usize,
     threads: Option<usize>,
+    /// Backend options besides threads (`--xclbin`, `--device-index`).
+    gdn_options: BackendOptions,
     repeats: usize,
     budget_s: f64,
     json: bool,
@@ -48,6 +50,7 @@ fn parse_args() -> Result<Options> {
         layers: 36,
         prefill_tokens: 512,
         threads: None,
+        gdn_options: BackendOptions::default(),
         repeats: 15,
         budget_s: 4.0,
         json: false,
@@ -78,6 +81,13 @@ fn parse_args() -> Result<Options> {
             "--layers" => o.layers = number("--layers")?,
             "--prefill-tokens" => o.prefill_tokens = number("--prefill-tokens")?,
             "--threads" => o.threads = Some(number("--threads")?),
+            "--xclbin" => o.gdn_options = o.gdn_options.clone().with_xclbin(value("--xclbin")?),
+            "--device-index" => {
+                o.gdn_options = o
+                    .gdn_options
+                    .clone()
+                    .with_device_index(number("--device-index")?)
+            }
             "--repeats" => o.repeats = number("--repeats")?.max(1),
             "--budget-s" => {
                 let v = value("--budget-s")?;
@@ -121,7 +131,7 @@ impl Subject {
         if name == CANDLE_OPS {
             return Ok(Subject::Candle(CandleOps::new(options.spec, constants)?));
         }
-        let mut backend_options = BackendOptions::default();
+        let mut backend_options = options.gdn_options.clone();
         if let Some(threads) = options.threads {
             backend_options = backend_options.with_threads(threads);
         }
