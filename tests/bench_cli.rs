@@ -124,7 +124,11 @@ fn every_backend_on_every_fixture_agrees_and_reports_consistent_numbers() {
             // device's µs for a simulated device (xrt-sim), whose wall time is a C-simulation.
             let (_, measured_us, _) = stat(r, "gdn_us_per_layer_token");
             let modelled_us = roof["modelled_device_us_per_layer_token"].as_f64();
-            assert_eq!(modelled_us.is_some(), backend == "xrt-sim", "{backend}: {roof}");
+            assert_eq!(
+                modelled_us.is_some(),
+                backend == "xrt-sim",
+                "{backend}: {roof}"
+            );
             let us = modelled_us.unwrap_or(measured_us);
             let achieved = roof["achieved_gb_s"].as_f64().unwrap();
             assert!((achieved - 2.0 * state_bytes / (us * 1e3)).abs() < 1e-9 * achieved.max(1.0));
