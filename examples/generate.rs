@@ -295,6 +295,13 @@ fn prompt_ids(a: &Args, loaded: &Loaded) -> Result<Vec<u32>> {
 fn sampling(a: &Args, generation: &GenerationConfig) -> SamplingParams {
     // Flags win; otherwise the checkpoint's generation_config.json; otherwise greedy.
     let mut params = generation.sampling_params(a.seed.unwrap_or(DEFAULT_SEED));
+    apply_sampling_flags(a, &mut params);
+    params
+}
+
+/// Overrides `params` with every sampling flag given (not `--seed`: its meaning depends on
+/// whether a run starts or resumes).
+fn apply_sampling_flags(a: &Args, params: &mut SamplingParams) {
     if let Some(t) = a.temperature {
         params.temperature = t;
     }
@@ -310,7 +317,6 @@ fn sampling(a: &Args, generation: &GenerationConfig) -> SamplingParams {
     if let Some(n) = a.repeat_last_n {
         params.repeat_last_n = n;
     }
-    params
 }
 
 /// The state flags' rules, checked before anything is loaded.
@@ -409,21 +415,7 @@ fn resumed_sampler(a: &Args, saved: &Value, path: &std::path::Path) -> Result<Sa
             .ok_or_else(|| bad("repeat_last_n"))? as usize,
         seed: saved_seed,
     };
-    if let Some(t) = a.temperature {
-        params.temperature = t;
-    }
-    if a.top_k.is_some() {
-        params.top_k = a.top_k;
-    }
-    if a.top_p.is_some() {
-        params.top_p = a.top_p;
-    }
-    if let Some(p) = a.repeat_penalty {
-        params.repeat_penalty = p;
-    }
-    if let Some(n) = a.repeat_last_n {
-        params.repeat_last_n = n;
-    }
+    apply_sampling_flags(a, &mut params);
     match a.seed {
         Some(seed) if seed != saved_seed => {
             eprintln!("--seed {seed} differs from the snapshot's {saved_seed}: sampling re-seeded");

@@ -1,53 +1,14 @@
 //! The `generate` example as users run it: real process, real flags, exit codes. The binary is
 //! the one `cargo test` builds next to this test (target/<profile>/examples/generate).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn generate_binary() -> PathBuf {
-    // target/<profile>/deps/generate_cli-<hash> → target/<profile>/examples/generate
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("generate{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo test` builds examples; run it through cargo",
-        binary.display()
-    );
-    binary
-}
+use std::process::Output;
+
+use common::{ids, last_json as json, stderr};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(generate_binary())
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run generate")
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// The last stdout line parsed as JSON.
-fn json(output: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().expect("some stdout");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
-
-fn ids(value: &serde_json::Value) -> Vec<u64> {
-    value
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|v| v.as_u64().expect("id"))
-        .collect()
+    common::run("generate", args)
 }
 
 /// The greedy ids HF produced for the default prompt on the default model
@@ -140,14 +101,7 @@ fn random_weights_on_a_config_run_without_a_tokenizer() {
 
 /// Bad input: exit code ≠ 0, a message naming the problem, and never a panic.
 fn assert_fails(args: &[&str], expected: &str) {
-    let out = run(args);
-    let err = stderr(&out);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    assert!(
-        err.contains(expected),
-        "{args:?}: expected `{expected}` in: {err}"
-    );
+    common::assert_fails("generate", args, expected)
 }
 
 #[test]
@@ -157,7 +111,12 @@ fn bad_input_fails_cleanly() {
     assert_fails(&["--gdn-backend", "cuda"], "not available");
     // Without a card `xrt` says so; with one, the missing xclbin is the error.
     assert_fails(
-        &["--gdn-backend", "xrt", "--xclbin", "/nonexistent/gdn.xclbin"],
+        &[
+            "--gdn-backend",
+            "xrt",
+            "--xclbin",
+            "/nonexistent/gdn.xclbin",
+        ],
         "--gdn-backend xrt",
     );
     assert_fails(&["--device-index", "first"], "--device-index");

@@ -1,4 +1,4 @@
-//! Helpers shared by the snapshot, migration and bench tests: fixture paths, loading a fixture
+//! Helpers shared by the snapshot, migration, bench and generate CLI tests: fixture paths, loading a fixture
 //! on a backend, greedy/seeded generation through the runtime, and running example binaries.
 
 #![allow(dead_code)] // each test binary uses its own subset
