@@ -162,7 +162,8 @@ pub enum XrtError {
     /// The xclbin file is missing or unreadable.
     #[error(
         "cannot read the xclbin `{}`: {reason}. Build it with `make -C crates/gdn-xrt/kernels` on a \
-         machine with Vitis, and pass it with BackendOptions::with_xclbin or HYBRID_GDN_XCLBIN",
+         machine with Vitis, and pass it with `--xclbin PATH` (generate, bench, gdn_bench), \
+         BackendOptions::with_xclbin or HYBRID_GDN_XCLBIN",
         path.display()
     )]
     XclbinUnreadable {
