@@ -19,7 +19,7 @@
 //!   history commit. Sequential in the recurrence, so exactly the math of T decode steps.
 //! - **Many layers per round trip**: [`CudaBackend::step_layers`] uploads several layers'
 //!   inputs at once and replays all their launches as one CUDA graph ([`graphs`]), and
-//!   [`CudaBackend::time_device_decode`] times the kernels GPU-side ([`bench`]).
+//!   [`CudaBackend::time_device_decode`] times the kernels GPU-side ([`mod@bench`]).
 //!
 //! ## Run-time compilation (NVRTC) rather than build time
 //! The kernels are compiled when a layer shape is first loaded, by NVRTC, for the GPU's own

@@ -4,7 +4,7 @@
 //! specs and constants, sequence slots, the canonical state layout, typed errors, the
 //! [`Registry`] that resolves a backend by name, and the scalar [`ReferenceBackend`] that every
 //! other backend is tested against. With the `conformance` feature it also carries the shared
-//! conformance suite (see [`conformance`]).
+//! conformance suite (module `conformance`, behind the cargo feature `conformance`).
 //!
 //! The math (DESIGN §3), per token and value head h reading key head ⌊h/r⌋:
 //! conv + SiLU over `mixed_qkv`, L2-normalised q (scaled by 1/√dk) and k,

@@ -121,7 +121,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Single-pass delta-rule update of one value head (see [`super::Kernel::head_update`]).
 ///
-/// Each group of [`COLUMNS`] value columns is read once from wherever the state lives (L2, L3 or
+/// Each group of `COLUMNS` (4) value columns is read once from wherever the state lives (L2, L3 or
 /// DRAM) to form `Sᵀk` and `Sᵀq`, then updated from L1 and written once.
 ///
 /// # Safety

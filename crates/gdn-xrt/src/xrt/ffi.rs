@@ -30,7 +30,7 @@ pub struct XrtApi {
     pub device_close: unsafe extern "C" fn(Handle) -> c_int,
     /// `xrtDeviceLoadXclbinFile(xrtDeviceHandle, const char*) -> int`.
     pub device_load_xclbin_file: unsafe extern "C" fn(Handle, *const c_char) -> c_int,
-    /// `xrtDeviceGetXclbinUUID(xrtDeviceHandle, xuid_t out) -> int` (xuid_t = unsigned char[16]).
+    /// `xrtDeviceGetXclbinUUID(xrtDeviceHandle, xuid_t out) -> int` (`xuid_t` = `unsigned char[16]`).
     pub device_get_xclbin_uuid: unsafe extern "C" fn(Handle, *mut u8) -> c_int,
     /// `xrtPLKernelOpen(xrtDeviceHandle, const xuid_t, const char*) -> xrtKernelHandle`.
     pub pl_kernel_open: unsafe extern "C" fn(Handle, *const u8, *const c_char) -> Handle,
