@@ -17,21 +17,25 @@
 //! position travel in the snapshot). `--migrate-after N --to BACKEND` moves the live GDN state to
 //! another backend after N generated tokens.
 
+mod args;
+mod state;
+
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig, Snapshot, WriteMode};
 use hybrid_decode::runtime::{
     resolve_model, ChatMessage, ChatTemplate, GenerateOptions, GeneratedToken, GenerationConfig,
-    GenerationOutput, Generator, HubOptions, LanguageModel, Sampler, SamplingParams, StopReason,
-    Tokenizer, TokenizerConfig, DEFAULT_SEED,
+    GenerationOutput, Generator, HubOptions, LanguageModel, Sampler, StopReason, Tokenizer,
+    TokenizerConfig, DEFAULT_SEED,
 };
 use hybrid_decode::Engine;
 use serde_json::{json, Value};
+
+use args::{backend_options, parse_args, sampling, Args};
+use state::{resumed_sampler, sampler_json};
 
 /// The model used when `--model` is not given: committed under models/, no network needed.
 const DEFAULT_MODEL: &str = concat!(
@@ -40,141 +44,6 @@ const DEFAULT_MODEL: &str = concat!(
 );
 
 const DEFAULT_PROMPT: &str = "And God said, Let there be";
-
-#[derive(Default)]
-struct Args {
-    model: Option<String>,
-    config: Option<PathBuf>,
-    random_weights: bool,
-    prompt: Option<String>,
-    prompt_ids: Option<Vec<u32>>,
-    chat: bool,
-    max_new_tokens: usize,
-    temperature: Option<f64>,
-    top_k: Option<usize>,
-    top_p: Option<f64>,
-    repeat_penalty: Option<f64>,
-    repeat_last_n: Option<usize>,
-    seed: Option<u64>,
-    gdn_backend: String,
-    threads: Option<usize>,
-    xclbin: Option<PathBuf>,
-    device_index: Option<usize>,
-    dtype: Option<DType>,
-    json: bool,
-    save_state: Option<PathBuf>,
-    force: bool,
-    resume: Option<PathBuf>,
-    migrate_after: Option<usize>,
-    migrate_to: Option<String>,
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
-    value
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{flag} got `{value}`, which is not a valid number"))
-}
-
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        max_new_tokens: 32,
-        gdn_backend: "cpu".into(),
-        ..Args::default()
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            println!("{}", include_str!("generate_usage.txt"));
-            std::process::exit(0);
-        }
-        const VALUE_FLAGS: &[&str] = &[
-            "--model",
-            "--config",
-            "--prompt",
-            "--prompt-ids",
-            "--max-new-tokens",
-            "--temperature",
-            "--top-k",
-            "--top-p",
-            "--repeat-penalty",
-            "--repeat-last-n",
-            "--seed",
-            "--gdn-backend",
-            "--threads",
-            "--xclbin",
-            "--device-index",
-            "--dtype",
-            "--save-state",
-            "--resume",
-            "--migrate-after",
-            "--to",
-        ];
-        let switch = matches!(
-            flag.as_str(),
-            "--chat" | "--json" | "--random-weights" | "--force"
-        );
-        if !switch && !VALUE_FLAGS.contains(&flag.as_str()) {
-            bail!("unknown flag `{flag}` (see --help)");
-        }
-        let value = if switch {
-            String::new()
-        } else {
-            it.next()
-                .with_context(|| format!("{flag} needs a value (see --help)"))?
-        };
-        match flag.as_str() {
-            "--model" => a.model = Some(value),
-            "--config" => a.config = Some(value.into()),
-            "--random-weights" => a.random_weights = true,
-            "--prompt" => a.prompt = Some(value),
-            "--prompt-ids" => {
-                let ids = value
-                    .split(',')
-                    .map(|s| number::<u32>("--prompt-ids", s.trim()))
-                    .collect::<Result<Vec<_>>>()?;
-                a.prompt_ids = Some(ids);
-            }
-            "--chat" => a.chat = true,
-            "--max-new-tokens" => a.max_new_tokens = number(&flag, &value)?,
-            "--temperature" => a.temperature = Some(number(&flag, &value)?),
-            "--top-k" => a.top_k = Some(number(&flag, &value)?),
-            "--top-p" => a.top_p = Some(number(&flag, &value)?),
-            "--repeat-penalty" => a.repeat_penalty = Some(number(&flag, &value)?),
-            "--repeat-last-n" => a.repeat_last_n = Some(number(&flag, &value)?),
-            "--seed" => a.seed = Some(number(&flag, &value)?),
-            "--gdn-backend" => a.gdn_backend = value,
-            "--threads" => a.threads = Some(number(&flag, &value)?),
-            "--xclbin" => a.xclbin = Some(value.into()),
-            "--device-index" => a.device_index = Some(number(&flag, &value)?),
-            "--dtype" => {
-                a.dtype = Some(match value.as_str() {
-                    "f32" => DType::F32,
-                    "bf16" => DType::BF16,
-                    "f16" => DType::F16,
-                    other => bail!("--dtype takes f32, bf16 or f16, got `{other}`"),
-                })
-            }
-            "--json" => a.json = true,
-            "--save-state" => a.save_state = Some(value.into()),
-            "--force" => a.force = true,
-            "--resume" => a.resume = Some(value.into()),
-            "--migrate-after" => a.migrate_after = Some(number(&flag, &value)?),
-            "--to" => a.migrate_to = Some(value),
-            other => bail!("unknown flag `{other}` (see --help)"),
-        }
-    }
-    if a.prompt.is_some() && a.prompt_ids.is_some() {
-        bail!("give either --prompt or --prompt-ids, not both");
-    }
-    if a.random_weights != a.config.is_some() {
-        bail!("--random-weights and --config FILE go together (a config's shapes, random weights)");
-    }
-    if a.random_weights && a.model.is_some() {
-        bail!("--random-weights builds the model from --config; drop --model");
-    }
-    check_state_flags(&a)?;
-    Ok(a)
-}
 
 fn list_backends() {
     let registry = hybrid_decode::gdn_registry();
@@ -195,21 +64,6 @@ struct Loaded {
     tokenizer_config: Option<TokenizerConfig>,
     generation: GenerationConfig,
     description: String,
-}
-
-/// The GDN backend options the flags ask for (the same for `--gdn-backend` and `--to`).
-fn backend_options(a: &Args) -> BackendOptions {
-    let mut options = BackendOptions::default();
-    if let Some(threads) = a.threads {
-        options = options.with_threads(threads);
-    }
-    if let Some(xclbin) = &a.xclbin {
-        options = options.with_xclbin(xclbin);
-    }
-    if let Some(index) = a.device_index {
-        options = options.with_device_index(index);
-    }
-    options
 }
 
 fn load(a: &Args) -> Result<Loaded> {
@@ -290,140 +144,6 @@ fn prompt_ids(a: &Args, loaded: &Loaded) -> Result<Vec<u32>> {
         text
     };
     Ok(tokenizer.encode(&text, false)?)
-}
-
-fn sampling(a: &Args, generation: &GenerationConfig) -> SamplingParams {
-    // Flags win; otherwise the checkpoint's generation_config.json; otherwise greedy.
-    let mut params = generation.sampling_params(a.seed.unwrap_or(DEFAULT_SEED));
-    apply_sampling_flags(a, &mut params);
-    params
-}
-
-/// Overrides `params` with every sampling flag given (not `--seed`: its meaning depends on
-/// whether a run starts or resumes).
-fn apply_sampling_flags(a: &Args, params: &mut SamplingParams) {
-    if let Some(t) = a.temperature {
-        params.temperature = t;
-    }
-    if a.top_k.is_some() {
-        params.top_k = a.top_k;
-    }
-    if a.top_p.is_some() {
-        params.top_p = a.top_p;
-    }
-    if let Some(p) = a.repeat_penalty {
-        params.repeat_penalty = p;
-    }
-    if let Some(n) = a.repeat_last_n {
-        params.repeat_last_n = n;
-    }
-}
-
-/// The state flags' rules, checked before anything is loaded.
-fn check_state_flags(a: &Args) -> Result<()> {
-    if a.resume.is_some() {
-        for (given, flag) in [
-            (a.prompt.is_some(), "--prompt"),
-            (a.prompt_ids.is_some(), "--prompt-ids"),
-            (a.chat, "--chat"),
-        ] {
-            if given {
-                bail!("--resume continues the sequence saved in the snapshot; drop {flag}");
-            }
-        }
-    }
-    match (a.migrate_after, &a.migrate_to) {
-        (Some(_), None) => bail!("--migrate-after N needs --to BACKEND (the backend to move to)"),
-        (None, Some(_)) => bail!("--to BACKEND needs --migrate-after N (when to move)"),
-        (Some(n), Some(_)) if n == 0 || n >= a.max_new_tokens => bail!(
-            "--migrate-after {n} must be between 1 and --max-new-tokens − 1 ({}) so that tokens \
-             are generated on both backends",
-            a.max_new_tokens.saturating_sub(1)
-        ),
-        _ => {}
-    }
-    if let Some(path) = &a.save_state {
-        if a.max_new_tokens == 0 {
-            bail!(
-                "--save-state needs --max-new-tokens ≥ 1: a snapshot continues from a generated \
-                 token that has not been fed yet"
-            );
-        }
-        if path.exists() && !a.force {
-            bail!(
-                "--save-state {}: the file exists and is left untouched; choose another file or \
-                 add --force to replace it",
-                path.display()
-            );
-        }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
-            bail!(
-                "--save-state {}: the directory {} does not exist",
-                path.display(),
-                dir.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The sampler's parameters and random-stream position, as stored in a snapshot's `app` field.
-fn sampler_json(sampler: &Sampler) -> Value {
-    let p = sampler.params();
-    json!({
-        "temperature": p.temperature,
-        "top_k": p.top_k,
-        "top_p": p.top_p,
-        "repeat_penalty": p.repeat_penalty,
-        "repeat_last_n": p.repeat_last_n,
-        // u64/u128 as strings: JSON numbers lose precision past 2^53 in many readers.
-        "seed": p.seed.to_string(),
-        "rng_position": sampler.rng_position().to_string(),
-    })
-}
-
-/// The sampler to resume with: the snapshot's parameters, overridden by any sampling flag given
-/// now; its random stream continues where it stopped unless a different `--seed` re-seeds it.
-fn resumed_sampler(a: &Args, saved: &Value, path: &std::path::Path) -> Result<Sampler> {
-    let bad = |field: &str| {
-        anyhow::anyhow!(
-            "--resume {}: the snapshot's app.sampler.{field} is missing or invalid (was it \
-             written by the generate example?)",
-            path.display()
-        )
-    };
-    let s = &saved["sampler"];
-    let text_number = |field: &str| -> Result<u128> {
-        s[field]
-            .as_str()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| bad(field))
-    };
-    let saved_seed = u64::try_from(text_number("seed")?).map_err(|_| bad("seed"))?;
-    let mut params = SamplingParams {
-        temperature: s["temperature"]
-            .as_f64()
-            .ok_or_else(|| bad("temperature"))?,
-        top_k: s["top_k"].as_u64().map(|k| k as usize),
-        top_p: s["top_p"].as_f64(),
-        repeat_penalty: s["repeat_penalty"]
-            .as_f64()
-            .ok_or_else(|| bad("repeat_penalty"))?,
-        repeat_last_n: s["repeat_last_n"]
-            .as_u64()
-            .ok_or_else(|| bad("repeat_last_n"))? as usize,
-        seed: saved_seed,
-    };
-    apply_sampling_flags(a, &mut params);
-    match a.seed {
-        Some(seed) if seed != saved_seed => {
-            eprintln!("--seed {seed} differs from the snapshot's {saved_seed}: sampling re-seeded");
-            params.seed = seed;
-            Ok(Sampler::new(params)?)
-        }
-        _ => Ok(Sampler::resume_at(params, text_number("rng_position")?)?),
-    }
 }
 
 /// Concatenates the generated tokens of consecutive phases (before and after a migration).

@@ -1,0 +1,188 @@
+//! The command line of the generate example: flags, their checks, and what they ask of the GDN
+//! backend and the sampler.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use hybrid_decode::gdn::BackendOptions;
+use hybrid_decode::runtime::{GenerationConfig, SamplingParams, DEFAULT_SEED};
+
+use crate::state::check_state_flags;
+
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) model: Option<String>,
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) random_weights: bool,
+    pub(crate) prompt: Option<String>,
+    pub(crate) prompt_ids: Option<Vec<u32>>,
+    pub(crate) chat: bool,
+    pub(crate) max_new_tokens: usize,
+    pub(crate) temperature: Option<f64>,
+    pub(crate) top_k: Option<usize>,
+    pub(crate) top_p: Option<f64>,
+    pub(crate) repeat_penalty: Option<f64>,
+    pub(crate) repeat_last_n: Option<usize>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) gdn_backend: String,
+    pub(crate) threads: Option<usize>,
+    pub(crate) xclbin: Option<PathBuf>,
+    pub(crate) device_index: Option<usize>,
+    pub(crate) dtype: Option<DType>,
+    pub(crate) json: bool,
+    pub(crate) save_state: Option<PathBuf>,
+    pub(crate) force: bool,
+    pub(crate) resume: Option<PathBuf>,
+    pub(crate) migrate_after: Option<usize>,
+    pub(crate) migrate_to: Option<String>,
+}
+
+pub(crate) fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{flag} got `{value}`, which is not a valid number"))
+}
+
+pub(crate) fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        max_new_tokens: 32,
+        gdn_backend: "cpu".into(),
+        ..Args::default()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{}", include_str!("usage.txt"));
+            std::process::exit(0);
+        }
+        const VALUE_FLAGS: &[&str] = &[
+            "--model",
+            "--config",
+            "--prompt",
+            "--prompt-ids",
+            "--max-new-tokens",
+            "--temperature",
+            "--top-k",
+            "--top-p",
+            "--repeat-penalty",
+            "--repeat-last-n",
+            "--seed",
+            "--gdn-backend",
+            "--threads",
+            "--xclbin",
+            "--device-index",
+            "--dtype",
+            "--save-state",
+            "--resume",
+            "--migrate-after",
+            "--to",
+        ];
+        let switch = matches!(
+            flag.as_str(),
+            "--chat" | "--json" | "--random-weights" | "--force"
+        );
+        if !switch && !VALUE_FLAGS.contains(&flag.as_str()) {
+            bail!("unknown flag `{flag}` (see --help)");
+        }
+        let value = if switch {
+            String::new()
+        } else {
+            it.next()
+                .with_context(|| format!("{flag} needs a value (see --help)"))?
+        };
+        match flag.as_str() {
+            "--model" => a.model = Some(value),
+            "--config" => a.config = Some(value.into()),
+            "--random-weights" => a.random_weights = true,
+            "--prompt" => a.prompt = Some(value),
+            "--prompt-ids" => {
+                let ids = value
+                    .split(',')
+                    .map(|s| number::<u32>("--prompt-ids", s.trim()))
+                    .collect::<Result<Vec<_>>>()?;
+                a.prompt_ids = Some(ids);
+            }
+            "--chat" => a.chat = true,
+            "--max-new-tokens" => a.max_new_tokens = number(&flag, &value)?,
+            "--temperature" => a.temperature = Some(number(&flag, &value)?),
+            "--top-k" => a.top_k = Some(number(&flag, &value)?),
+            "--top-p" => a.top_p = Some(number(&flag, &value)?),
+            "--repeat-penalty" => a.repeat_penalty = Some(number(&flag, &value)?),
+            "--repeat-last-n" => a.repeat_last_n = Some(number(&flag, &value)?),
+            "--seed" => a.seed = Some(number(&flag, &value)?),
+            "--gdn-backend" => a.gdn_backend = value,
+            "--threads" => a.threads = Some(number(&flag, &value)?),
+            "--xclbin" => a.xclbin = Some(value.into()),
+            "--device-index" => a.device_index = Some(number(&flag, &value)?),
+            "--dtype" => {
+                a.dtype = Some(match value.as_str() {
+                    "f32" => DType::F32,
+                    "bf16" => DType::BF16,
+                    "f16" => DType::F16,
+                    other => bail!("--dtype takes f32, bf16 or f16, got `{other}`"),
+                })
+            }
+            "--json" => a.json = true,
+            "--save-state" => a.save_state = Some(value.into()),
+            "--force" => a.force = true,
+            "--resume" => a.resume = Some(value.into()),
+            "--migrate-after" => a.migrate_after = Some(number(&flag, &value)?),
+            "--to" => a.migrate_to = Some(value),
+            other => bail!("unknown flag `{other}` (see --help)"),
+        }
+    }
+    if a.prompt.is_some() && a.prompt_ids.is_some() {
+        bail!("give either --prompt or --prompt-ids, not both");
+    }
+    if a.random_weights != a.config.is_some() {
+        bail!("--random-weights and --config FILE go together (a config's shapes, random weights)");
+    }
+    if a.random_weights && a.model.is_some() {
+        bail!("--random-weights builds the model from --config; drop --model");
+    }
+    check_state_flags(&a)?;
+    Ok(a)
+}
+
+/// The GDN backend options the flags ask for (the same for `--gdn-backend` and `--to`).
+pub(crate) fn backend_options(a: &Args) -> BackendOptions {
+    let mut options = BackendOptions::default();
+    if let Some(threads) = a.threads {
+        options = options.with_threads(threads);
+    }
+    if let Some(xclbin) = &a.xclbin {
+        options = options.with_xclbin(xclbin);
+    }
+    if let Some(index) = a.device_index {
+        options = options.with_device_index(index);
+    }
+    options
+}
+
+pub(crate) fn sampling(a: &Args, generation: &GenerationConfig) -> SamplingParams {
+    // Flags win; otherwise the checkpoint's generation_config.json; otherwise greedy.
+    let mut params = generation.sampling_params(a.seed.unwrap_or(DEFAULT_SEED));
+    apply_sampling_flags(a, &mut params);
+    params
+}
+
+/// Overrides `params` with every sampling flag given (not `--seed`: its meaning depends on
+/// whether a run starts or resumes).
+pub(crate) fn apply_sampling_flags(a: &Args, params: &mut SamplingParams) {
+    if let Some(t) = a.temperature {
+        params.temperature = t;
+    }
+    if a.top_k.is_some() {
+        params.top_k = a.top_k;
+    }
+    if a.top_p.is_some() {
+        params.top_p = a.top_p;
+    }
+    if let Some(p) = a.repeat_penalty {
+        params.repeat_penalty = p;
+    }
+    if let Some(n) = a.repeat_last_n {
+        params.repeat_last_n = n;
+    }
+}
