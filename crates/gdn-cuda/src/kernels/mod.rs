@@ -59,7 +59,7 @@ impl KernelConfig {
         let max_unroll = (16 / per_lane.max(1)).max(1);
         let unroll = [4, 2, 1]
             .into_iter()
-            .find(|&u| u <= max_unroll && cols % u == 0)
+            .find(|&u| u <= max_unroll && cols.is_multiple_of(u))
             .unwrap_or(1);
         KernelConfig {
             spec,
