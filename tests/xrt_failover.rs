@@ -12,6 +12,7 @@ use hybrid_decode::gdn_xrt::kernel::abi::Op;
 use hybrid_decode::gdn_xrt::kernel::csim::FaultPlan;
 use hybrid_decode::gdn_xrt::{FailoverBackend, RunState, SimConfig, XrtBackend};
 use hybrid_decode::model::{HybridModel, LayerKind, LoadOptions};
+use hybrid_decode::runtime::{Sampler, SamplingParams};
 
 const FIXTURE: &str = "qwen3-next-tiny";
 const PROMPT: &[u32] = &[3, 141, 59, 265, 358, 979, 323, 846, 264, 338];
@@ -30,21 +31,13 @@ fn registry_backend(name: &str) -> Box<dyn GdnBackend> {
         .unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 fn greedy(model: &mut HybridModel) -> Vec<u32> {
+    let mut sampler = Sampler::new(SamplingParams::greedy()).expect("greedy sampler");
     let mut logits = model.forward(PROMPT).expect("prefill");
     let mut ids = Vec::new();
     for _ in 0..NEW_TOKENS {
-        let next = argmax(&logits.to_vec1::<f32>().expect("logits"));
+        let logits_row = logits.to_vec1::<f32>().expect("logits");
+        let next = sampler.sample(&logits_row, &[]).expect("greedy choice");
         ids.push(next);
         logits = model.forward(&[next]).expect("decode");
     }

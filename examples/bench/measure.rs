@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig};
-use hybrid_decode::runtime::{resolve_model, HubOptions};
+use hybrid_decode::runtime::{resolve_model, HubOptions, Sampler, SamplingParams};
 
 use crate::report::{BackendResult, Roofline, Stat};
 use crate::roofline::{device_bandwidth, recurrence_flops, state_bytes};
@@ -64,17 +64,6 @@ pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Greedy choice; the lowest id wins ties, as in the runtime's sampler.
-fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// The process's peak resident set (VmHWM), where /proc tells it.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -95,17 +84,19 @@ struct Sample {
 
 fn run_once(model: &mut HybridModel, prompt: &[u32], gen_tokens: usize) -> Result<Sample> {
     model.reset()?;
+    // The runtime's greedy choice: highest logit, lowest id on ties.
+    let mut greedy = Sampler::new(SamplingParams::greedy())?;
     let started = Instant::now();
     let mut logits = model.forward(prompt)?.to_vec1::<f32>()?;
     let prefill = started.elapsed().as_secs_f64();
-    let mut tokens = vec![argmax(&logits)];
+    let mut tokens = vec![greedy.sample(&logits, &[])?];
     let counters = model.gdn_backend().counters();
     let gdn_before = model.gdn_time();
     let started = Instant::now();
     for _ in 0..gen_tokens {
         let last = tokens[tokens.len() - 1];
         logits = model.forward(&[last])?.to_vec1::<f32>()?;
-        tokens.push(argmax(&logits));
+        tokens.push(greedy.sample(&logits, &[])?);
     }
     let decode = started.elapsed().as_secs_f64();
     let gdn = (model.gdn_time() - gdn_before).as_secs_f64();
