@@ -413,40 +413,46 @@ fn json_line(r: &Row, spec: &LayerSpec) -> String {
         v["tokens_per_s"] = (r.tokens as f64 / (r.median_us * 1e-6)).into();
     }
     #[cfg(feature = "xrt")]
-    if let Some(model) = fpga_model(r, spec) {
-        for (key, value) in model {
-            v[key] = value;
-        }
+    if let Some(model) = FpgaModel::for_row(r, spec) {
+        v["measured_us_is"] = "C-simulation wall time on the host CPU".into();
+        v["modelled_design_point_p"] = model.design_point_p.into();
+        v["modelled_device_us_per_layer_step"] = model.device_us.into();
+        v["modelled_host_us_per_layer_step"] = model.host_us.into();
     }
     v.to_string()
 }
 
 /// For `xrt-sim`, whose measured time is the C-simulation on this CPU, the latency model's U55C
-/// figures for the simulated design point, in separate fields.
+/// figures for the simulated design point.
 #[cfg(feature = "xrt")]
-fn fpga_model(r: &Row, spec: &LayerSpec) -> Option<Vec<(&'static str, serde_json::Value)>> {
-    use hybrid_decode::gdn_xrt::{latency, XrtBackend};
-    if r.backend != XrtBackend::SIM_NAME {
-        return None;
+struct FpgaModel {
+    design_point_p: usize,
+    /// Modelled device µs per layer-token (per token of the prefill run for `prefill` rows).
+    device_us: f64,
+    /// Modelled host-side µs per layer-step (transfers, launch).
+    host_us: f64,
+}
+
+#[cfg(feature = "xrt")]
+impl FpgaModel {
+    /// The model for `r`, if `r` is an `xrt-sim` row.
+    fn for_row(r: &Row, spec: &LayerSpec) -> Option<Self> {
+        use hybrid_decode::gdn_xrt::{latency, XrtBackend};
+        if r.backend != XrtBackend::SIM_NAME {
+            return None;
+        }
+        let design = XrtBackend::SIM_DESIGN;
+        let device_us = if r.regime == "prefill" {
+            latency::device_us_per_prefill_token(spec, design, r.tokens)
+        } else {
+            latency::device_us_per_step(spec, design)
+        };
+        Some(FpgaModel {
+            design_point_p: design.heads_per_cycle(),
+            device_us,
+            host_us: latency::host_us_per_step(spec),
+        })
     }
-    let design = XrtBackend::SIM_DESIGN;
-    let device_us = if r.regime == "prefill" {
-        latency::device_us_per_prefill_token(spec, design, r.tokens)
-    } else {
-        latency::device_us_per_step(spec, design)
-    };
-    Some(vec![
-        (
-            "measured_us_is",
-            "C-simulation wall time on the host CPU".into(),
-        ),
-        ("modelled_design_point_p", design.heads_per_cycle().into()),
-        ("modelled_device_us_per_layer_step", device_us.into()),
-        (
-            "modelled_host_us_per_layer_step",
-            latency::host_us_per_step(spec).into(),
-        ),
-    ])
 }
 
 fn print_table(rows: &[Row], spec: &LayerSpec, options: &Options) {
@@ -495,25 +501,11 @@ fn print_table(rows: &[Row], spec: &LayerSpec, options: &Options) {
         );
     }
     #[cfg(feature = "xrt")]
-    if let Some(model) = rows.iter().find_map(|r| fpga_model(r, spec)) {
-        let field = |key| {
-            model
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.clone())
-        };
+    if let Some(model) = rows.iter().find_map(|r| FpgaModel::for_row(r, spec)) {
         println!(
             "xrt-sim rows measure the C-simulation on this CPU; the latency model gives {:.1} µs \
              device + {:.1} µs host per layer-token on a U55C (P = {})",
-            field("modelled_device_us_per_layer_step")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(0.0),
-            field("modelled_host_us_per_layer_step")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(0.0),
-            field("modelled_design_point_p")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(0),
+            model.device_us, model.host_us, model.design_point_p,
         );
     }
     if let Some(cpu) = rows
