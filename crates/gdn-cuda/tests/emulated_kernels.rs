@@ -25,16 +25,6 @@ enum Op {
     Prefill(usize),
 }
 
-fn spec(hk: usize, hv: usize, dk: usize, dv: usize, k: usize) -> LayerSpec {
-    LayerSpec {
-        num_k_heads: hk,
-        num_v_heads: hv,
-        head_k_dim: dk,
-        head_v_dim: dv,
-        conv_kernel: k,
-    }
-}
-
 fn compiler() -> Option<String> {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let ok = Command::new(&cxx)
@@ -181,19 +171,25 @@ fn kernels_match_reference_under_emulation() {
     let cases: [(LayerSpec, &[Op]); 6] = [
         // 16-byte lanes (dk = 128), several chunks, a 2-token prefill shorter than K − 1.
         (
-            spec(1, 2, 128, 128, 4),
+            LayerSpec::new(1, 2, 128, 128, 4),
             &[Steps(3), Prefill(37), Steps(2), Prefill(2), Steps(1)],
         ),
         // 8-byte lanes.
-        (spec(2, 4, 64, 64, 4), &[Prefill(18), Steps(2)]),
+        (LayerSpec::new(2, 4, 64, 64, 4), &[Prefill(18), Steps(2)]),
         // 4-byte lanes with idle lanes, r = 3, a partial column group (80 = 20 × 4).
-        (spec(2, 6, 48, 80, 4), &[Prefill(20), Steps(3)]),
+        (LayerSpec::new(2, 6, 48, 80, 4), &[Prefill(20), Steps(3)]),
         // dv not a multiple of the column group, dk with one partial chunk.
-        (spec(3, 3, 33, 7, 4), &[Steps(2), Prefill(5), Steps(2)]),
+        (
+            LayerSpec::new(3, 3, 33, 7, 4),
+            &[Steps(2), Prefill(5), Steps(2)],
+        ),
         // dk = dv = 1.
-        (spec(2, 6, 1, 1, 4), &[Steps(3), Prefill(3)]),
+        (LayerSpec::new(2, 6, 1, 1, 4), &[Steps(3), Prefill(3)]),
         // No conv history at all (K = 1).
-        (spec(1, 1, 64, 32, 1), &[Steps(2), Prefill(4), Steps(1)]),
+        (
+            LayerSpec::new(1, 1, 64, 32, 1),
+            &[Steps(2), Prefill(4), Steps(1)],
+        ),
     ];
     for (i, (shape, ops)) in cases.iter().enumerate() {
         run_case(&cxx, *shape, ops, 40 + i as u64);

@@ -25,22 +25,12 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
-fn spec(hk: usize, hv: usize, dk: usize, dv: usize) -> LayerSpec {
-    LayerSpec {
-        num_k_heads: hk,
-        num_v_heads: hv,
-        head_k_dim: dk,
-        head_v_dim: dv,
-        conv_kernel: 4,
-    }
-}
-
 /// Layers 0 and 2 share the Qwen3-Next shape, layer 5 is small and non-square: one
 /// `step_layers` call mixes kernel specialisations.
 const LAYERS: [(usize, fn() -> LayerSpec); 3] = [
     (0, || LayerSpec::QWEN3_NEXT),
     (2, || LayerSpec::QWEN3_NEXT),
-    (5, || spec(2, 6, 48, 80)),
+    (5, || LayerSpec::new(2, 6, 48, 80, 4)),
 ];
 
 /// The backend and the oracle with the same layers and one slot each.
@@ -205,7 +195,7 @@ fn device_timing_path_advances_state_like_steps() {
 #[test]
 fn prefill_across_the_backend_chunk_boundary() {
     let Some(mut backend) = gpu() else { return };
-    let shape = spec(2, 4, 64, 128);
+    let shape = LayerSpec::new(2, 4, 64, 128, 4);
     let c = random_constants(&shape, 9);
     backend.load_layer(0, shape, &c).expect("load");
     let mut oracle = ReferenceBackend::new();

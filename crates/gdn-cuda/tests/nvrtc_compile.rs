@@ -15,16 +15,6 @@ use hybrid_gdn::LayerSpec;
 use hybrid_gdn_cuda::device;
 use hybrid_gdn_cuda::kernels::{compile, KernelConfig, KERNEL_NAMES};
 
-fn spec(hk: usize, hv: usize, dk: usize, dv: usize, k: usize) -> LayerSpec {
-    LayerSpec {
-        num_k_heads: hk,
-        num_v_heads: hv,
-        head_k_dim: dk,
-        head_v_dim: dv,
-        conv_kernel: k,
-    }
-}
-
 #[test]
 fn kernels_compile_with_nvrtc() {
     if let Err(err) = device::probe_nvrtc() {
@@ -36,13 +26,13 @@ fn kernels_compile_with_nvrtc() {
     }
     let shapes = [
         LayerSpec::QWEN3_NEXT,
-        spec(16, 16, 128, 128, 4), // Qwen3.5-0.8B
-        spec(2, 6, 64, 32, 4),
-        spec(2, 4, 48, 80, 4),
-        spec(3, 3, 33, 7, 4),
-        spec(2, 6, 1, 1, 4),
-        spec(1, 1, 8, 5, 1),
-        spec(4, 8, 256, 256, 3),
+        LayerSpec::new(16, 16, 128, 128, 4), // Qwen3.5-0.8B
+        LayerSpec::new(2, 6, 64, 32, 4),
+        LayerSpec::new(2, 4, 48, 80, 4),
+        LayerSpec::new(3, 3, 33, 7, 4),
+        LayerSpec::new(2, 6, 1, 1, 4),
+        LayerSpec::new(1, 1, 8, 5, 1),
+        LayerSpec::new(4, 8, 256, 256, 3),
     ];
     for arch in [(9, 0), (8, 0)] {
         for shape in shapes {

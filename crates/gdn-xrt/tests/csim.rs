@@ -10,16 +10,6 @@ use hybrid_gdn_xrt::kernel::{check_status, query_info, KernelDevice};
 use hybrid_gdn_xrt::state::Footprint;
 use hybrid_gdn_xrt::{DesignPoint, RunState, SimConfig, XrtBackend, XrtError};
 
-fn spec(hk: usize, hv: usize, dk: usize, dv: usize) -> LayerSpec {
-    LayerSpec {
-        num_k_heads: hk,
-        num_v_heads: hv,
-        head_k_dim: dk,
-        head_v_dim: dv,
-        conv_kernel: 4,
-    }
-}
-
 fn load_args(layer: u32, s: &LayerSpec) -> KernelArgs {
     KernelArgs {
         hk: s.num_k_heads as u32,
@@ -108,7 +98,7 @@ fn info_reports_the_compile_time_design() {
 #[test]
 fn every_status_code_the_host_maps_comes_from_the_kernel() {
     let mut device = SimDevice::new(DesignPoint::P4).expect("card");
-    let small = spec(2, 4, 32, 32);
+    let small = LayerSpec::new(2, 4, 32, 32, 4);
     let x = vec![0.1f32; small.conv_dim()];
     let ab = vec![0.0f32; 4];
     let mut out = vec![0.0f32; small.value_dim()];
@@ -121,7 +111,7 @@ fn every_status_code_the_host_maps_comes_from_the_kernel() {
         fault_of(load(&mut device, 64, &small)),
         (KernelFault::LayerRange, 64, 64)
     );
-    let too_wide = spec(2, 4, 129, 32);
+    let too_wide = LayerSpec::new(2, 4, 129, 32, 4);
     assert_eq!(
         fault_of(load(&mut device, 0, &too_wide)),
         (KernelFault::Dims, 3, 128)
@@ -169,7 +159,11 @@ fn capacity_faults_and_the_hosts_footprint_agree_with_the_kernel() {
     let info = query_info(&mut device).expect("info");
     // Uneven shapes exercise the padding: Hv = 6 in groups of 16, dk = 33 in words of 2, a conv
     // width that is not a multiple of 16.
-    let shapes = [spec(3, 6, 33, 7), spec(2, 4, 32, 32), LayerSpec::QWEN3_NEXT];
+    let shapes = [
+        LayerSpec::new(3, 6, 33, 7, 4),
+        LayerSpec::new(2, 4, 32, 32, 4),
+        LayerSpec::QWEN3_NEXT,
+    ];
     let mut layer = 0u32;
     for s in shapes {
         let before = query_info(&mut device).expect("info");
@@ -254,7 +248,7 @@ fn a_layer_bigger_than_one_card_or_too_many_cards_is_a_clear_error() {
             && message.contains("limit is 1"),
         "{message}"
     );
-    let too_wide = spec(2, 4, 256, 32);
+    let too_wide = LayerSpec::new(2, 4, 256, 32, 4);
     let err = backend
         .load_layer(40, too_wide, &random_constants(&too_wide, 6))
         .expect_err("dk 256");
@@ -262,8 +256,8 @@ fn a_layer_bigger_than_one_card_or_too_many_cards_is_a_clear_error() {
     let err = backend
         .load_layer(
             64,
-            spec(2, 4, 32, 32),
-            &random_constants(&spec(2, 4, 32, 32), 7),
+            LayerSpec::new(2, 4, 32, 32, 4),
+            &random_constants(&LayerSpec::new(2, 4, 32, 32, 4), 7),
         )
         .expect_err("layer 64");
     assert!(err.to_string().contains("GDN_MAX_LAYERS"), "{err}");
@@ -329,7 +323,11 @@ fn layers_spread_over_cards_when_one_is_full() {
 /// point gives the same bits.
 #[test]
 fn all_design_points_compute_the_same_bits() {
-    let shapes = [spec(3, 6, 33, 7), spec(2, 4, 64, 32), spec(1, 3, 16, 48)];
+    let shapes = [
+        LayerSpec::new(3, 6, 33, 7, 4),
+        LayerSpec::new(2, 4, 64, 32, 4),
+        LayerSpec::new(1, 3, 16, 48, 4),
+    ];
     for s in shapes {
         let mut results = Vec::new();
         for design in DesignPoint::ALL {
@@ -364,7 +362,7 @@ fn all_design_points_compute_the_same_bits() {
 #[test]
 fn the_top_function_keeps_state_across_invocations() {
     let design = DesignPoint::P2;
-    let s = spec(2, 4, 32, 32);
+    let s = LayerSpec::new(2, 4, 32, 32, 4);
     let c = random_constants(&s, 31);
     let layer = 63; // a layer index no other use of this design point's top function takes
     let ok = |words: [u32; STATUS_WORDS], what: &str| assert_eq!(words[0], 0, "{what}: {words:?}");
@@ -444,7 +442,7 @@ fn an_injected_run_failure_is_a_typed_error_and_changes_nothing() {
         ..SimConfig::default()
     })
     .expect("xrt-sim");
-    let s = spec(2, 4, 32, 32);
+    let s = LayerSpec::new(2, 4, 32, 32, 4);
     backend
         .load_layer(0, s, &random_constants(&s, 1))
         .expect("load");

@@ -18,6 +18,23 @@ pub struct LayerSpec {
 }
 
 impl LayerSpec {
+    /// The spec with these heads, head dims and conv kernel size (checked by [`Self::validate`]).
+    pub const fn new(
+        num_k_heads: usize,
+        num_v_heads: usize,
+        head_k_dim: usize,
+        head_v_dim: usize,
+        conv_kernel: usize,
+    ) -> Self {
+        LayerSpec {
+            num_k_heads,
+            num_v_heads,
+            head_k_dim,
+            head_v_dim,
+            conv_kernel,
+        }
+    }
+
     /// The Qwen3-Next-80B-A3B GDN layer: Hk 16, Hv 32, dk = dv = 128, K = 4.
     pub const QWEN3_NEXT: LayerSpec = LayerSpec {
         num_k_heads: 16,

@@ -4,17 +4,6 @@ use super::data::{assert_close, random_constants, random_inputs, TOLERANCE};
 use super::Factory;
 use crate::{GdnBackend, GdnError, LayerSpec, ReferenceBackend, SlotId, SlotState, TokenInputs};
 
-/// A compact way to write specs: (Hk, Hv, dk, dv).
-fn spec(hk: usize, hv: usize, dk: usize, dv: usize) -> LayerSpec {
-    LayerSpec {
-        num_k_heads: hk,
-        num_v_heads: hv,
-        head_k_dim: dk,
-        head_v_dim: dv,
-        conv_kernel: 4,
-    }
-}
-
 /// The backend under test and the oracle, with the same layer 0 and one slot each.
 struct Pair {
     backend: Box<dyn GdnBackend>,
@@ -150,7 +139,10 @@ pub(crate) fn prefill_all(
 /// Long decode sequences (state persistence bugs only show on re-execution), at a small shape
 /// and at the real Qwen3-Next layer shape.
 pub fn multi_step_matches_reference(factory: Factory<'_>) {
-    for (shape, steps) in [(spec(2, 4, 32, 32), 40), (LayerSpec::QWEN3_NEXT, 12)] {
+    for (shape, steps) in [
+        (LayerSpec::new(2, 4, 32, 32, 4), 40),
+        (LayerSpec::QWEN3_NEXT, 12),
+    ] {
         let mut pair = Pair::new(factory, shape, 11);
         for round in 0..2 {
             pair.run(steps / 2, 100 + round, false);
@@ -162,7 +154,7 @@ pub fn multi_step_matches_reference(factory: Factory<'_>) {
 /// Prefill of T tokens equals T steps (of the same backend, and of the oracle) in outputs and in
 /// the state it leaves, at the chunk-boundary lengths, also when continuing from a non-zero state.
 pub fn prefill_matches_sequential_decode(factory: Factory<'_>) {
-    let shape = spec(2, 4, 32, 32);
+    let shape = LayerSpec::new(2, 4, 32, 32, 4);
     for tokens in [1, 63, 64, 65, 127, 150] {
         let mut pair = Pair::new(factory, shape, 21);
         let prefilled = pair.run(tokens, 200 + tokens as u64, true);
@@ -187,7 +179,11 @@ pub fn prefill_matches_sequential_decode(factory: Factory<'_>) {
 /// GVA ratios r = 1, 2, 3 (value head h reads key head ⌊h/r⌋).
 pub fn gva_ratios(factory: Factory<'_>) {
     for ratio in [1, 2, 3] {
-        let mut pair = Pair::new(factory, spec(2, 2 * ratio, 32, 32), 31 + ratio as u64);
+        let mut pair = Pair::new(
+            factory,
+            LayerSpec::new(2, 2 * ratio, 32, 32, 4),
+            31 + ratio as u64,
+        );
         pair.run(70, 500, true);
         pair.run(10, 501, false);
         pair.compare_states(&format!("r = {ratio}"));
@@ -205,7 +201,7 @@ pub fn head_dims(factory: Factory<'_>) {
         (128, 128),
         (48, 80),
     ] {
-        let mut pair = Pair::new(factory, spec(2, 4, dk, dv), 41);
+        let mut pair = Pair::new(factory, LayerSpec::new(2, 4, dk, dv, 4), 41);
         pair.run(20, 600, true);
         pair.run(6, 601, false);
         pair.compare_states(&format!("dk = {dk}, dv = {dv}"));
@@ -215,7 +211,7 @@ pub fn head_dims(factory: Factory<'_>) {
 /// Head dims no SIMD path tiles (not multiples of 8 or 4) must fall back and stay correct.
 pub fn untileable_head_dims(factory: Factory<'_>) {
     for (hk, hv, dk, dv) in [(1, 2, 36, 20), (3, 3, 33, 7), (1, 1, 8, 5), (2, 6, 1, 1)] {
-        let mut pair = Pair::new(factory, spec(hk, hv, dk, dv), 51);
+        let mut pair = Pair::new(factory, LayerSpec::new(hk, hv, dk, dv, 4), 51);
         pair.run(9, 700, true);
         pair.run(4, 701, false);
         pair.compare_states(&format!("dk = {dk}, dv = {dv}"));
@@ -224,7 +220,7 @@ pub fn untileable_head_dims(factory: Factory<'_>) {
 
 /// Interleaved slots never see each other's state.
 pub fn slot_isolation(factory: Factory<'_>) {
-    let shape = spec(2, 4, 32, 32);
+    let shape = LayerSpec::new(2, 4, 32, 32, 4);
     let constants = random_constants(&shape, 61);
     let mut backend = factory();
     backend.load_layer(0, shape, &constants).expect("load");
@@ -261,7 +257,7 @@ pub fn slot_isolation(factory: Factory<'_>) {
 
 /// `reset_slot` returns a slot to zero state; a freed slot is unknown to every call.
 pub fn reset_and_free(factory: Factory<'_>) {
-    let shape = spec(2, 4, 32, 32);
+    let shape = LayerSpec::new(2, 4, 32, 32, 4);
     let mut pair = Pair::new(factory, shape, 71);
     pair.run(5, 900, false);
     pair.backend.reset_slot(pair.slot).expect("reset");
@@ -306,8 +302,8 @@ pub fn reset_and_free(factory: Factory<'_>) {
 /// Layers can be loaded after slots exist (they start at zero), layer indices can be sparse,
 /// and layers of different shapes coexist in one backend.
 pub fn layer_loaded_after_slot(factory: Factory<'_>) {
-    let small = spec(2, 4, 32, 32);
-    let big = spec(4, 8, 64, 48);
+    let small = LayerSpec::new(2, 4, 32, 32, 4);
+    let big = LayerSpec::new(4, 8, 64, 48, 4);
     let mut backend = factory();
     backend
         .load_layer(0, small, &random_constants(&small, 81))
@@ -354,7 +350,7 @@ pub fn layer_loaded_after_slot(factory: Factory<'_>) {
 /// Export gives the canonical layout (equal to the oracle's), import then export is exact, and
 /// an imported state continues exactly like the original.
 pub fn export_import_round_trip(factory: Factory<'_>) {
-    let shape = spec(2, 4, 64, 32);
+    let shape = LayerSpec::new(2, 4, 64, 32, 4);
     let mut pair = Pair::new(factory, shape, 91);
     pair.run(13, 1100, false);
     pair.compare_states("exported after 13 steps");
@@ -382,7 +378,7 @@ pub fn export_import_round_trip(factory: Factory<'_>) {
 /// Live migration mid-sequence: backend → reference and reference → backend both continue the
 /// sequence the way an unmigrated oracle run does.
 pub fn migration_with_reference(factory: Factory<'_>) {
-    let shape = spec(2, 4, 32, 32);
+    let shape = LayerSpec::new(2, 4, 32, 32, 4);
     let mut pair = Pair::new(factory, shape, 95);
     pair.run(30, 1200, true);
     // backend → reference
@@ -418,7 +414,7 @@ pub fn migration_with_reference(factory: Factory<'_>) {
 
 /// Every error path answers with the right typed error and never panics.
 pub fn error_paths(factory: Factory<'_>) {
-    let shape = spec(2, 4, 32, 32);
+    let shape = LayerSpec::new(2, 4, 32, 32, 4);
     let constants = random_constants(&shape, 97);
     let mut backend = factory();
 
@@ -583,7 +579,7 @@ pub fn error_paths(factory: Factory<'_>) {
 
 /// Policy: NaN or ±Inf anywhere in the inputs is rejected and the state is left as it was.
 pub fn non_finite_inputs_leave_state_unchanged(factory: Factory<'_>) {
-    let shape = spec(2, 4, 32, 32);
+    let shape = LayerSpec::new(2, 4, 32, 32, 4);
     let mut pair = Pair::new(factory, shape, 98);
     pair.run(4, 1400, false);
     let before = pair.backend.export_state(0, pair.slot).expect("export");
@@ -624,7 +620,7 @@ pub fn non_finite_inputs_leave_state_unchanged(factory: Factory<'_>) {
 
 /// Counters count successful steps and prefill tokens, not rejected calls.
 pub fn counters_count(factory: Factory<'_>) {
-    let shape = spec(2, 4, 32, 32);
+    let shape = LayerSpec::new(2, 4, 32, 32, 4);
     let mut pair = Pair::new(factory, shape, 99);
     let before = pair.backend.counters();
     pair.run(3, 1500, false);
