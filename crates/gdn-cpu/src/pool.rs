@@ -181,7 +181,8 @@ impl WorkerPool {
         unsafe { *shared.job.get() = job };
         shared.finished.store(0, Ordering::Relaxed);
         shared.panicked.store(false, Ordering::Relaxed);
-        let absent = if tasks == 32 { 0 } else { u32::MAX << tasks };
+        // Bits of tasks this job does not have start claimed (a shift by 32 would overflow).
+        let absent = u32::MAX.checked_shl(tasks as u32).unwrap_or(0);
         shared.claims.store(
             u64::from(epoch) << 32 | u64::from(absent),
             Ordering::Release,
