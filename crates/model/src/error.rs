@@ -59,6 +59,54 @@ pub enum ModelError {
         message: String,
     },
 
+    /// A GGUF file is corrupt, truncated or not a GGUF file.
+    #[error("{path} is not a usable GGUF file: {message}")]
+    BadGguf {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+
+    /// One tensor of a GGUF file is unusable (type, shape, byte range).
+    #[error("{path}: tensor `{name}` {problem}")]
+    BadGgufTensor {
+        /// The file.
+        path: PathBuf,
+        /// The GGUF tensor name.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A GGUF metadata key is missing or has a value this engine cannot use.
+    #[error("{path}: GGUF metadata key `{key}` {problem}")]
+    GgufMetadata {
+        /// The file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// What is wrong and what would be right.
+        problem: String,
+    },
+
+    /// The GGUF holds a model family this engine does not implement.
+    #[error(
+        "{path}: general.architecture `{architecture}` is not supported; supported GGUF \
+         architectures: qwen35, qwen35moe, qwen3next (as llama.cpp's convert_hf_to_gguf.py \
+         writes Qwen3.5, Qwen3.5-MoE and Qwen3-Next)"
+    )]
+    UnsupportedGgufArchitecture {
+        /// The file.
+        path: PathBuf,
+        /// The architecture found.
+        architecture: String,
+    },
+
+    /// A `--dtype`/`LoadOptions` combination that cannot apply to this checkpoint.
+    #[error("{0}")]
+    InvalidOption(String),
+
     /// A tensor the model needs is in none of the weight files.
     #[error("tensor `{name}` is missing from the checkpoint in {dir} (looked in: {files})")]
     MissingTensor {

@@ -23,6 +23,9 @@ use crate::weights::WeightStore;
 #[derive(Debug, Clone)]
 pub struct GdnMixer {
     in_proj: Linear,
+    /// When `out_proj` expects its input value heads in another order than HF's (llama.cpp's
+    /// tiled order in Qwen3.5 GGUFs): the HF channel for each input column.
+    out_proj_input_order: Option<Tensor>,
     norm: GatedRmsNorm,
     out_proj: Linear,
     spec: LayerSpec,
@@ -39,34 +42,36 @@ impl GdnMixer {
         let hidden = config.hidden_size;
         let (key_dim, value_dim, hv) = (spec.key_dim(), spec.value_dim(), spec.num_v_heads);
         let conv_dim = spec.conv_dim();
-        let in_proj = match config.architecture {
-            Architecture::Qwen3Next => {
-                let qkvz = store.get_matrix(
-                    &format!("{prefix}.in_proj_qkvz.weight"),
-                    &[2 * key_dim + 2 * value_dim, hidden],
-                )?;
-                let ba =
-                    store.get_matrix(&format!("{prefix}.in_proj_ba.weight"), &[2 * hv, hidden])?;
-                let (qkvz_rows, ba_rows) = deinterleave_rows(&spec);
-                let qkvz =
-                    qkvz.index_select(&Tensor::new(qkvz_rows.as_slice(), qkvz.device())?, 0)?;
-                let ba = ba.index_select(&Tensor::new(ba_rows.as_slice(), ba.device())?, 0)?;
-                Tensor::cat(&[qkvz, ba], 0)?
-            }
-            Architecture::Qwen35 | Architecture::Qwen35Moe => {
-                let part = |name: &str, rows: usize| {
-                    store.get_matrix(&format!("{prefix}.{name}.weight"), &[rows, hidden])
-                };
-                Tensor::cat(
-                    &[
-                        part("in_proj_qkv", conv_dim)?,
-                        part("in_proj_z", value_dim)?,
-                        part("in_proj_b", hv)?,
-                        part("in_proj_a", hv)?,
-                    ],
-                    0,
-                )?
-            }
+        let matrix = |name: &str, rows: usize| {
+            store.get_matrix(&format!("{prefix}.{name}.weight"), &[rows, hidden])
+        };
+        let has = |name: &str| store.contains(&format!("{prefix}.{name}.weight"));
+        let (qkvz_rows, ba_rows) = deinterleave_rows(&spec);
+        // q|k|v and z: Qwen3-Next checkpoints interleave them per key head in one matrix;
+        // Qwen3.5 checkpoints and every GGUF (its converter de-interleaves) store two.
+        let mut parts = if config.architecture == Architecture::Qwen3Next && has("in_proj_qkvz") {
+            let qkvz = matrix("in_proj_qkvz", 2 * key_dim + 2 * value_dim)?;
+            vec![qkvz.select_rows(&qkvz_rows)?]
+        } else {
+            vec![
+                matrix("in_proj_qkv", conv_dim)?,
+                matrix("in_proj_z", value_dim)?,
+            ]
+        };
+        // b and a: interleaved per key head in Qwen3-Next (also in its GGUF), split in Qwen3.5.
+        if config.architecture == Architecture::Qwen3Next {
+            parts.push(matrix("in_proj_ba", 2 * hv)?.select_rows(&ba_rows)?);
+        } else {
+            parts.push(matrix("in_proj_b", hv)?);
+            parts.push(matrix("in_proj_a", hv)?);
+        }
+        let in_proj = Linear::stacked(parts)?;
+        let out_proj_input_order = match store.gguf() {
+            Some(gguf) => gguf
+                .value_head_order(spec.head_v_dim)
+                .map(|order| Tensor::new(order.as_slice(), store.device()))
+                .transpose()?,
+            None => None,
         };
         let kernel = spec.conv_kernel;
         let conv_weight = store
@@ -88,7 +93,8 @@ impl GdnMixer {
             dt_bias: vector("dt_bias")?,
         };
         let mixer = GdnMixer {
-            in_proj: Linear::new(in_proj.contiguous()?, None),
+            in_proj,
+            out_proj_input_order,
             norm: GatedRmsNorm::load(
                 store,
                 &format!("{prefix}.norm"),
@@ -151,6 +157,10 @@ impl GdnMixer {
         let core = Tensor::from_vec(out, (tokens, hv, spec.head_v_dim), x.device())?;
         let z = z.reshape((tokens, hv, spec.head_v_dim))?;
         let normed = self.norm.forward(&core, &z)?.reshape((tokens, value_dim))?;
+        let normed = match &self.out_proj_input_order {
+            Some(order) => normed.index_select(order, 1)?,
+            None => normed,
+        };
         Ok((self.out_proj.forward(&normed)?, gdn_time))
     }
 }

@@ -3,7 +3,7 @@
 //! every weight byte is streamed once, rows are split over rayon's threads, and the inner loop is
 //! AVX2+FMA when the CPU has it (bf16 is widened to f32 in registers), portable Rust otherwise.
 
-use half::bf16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Output rows per rayon task: large enough to amortise scheduling, small enough to balance.
@@ -16,6 +16,8 @@ pub enum WeightRows<'a> {
     F32(&'a [f32]),
     /// bf16 weights, `[out, in]` row-major.
     Bf16(&'a [bf16]),
+    /// f16 weights, `[out, in]` row-major (GGUF files store some tensors so).
+    F16(&'a [f16]),
 }
 
 /// `y[r][j] = Σ_i W[j][i] · x[r][i]` for each of the `rows` activation rows in `x` (`rows × in`),
@@ -38,6 +40,7 @@ pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) {
                     out[local * rows + r] = match weight {
                         WeightRows::F32(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
                         WeightRows::Bf16(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
+                        WeightRows::F16(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
                     };
                 }
             }
@@ -49,11 +52,60 @@ pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// The CPU kernel paths this process uses, chosen at run time, e.g.
+/// `dense AVX2+FMA+F16C, quantized AVX2` — for printing next to the weight format.
+///
+/// Dense weights go through [`gemv`]; quantized weights through candle's quantized matmul, which
+/// picks AVX-512 VNNI, AVX-VNNI or AVX2 repacked kernels by CPU (`MISTRALRS_FORCE_AVX2=1`
+/// forces its AVX2 tier, for measuring the AVX2 path on an AVX-512 machine).
+pub fn kernel_paths() -> String {
+    let dense = if avx2_available() {
+        "AVX2+FMA+F16C"
+    } else {
+        "portable"
+    };
+    format!("dense {dense}, quantized {}", quantized_tier())
+}
+
+/// The tier candle's quantized CPU kernels run at (it detects the CPU the same way).
+fn quantized_tier() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let forced_avx2 = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
+        if !forced_avx2
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            return "AVX-512 VNNI";
+        }
+        if !forced_avx2 && is_x86_feature_detected!("avxvnni") {
+            return "AVX-VNNI";
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return "AVX2";
+        }
+        "portable"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
+}
+
 fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        *AVX2.get_or_init(|| {
+            // Every AVX2 CPU also has F16C; it is checked because the f16 loads use it.
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -69,7 +121,7 @@ trait WeightElement: Copy {
     /// Eight consecutive elements at `p`, widened to f32 lanes.
     ///
     /// # Safety
-    /// The CPU must support AVX2, and 8 elements must be readable at `p`.
+    /// The CPU must support AVX2, FMA and F16C, and 8 elements must be readable at `p`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
@@ -81,7 +133,7 @@ impl WeightElement for f32 {
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller guarantees 8 readable f32 at `p`.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
@@ -96,7 +148,7 @@ impl WeightElement for bf16 {
     /// bf16 is the top half of an f32: zero-extend to 32 bits and shift into place.
     #[cfg(target_arch = "x86_64")]
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees 8 readable bf16 (16 bytes) at `p`.
@@ -105,12 +157,28 @@ impl WeightElement for bf16 {
     }
 }
 
+impl WeightElement for f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 8 readable f16 (16 bytes) at `p`.
+        let raw = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
+        _mm256_cvtph_ps(raw)
+    }
+}
+
 /// `Σ w[i]·x[i]` with f32 accumulation.
 #[inline]
 fn dot<W: WeightElement>(w: &[W], x: &[f32], avx2: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+        // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
         return unsafe { x86::dot(w, x) };
     }
     let _ = avx2;
@@ -137,7 +205,7 @@ mod x86 {
     use super::WeightElement;
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum(v: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
@@ -147,8 +215,8 @@ mod x86 {
     /// Two independent accumulators of eight lanes hide the FMA latency.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot<W: WeightElement>(w: &[W], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -189,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn f32_and_bf16_match_a_f64_reference_at_odd_sizes() {
+    fn f32_bf16_and_f16_match_a_f64_reference_at_odd_sizes() {
         for (out, in_dim, rows) in [(1, 1, 1), (7, 33, 1), (130, 100, 3), (257, 1024, 2)] {
             let w: Vec<f32> = (0..out * in_dim)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
@@ -213,6 +281,15 @@ mod tests {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
                     "bf16 {out}x{in_dim}: {a} vs {b}"
+                );
+            }
+            // ... and in f16.
+            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            gemv(WeightRows::F16(&wh), in_dim, &x, &mut y);
+            for (a, b) in y.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "f16 {out}x{in_dim}: {a} vs {b}"
                 );
             }
         }

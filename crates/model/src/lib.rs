@@ -21,6 +21,8 @@ pub mod config;
 pub mod error;
 pub mod gdn_mixer;
 pub mod gemv;
+pub mod gguf;
+pub mod matrix;
 pub mod model;
 pub mod moe;
 pub mod nn;
@@ -29,6 +31,9 @@ pub mod weights;
 
 pub use config::{Architecture, LayerKind, ModelConfig};
 pub use error::{ModelError, Result};
+pub use gemv::kernel_paths;
+pub use gguf::GgufCheckpoint;
+pub use matrix::{Matrix, WeightFormat, WEIGHT_FORMATS};
 pub use model::{HybridModel, LoadOptions};
 pub use snapshot::{Fingerprint, ModelState, Snapshot, SnapshotError, WriteMode};
 pub use weights::WeightStore;

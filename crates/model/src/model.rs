@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use hybrid_gdn::{GdnBackend, LayerConstants, SlotId};
 
@@ -12,6 +13,8 @@ use crate::attention::{Attention, Rope};
 use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gdn_mixer::GdnMixer;
+use crate::gguf::GgufCheckpoint;
+use crate::matrix::Matrix;
 use crate::moe::SparseMoe;
 use crate::nn::{Linear, Mlp, RmsNorm};
 use crate::snapshot::Fingerprint;
@@ -25,6 +28,10 @@ pub struct LoadOptions {
     /// Storage dtype of the weight matrices (f32, bf16 or f16). Activations, norms and all
     /// accumulation are f32 whatever this is; bf16 halves the bytes streamed per token.
     pub dtype: DType,
+    /// Quantize the weight matrices of a safetensors checkpoint (or random weights) to this
+    /// GGML type on load (see [`WeightStore::with_quantization`]). GGUF files keep their
+    /// stored formats, so this must be `None` for them.
+    pub quantize: Option<GgmlDType>,
     /// Device for the candle side.
     pub device: Device,
 }
@@ -33,6 +40,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             dtype: DType::F32,
+            quantize: None,
             device: Device::Cpu,
         }
     }
@@ -66,7 +74,7 @@ struct DecoderLayer {
 /// A loaded Qwen3-Next / Qwen3.5 model and the state of one sequence.
 pub struct HybridModel {
     config: ModelConfig,
-    embed: Tensor,
+    embed: Matrix,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -75,8 +83,9 @@ pub struct HybridModel {
     slot: SlotId,
     position: usize,
     gdn_time: Duration,
-    /// Storage dtype of the weight matrices (recorded in snapshots).
-    dtype: DType,
+    /// The weight format's identifier (recorded in snapshots) and display name.
+    format_id: String,
+    format_name: String,
     fingerprint: Fingerprint,
 }
 
@@ -92,10 +101,37 @@ impl std::fmt::Debug for HybridModel {
 }
 
 impl HybridModel {
-    /// Loads the checkpoint in `dir` (config.json + safetensors) with its GDN layers on `gdn`.
-    pub fn load(dir: &Path, options: &LoadOptions, gdn: Box<dyn GdnBackend>) -> Result<Self> {
-        let config = ModelConfig::from_dir(dir)?;
-        let store = WeightStore::open(dir, options.dtype, &options.device)?;
+    /// Loads the checkpoint at `path` with its GDN layers on `gdn`: a directory with
+    /// config.json and safetensors, or a GGUF file (see [`HybridModel::load_gguf`]).
+    pub fn load(path: &Path, options: &LoadOptions, gdn: Box<dyn GdnBackend>) -> Result<Self> {
+        if path.is_file() {
+            return Self::load_gguf(path, options, gdn);
+        }
+        let config = ModelConfig::from_dir(path)?;
+        let store = WeightStore::open(path, options.dtype, &options.device)?
+            .with_quantization(options.quantize);
+        Self::from_store(config, &store, gdn)
+    }
+
+    /// Loads a GGUF file as llama.cpp's converter writes these models: config from its
+    /// metadata, weights in their stored formats (see [`crate::gguf`]).
+    pub fn load_gguf(path: &Path, options: &LoadOptions, gdn: Box<dyn GdnBackend>) -> Result<Self> {
+        if options.quantize.is_some() || options.dtype != DType::F32 {
+            return Err(ModelError::InvalidOption(format!(
+                "{}: a GGUF file keeps the weight formats it was written with; --dtype applies \
+                 to safetensors checkpoints (re-quantize a GGUF with llama-quantize)",
+                path.display()
+            )));
+        }
+        if !options.device.is_cpu() {
+            return Err(ModelError::InvalidOption(format!(
+                "{}: GGUF weights load on the CPU only",
+                path.display()
+            )));
+        }
+        let mut gguf = GgufCheckpoint::open(path)?;
+        let config = gguf.config()?;
+        let store = WeightStore::from_gguf(gguf);
         Self::from_store(config, &store, gdn)
     }
 
@@ -107,7 +143,8 @@ impl HybridModel {
         gdn: Box<dyn GdnBackend>,
         seed: u64,
     ) -> Result<Self> {
-        let store = WeightStore::random(seed, options.dtype, &options.device);
+        let store = WeightStore::random(seed, options.dtype, &options.device)
+            .with_quantization(options.quantize);
         Self::from_store(config, &store, gdn)
     }
 
@@ -193,7 +230,8 @@ impl HybridModel {
             slot,
             position: 0,
             gdn_time: Duration::ZERO,
-            dtype: store.dtype(),
+            format_id: store.format_id(),
+            format_name: store.format_name(),
             fingerprint,
         })
     }
@@ -201,6 +239,11 @@ impl HybridModel {
     /// The normalised config.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// How the weight matrices are stored (`BF16`, `Q8_0 (quantized on load)`, `GGUF Q4_K_M`).
+    pub fn weight_format(&self) -> &str {
+        &self.format_name
     }
 
     /// The GDN backend the linear-attention layers run on.
@@ -268,8 +311,7 @@ impl HybridModel {
                 max: self.config.max_position_embeddings,
             });
         }
-        let ids = Tensor::new(tokens, self.embed.device())?;
-        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
+        let mut x = self.embed.rows_f32(tokens)?;
         let start = self.position;
         for (i, layer) in self.layers.iter_mut().enumerate() {
             // 1. Token mixer with residual.

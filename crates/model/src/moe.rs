@@ -2,8 +2,9 @@
 //! renormalised), per-expert SwiGLU, plus `sigmoid(shared_expert_gate(x)) · shared_expert(x)`.
 //!
 //! Expert weights load from either on-disk layout: per-expert
-//! `experts.N.{gate,up,down}_proj.weight` (the released checkpoints) or fused 3-D
-//! `experts.gate_up_proj` `[E, 2I, H]` / `experts.down_proj` `[E, H, I]` (transformers ≥ 5 in memory).
+//! `experts.N.{gate,up,down}_proj.weight` (the released checkpoints), fused 3-D
+//! `experts.gate_up_proj` `[E, 2I, H]` / `experts.down_proj` `[E, H, I]` (transformers ≥ 5 in
+//! memory), or GGUF's stacked `ffn_{gate,up,down}_exps` (one `[E, out, in]` tensor each).
 
 use candle_core::{DType, Tensor};
 
@@ -28,11 +29,32 @@ impl SparseMoe {
         let (e, i) = (moe.num_experts, moe.moe_intermediate_size);
         let router = Linear::load(store, &format!("{prefix}.gate"), hidden, e, false)?;
         let fused = format!("{prefix}.experts.gate_up_proj");
+        let stacked = format!("{prefix}.experts.gate_proj.weight");
         let experts = if store.contains(&fused) {
             let gate_up = store.get_matrix(&fused, &[e, 2 * i, hidden])?;
             let down = store.get_matrix(&format!("{prefix}.experts.down_proj"), &[e, hidden, i])?;
             (0..e)
-                .map(|n| Ok(Mlp::from_parts(gate_up.get(n)?, down.get(n)?)))
+                .map(|n| {
+                    let both = gate_up.get(n)?;
+                    let gate: Vec<u32> = (0..i as u32).collect();
+                    let up: Vec<u32> = (i as u32..2 * i as u32).collect();
+                    Mlp::from_parts(
+                        both.select_rows(&gate)?,
+                        both.select_rows(&up)?,
+                        down.get(n)?,
+                    )
+                })
+                .collect::<Result<_>>()?
+        } else if store.contains(&stacked) {
+            // GGUF: `ffn_{gate,up,down}_exps`, one [E, out, in] tensor per projection.
+            let part = |name: &str, shape: &[usize]| {
+                store.get_matrix(&format!("{prefix}.experts.{name}.weight"), shape)
+            };
+            let gate = part("gate_proj", &[e, i, hidden])?;
+            let up = part("up_proj", &[e, i, hidden])?;
+            let down = part("down_proj", &[e, hidden, i])?;
+            (0..e)
+                .map(|n| Mlp::from_parts(gate.get(n)?, up.get(n)?, down.get(n)?))
                 .collect::<Result<_>>()?
         } else {
             (0..e)

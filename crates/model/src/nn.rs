@@ -5,23 +5,41 @@ use candle_core::{DType, Storage, Tensor, D};
 
 use crate::error::Result;
 use crate::gemv::{gemv, WeightRows};
+use crate::matrix::Matrix;
 use crate::weights::WeightStore;
 
 /// Rows up to which [`Linear`] uses the streaming GEMV instead of candle's matmul: decode is one
 /// row; a few more still read the weights once.
 const GEMV_MAX_ROWS: usize = 8;
 
-/// `y = x Wᵀ (+ b)` with W stored `[out, in]` as in HF checkpoints.
+/// `y = x Wᵀ (+ b)` with W stored `[out, in]` as in HF checkpoints, in any [`Matrix`] format.
+///
+/// The weight may be kept as several row blocks (`[W₁; W₂; …]`, outputs concatenated) when
+/// projections that are fused for speed are stored in different formats, as in llama.cpp's
+/// mixed quantizations (`Q4_K_M` keeps some projections at a higher precision).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    blocks: Vec<Matrix>,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     /// Wraps an `[out, in]` weight.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
+    pub fn new(weight: Matrix, bias: Option<Tensor>) -> Self {
+        Linear {
+            blocks: vec![weight],
+            bias,
+        }
+    }
+
+    /// The projection whose output is the concatenation of the outputs of `parts` (each
+    /// `[out_i, in]`), stacked into one matrix when they share a storage format.
+    pub fn stacked(parts: Vec<Matrix>) -> Result<Self> {
+        let blocks = match Matrix::stack_rows(&parts)? {
+            Some(one) => vec![one],
+            None => parts,
+        };
+        Ok(Linear { blocks, bias: None })
     }
 
     /// Loads `<prefix>.weight` (and `<prefix>.bias` when `bias`) with shape `[out, in]`.
@@ -38,67 +56,69 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
-    /// The `[out, in]` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight's row blocks (one unless formats differ; see [`Linear::stacked`]).
+    pub fn blocks(&self) -> &[Matrix] {
+        &self.blocks
     }
 
     /// `x` is `[T, in]` f32; returns `[T, out]` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match self.forward_gemv(x)? {
-            Some(y) => y,
-            None => x.matmul(&self.weight.to_dtype(DType::F32)?.t()?)?,
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let mut outputs = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            outputs.push(matmul_t(&x, block)?);
+        }
+        let y = if outputs.len() == 1 {
+            outputs.pop().expect("one output")
+        } else {
+            Tensor::cat(&outputs, 1)?
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
     }
+}
 
-    /// The decode path: a few rows against f32 or bf16 weights on the CPU go through
-    /// [`crate::gemv`], which streams the weights once; `None` when it does not apply.
-    fn forward_gemv(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let (rows, in_dim) = x.dims2()?;
-        if rows > GEMV_MAX_ROWS || !x.device().is_cpu() {
-            return Ok(None);
-        }
-        let out_dim = self.weight.dim(0)?;
-        let x = x
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut y = vec![0.0f32; rows * out_dim];
-        let (storage, layout) = self.weight.storage_and_layout();
-        let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets())
-        else {
-            return Ok(None);
-        };
-        match self.weight.dtype() {
-            DType::F32 => gemv(
-                WeightRows::F32(&cpu.as_slice::<f32>()?[start..end]),
-                in_dim,
-                &x,
-                &mut y,
-            ),
-            DType::BF16 => gemv(
-                WeightRows::Bf16(&cpu.as_slice::<half::bf16>()?[start..end]),
-                in_dim,
-                &x,
-                &mut y,
-            ),
-            _ => return Ok(None),
-        }
-        drop(storage);
-        Ok(Some(Tensor::from_vec(
-            y,
-            (rows, out_dim),
-            self.weight.device(),
-        )?))
+/// `x Wᵀ` for contiguous f32 `x` `[T, in]`.
+fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
+    match weight {
+        // candle's quantized matmul: the activation rows are quantized to the weight type's
+        // dot-product partner (Q8_0 / Q8_K) and the blocks are streamed once per call.
+        Matrix::Quantized(q) => Ok(x.apply_op1_no_bwd(q.as_ref())?),
+        Matrix::Dense(w) => match gemv_dense(x, w)? {
+            Some(y) => Ok(y),
+            None => Ok(x.matmul(&w.to_dtype(DType::F32)?.t()?)?),
+        },
     }
+}
+
+/// The decode path: a few rows against dense weights on the CPU go through [`crate::gemv`],
+/// which streams the weights once; `None` when it does not apply.
+fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    let (rows, in_dim) = x.dims2()?;
+    if rows > GEMV_MAX_ROWS || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let out_dim = weight.dim(0)?;
+    let x = x.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0.0f32; rows * out_dim];
+    let (storage, layout) = weight.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let rows_of = match weight.dtype() {
+        DType::F32 => WeightRows::F32(&cpu.as_slice::<f32>()?[start..end]),
+        DType::BF16 => WeightRows::Bf16(&cpu.as_slice::<half::bf16>()?[start..end]),
+        DType::F16 => WeightRows::F16(&cpu.as_slice::<half::f16>()?[start..end]),
+        _ => return Ok(None),
+    };
+    gemv(rows_of, in_dim, &x, &mut y);
+    drop(storage);
+    Ok(Some(Tensor::from_vec(y, (rows, out_dim), weight.device())?))
 }
 
 /// Zero-centred RMSNorm (every norm of these models except the GDN output norm):
@@ -113,9 +133,8 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Loads `<prefix>.weight` of length `dim`.
     pub fn load(store: &WeightStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
-        let w = store.get_as(&format!("{prefix}.weight"), &[dim], DType::F32)?;
         Ok(RmsNorm {
-            scale: (w + 1.0)?,
+            scale: store.norm_scale(&format!("{prefix}.weight"), dim)?,
             eps,
         })
     }
@@ -180,32 +199,24 @@ impl Mlp {
         hidden: usize,
         intermediate: usize,
     ) -> Result<Self> {
-        let gate = store.get(
-            &format!("{prefix}.gate_proj.weight"),
-            &[intermediate, hidden],
-        )?;
-        let up = store.get(&format!("{prefix}.up_proj.weight"), &[intermediate, hidden])?;
-        let down = Linear::load(
-            store,
-            &format!("{prefix}.down_proj"),
-            intermediate,
-            hidden,
-            false,
-        )?;
-        Ok(Self::from_parts(
-            Tensor::cat(&[gate, up], 0)?,
-            down.weight().clone(),
-        ))
+        let part = |name: &str, shape: &[usize]| {
+            store.get_matrix(&format!("{prefix}.{name}.weight"), shape)
+        };
+        Self::from_parts(
+            part("gate_proj", &[intermediate, hidden])?,
+            part("up_proj", &[intermediate, hidden])?,
+            part("down_proj", &[hidden, intermediate])?,
+        )
     }
 
-    /// From a fused `[2I, H]` gate-up weight (gate rows first) and a `[H, I]` down weight.
-    pub fn from_parts(gate_up: Tensor, down: Tensor) -> Self {
-        let intermediate = gate_up.dim(0).unwrap_or(0) / 2;
-        Mlp {
-            gate_up: Linear::new(gate_up, None),
+    /// From `[I, H]` gate and up weights and a `[H, I]` down weight.
+    pub fn from_parts(gate: Matrix, up: Matrix, down: Matrix) -> Result<Self> {
+        let intermediate = gate.dims().first().copied().unwrap_or(0);
+        Ok(Mlp {
+            gate_up: Linear::stacked(vec![gate, up])?,
             down: Linear::new(down, None),
             intermediate,
-        }
+        })
     }
 
     /// `x` is `[T, H]`.

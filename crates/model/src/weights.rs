@@ -1,16 +1,20 @@
-//! Safetensors checkpoints: one `model.safetensors` or shards listed in
-//! `model.safetensors.index.json`, memory-mapped, F32/BF16/F16 on disk, converted to the compute
-//! dtype on load. Every error names the file and the tensor.
+//! Where the weights come from: safetensors checkpoints (one `model.safetensors` or shards
+//! listed in `model.safetensors.index.json`, memory-mapped, F32/BF16/F16 on disk, converted to
+//! the storage dtype or quantized on load), GGUF files ([`crate::gguf`], kept in their stored
+//! formats), or seeded random tensors for benchmarks. Every error names the file and the tensor.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
+use crate::gguf::GgufCheckpoint;
+use crate::matrix::Matrix;
 
 /// Where one tensor lives.
 #[derive(Debug, Clone)]
@@ -35,9 +39,13 @@ pub struct WeightStore {
     files: Vec<WeightFile>,
     tensors: HashMap<String, TensorEntry>,
     dtype: DType,
+    /// Quantize weight matrices to this GGML type on load (safetensors and random weights).
+    quantize: Option<GgmlDType>,
     device: Device,
     /// `Some(seed)`: every tensor is generated instead of read.
     random_seed: Option<u64>,
+    /// A GGUF file answers every tensor name.
+    gguf: Option<GgufCheckpoint>,
 }
 
 impl std::fmt::Debug for WeightStore {
@@ -86,8 +94,10 @@ impl WeightStore {
             files: Vec::new(),
             tensors: HashMap::new(),
             dtype,
+            quantize: None,
             device: device.clone(),
             random_seed: None,
+            gguf: None,
         };
         for path in paths {
             store.add_file(path)?;
@@ -139,8 +149,62 @@ impl WeightStore {
             files: Vec::new(),
             tensors: HashMap::new(),
             dtype,
+            quantize: None,
             device: device.clone(),
             random_seed: Some(seed),
+            gguf: None,
+        }
+    }
+
+    /// A store answering from the GGUF checkpoint `gguf` (weights keep their stored formats).
+    pub fn from_gguf(gguf: GgufCheckpoint) -> Self {
+        WeightStore {
+            dir: gguf.path().to_path_buf(),
+            files: Vec::new(),
+            tensors: HashMap::new(),
+            dtype: DType::F32,
+            quantize: None,
+            device: Device::Cpu,
+            random_seed: None,
+            gguf: Some(gguf),
+        }
+    }
+
+    /// Quantizes weight matrices to `dtype` as they load (llama.cpp's types, e.g. Q8_0, Q4_K,
+    /// Q6_K). A matrix whose rows are not whole blocks of that type falls back to Q8_0 when
+    /// they are whole 32-value blocks, else stays in the storage dtype — as llama-quantize
+    /// does. Routers and the shared-expert gate stay dense (tiny, and they pick experts).
+    pub fn with_quantization(mut self, dtype: Option<GgmlDType>) -> Self {
+        self.quantize = dtype;
+        self
+    }
+
+    /// The GGUF checkpoint behind this store, if it is one.
+    pub fn gguf(&self) -> Option<&GgufCheckpoint> {
+        self.gguf.as_ref()
+    }
+
+    /// A short identifier of the weight format (`f32`, `bf16`, `q8_0`, `gguf-q4_k_m`), recorded
+    /// in snapshots: state computed with other weights must not be resumed.
+    pub fn format_id(&self) -> String {
+        if let Some(gguf) = &self.gguf {
+            return format!("gguf-{}", gguf.file_type().to_lowercase());
+        }
+        match self.quantize {
+            Some(q) => crate::matrix::ggml_name(q).to_lowercase(),
+            None => format!("{:?}", self.dtype).to_lowercase(),
+        }
+    }
+
+    /// How the weight matrices are stored, for display: the GGUF file type, the quantization
+    /// type, or the dtype.
+    pub fn format_name(&self) -> String {
+        if let Some(gguf) = &self.gguf {
+            return format!("GGUF {}", gguf.file_type());
+        }
+        match self.quantize {
+            Some(q) => format!("{} (quantized on load)", crate::matrix::ggml_name(q)),
+            None => format!("{:?}", self.dtype).to_uppercase(),
         }
     }
 
@@ -159,9 +223,12 @@ impl WeightStore {
         &self.device
     }
 
-    /// True when the checkpoint has a tensor called `name`.
+    /// True when the checkpoint has a tensor called `name` (an HF name, also for GGUF files).
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        match &self.gguf {
+            Some(gguf) => gguf.contains(name),
+            None => self.tensors.contains_key(name),
+        }
     }
 
     /// Shape of tensor `name` on disk.
@@ -175,14 +242,46 @@ impl WeightStore {
         self.get_as(name, expected, DType::F32)
     }
 
-    /// A weight matrix (or stack of them) in the storage dtype chosen at open: these dominate
-    /// the bytes streamed per token, so they may be bf16 while the arithmetic stays f32.
-    pub fn get_matrix(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
-        self.get_as(name, expected, self.dtype)
+    /// A weight matrix (or stack of them) in the storage format chosen at open: these dominate
+    /// the bytes streamed per token, so they may be bf16 or quantized while the arithmetic
+    /// stays f32.
+    pub fn get_matrix(&self, name: &str, expected: &[usize]) -> Result<Matrix> {
+        if let Some(gguf) = &self.gguf {
+            return gguf.matrix(name, expected);
+        }
+        let keep_dense =
+            name.ends_with("mlp.gate.weight") || name.ends_with("shared_expert_gate.weight");
+        match self.quantize {
+            Some(target) if !keep_dense => {
+                let values = self.get_as(name, expected, DType::F32)?;
+                let row = expected.last().copied().unwrap_or(0);
+                let chosen = [target, GgmlDType::Q8_0]
+                    .into_iter()
+                    .find(|t| row > 0 && row % t.block_size() == 0);
+                match chosen {
+                    Some(t) => Ok(Matrix::Quantized(std::sync::Arc::new(QTensor::quantize(
+                        &values, t,
+                    )?))),
+                    None => Ok(Matrix::Dense(values.to_dtype(self.dtype)?)),
+                }
+            }
+            _ => Ok(Matrix::Dense(self.get_as(name, expected, self.dtype)?)),
+        }
+    }
+
+    /// The scale `1 + w` of the zero-centred RMSNorm weight `name` (length `dim`), in f32.
+    pub fn norm_scale(&self, name: &str, dim: usize) -> Result<Tensor> {
+        match &self.gguf {
+            Some(gguf) => gguf.norm_scale(name, dim),
+            None => Ok((self.get_as(name, &[dim], DType::F32)? + 1.0)?),
+        }
     }
 
     /// Tensor `name`, which must have shape `expected`, converted to `dtype`.
     pub fn get_as(&self, name: &str, expected: &[usize], dtype: DType) -> Result<Tensor> {
+        if let Some(gguf) = &self.gguf {
+            return Ok(gguf.tensor_f32(name, expected)?.to_dtype(dtype)?);
+        }
         if let Some(seed) = self.random_seed {
             let values = random_values(name, expected.iter().product(), seed);
             return Ok(Tensor::from_vec(values, expected, &self.device)?.to_dtype(dtype)?);

@@ -2,13 +2,13 @@
 //! the model fingerprint that snapshots carry, and live migration of the GDN state to another
 //! backend. A child module of `model` so it can reach the model's private fields.
 
-use candle_core::{DType, Tensor};
 use hybrid_gdn::GdnBackend;
 use serde_json::Value;
 
 use super::{DecoderLayer, HybridModel, Mixer};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::matrix::Matrix;
 use crate::nn::Linear;
 use crate::snapshot::checksum::Fnv64;
 use crate::snapshot::{Fingerprint, KvState, LayerState, ModelState, Snapshot, SnapshotError};
@@ -17,7 +17,7 @@ use crate::snapshot::{Fingerprint, KvState, LayerState, ModelState, Snapshot, Sn
 pub(super) fn fingerprint(
     config: &ModelConfig,
     layers: &[DecoderLayer],
-    embed: &Tensor,
+    embed: &Matrix,
     lm_head: &Linear,
 ) -> Result<Fingerprint> {
     // The normalised config's Debug form lists every field in a fixed order, so the hash is the
@@ -39,23 +39,17 @@ pub(super) fn fingerprint(
             }
         }
     }
-    let first_row = |t: &Tensor| -> Result<Vec<f32>> {
-        Ok(t.narrow(0, 0, 1)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
-    };
+    let first_row =
+        |m: &Matrix| -> Result<Vec<f32>> { Ok(m.rows_f32(&[0])?.flatten_all()?.to_vec1::<f32>()?) };
     weights.write_f32s(&first_row(embed)?);
-    weights.write_f32s(&first_row(lm_head.weight())?);
+    for block in lm_head.blocks() {
+        weights.write_f32s(&first_row(block)?);
+    }
     Ok(Fingerprint {
         config: config_hash.finish(),
         shapes: shapes.finish(),
         weights: weights.finish(),
     })
-}
-
-fn dtype_name(dtype: DType) -> String {
-    format!("{dtype:?}").to_lowercase()
 }
 
 impl HybridModel {
@@ -185,7 +179,7 @@ impl HybridModel {
     }
 
     fn apply_state(&mut self, state: &ModelState) -> Result<()> {
-        let device = self.embed.device().clone();
+        let device = self.embed.device();
         for (i, (layer, saved)) in self.layers.iter_mut().zip(&state.layers).enumerate() {
             match (&mut layer.mixer, saved) {
                 (Mixer::Gdn { .. }, LayerState::Gdn { state, .. }) => self
@@ -218,7 +212,7 @@ impl HybridModel {
         }
         Ok(Snapshot {
             architecture: format!("{:?}", self.config.architecture),
-            weights_dtype: dtype_name(self.dtype),
+            weights_dtype: self.format_id.clone(),
             fingerprint: self.fingerprint,
             gdn_backend: self.gdn.info().name,
             tokens: tokens.to_vec(),
@@ -265,7 +259,7 @@ impl HybridModel {
         if !differs.is_empty() {
             return Err(foreign(differs).into());
         }
-        let dtype = dtype_name(self.dtype);
+        let dtype = self.format_id.clone();
         if snapshot.weights_dtype != dtype {
             return Err(SnapshotError::Incompatible {
                 path,

@@ -1,0 +1,704 @@
+//! GGUF files as llama.cpp's converter writes these models (architectures `qwen35`,
+//! `qwen35moe`, `qwen3next`), read with candle's `gguf_file` reader from a memory map.
+//!
+//! The model is built from HF tensor names everywhere; this module answers those names from the
+//! GGUF tensors and undoes every transformation `convert_hf_to_gguf.py` applies (llama.cpp
+//! upstream 0c1e57098, `conversion/qwen.py`), so the numbers reaching the model are HF's:
+//!
+//! | HF | GGUF | converter's transformation, undone here |
+//! |---|---|---|
+//! | zero-centred `*norm.weight` | `attn_norm`, `post_attention_norm`, `output_norm`, `attn_{q,k}_norm` | stores `1 + w`; used as the scale directly |
+//! | `linear_attn.A_log` | `ssm_a` | stores `−exp(A_log)`; we take `ln(−ssm_a)` |
+//! | `linear_attn.dt_bias` | `ssm_dt.bias` | renamed |
+//! | `linear_attn.conv1d.weight` `[C, 1, K]` | `ssm_conv1d` `[C, K]` | squeezed |
+//! | Qwen3-Next `in_proj_qkvz` | `attn_qkv` + `attn_gate` | de-interleaved into `q|k|v` and `z` (the Qwen3.5 layout) |
+//! | Qwen3-Next `in_proj_ba` | `ssm_ba` | none (still interleaved per key head) |
+//! | Qwen3.5 `in_proj_{qkv,z,b,a}` | `attn_qkv`, `attn_gate`, `ssm_beta`, `ssm_alpha` | value heads reordered (below) |
+//! | MoE `experts.N.{gate,up,down}_proj` | `ffn_{gate,up,down}_exps` `[E, out, in]` | stacked |
+//!
+//! Qwen3.5 with fewer key than value heads: the converter reorders value heads from grouped
+//! (`g·r + j`, HF's `repeat_interleave`) to tiled (`j·Hk + g`) order in every value-head-indexed
+//! tensor. Rows are put back in HF order on load (whole rows of blocks, so quantized weights
+//! stay as they are); `out_proj` is indexed by value head along its *columns*, which cannot be
+//! permuted inside quantized blocks, so its input is permuted instead
+//! ([`GgufCheckpoint::value_head_order`]).
+//!
+//! Nothing is sized from an unchecked header value: candle bounds every count and string by the
+//! file size, and [`GgufCheckpoint::open`] checks each tensor's shape, type, alignment and byte
+//! range (inside the file, no overlaps) before any tensor is read.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::matrix::{ggml_name, quantized_from_bytes, Matrix};
+
+/// Tensor types a GGUF weight may have (candle can multiply by all of them).
+const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, \
+                               Q5_K, Q6_K";
+
+/// A GGUF checkpoint: the header, tensor directory and the memory-mapped file.
+pub struct GgufCheckpoint {
+    path: PathBuf,
+    map: Mmap,
+    arch: Architecture,
+    arch_key: String,
+    metadata: HashMap<String, Value>,
+    tensors: HashMap<String, TensorInfo>,
+    data_offset: u64,
+    /// `(Hk, r)` when value heads are stored tiled (Qwen3.5 with Hk < Hv).
+    tiled: Option<(usize, usize)>,
+}
+
+impl std::fmt::Debug for GgufCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufCheckpoint")
+            .field("path", &self.path)
+            .field("arch", &self.arch_key)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl GgufCheckpoint {
+    /// Opens `path` and checks its header and tensor directory.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bad = |message: String| ModelError::BadGguf {
+            path: path.to_path_buf(),
+            message,
+        };
+        let file = File::open(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let meta = file.metadata().map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(bad("not a regular file".into()));
+        }
+        // SAFETY: the mapping is read-only and private to this process; like every
+        // memory-mapping loader we rely on the file not being modified while it is open.
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if map.len() < 4 || &map[..4] != b"GGUF" {
+            return Err(bad(
+                "wrong magic bytes (a GGUF file starts with `GGUF`); is this a safetensors \
+                 file or a model directory?"
+                    .into(),
+            ));
+        }
+        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+            let text = e.to_string();
+            if text.contains("unknown dtype") {
+                bad(format!(
+                    "{text}: a tensor has a GGML type this engine does not read (supported: \
+                     {SUPPORTED_TYPES}); re-quantize it with llama-quantize to one of those"
+                ))
+            } else {
+                bad(format!(
+                    "{text} (the file is truncated or not a GGUF v2/v3 file)"
+                ))
+            }
+        })?;
+        let arch_key = match content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(meta_error(path, "general.architecture", "is not a string")),
+            None => return Err(meta_error(path, "general.architecture", "is missing")),
+        };
+        let arch = match arch_key.as_str() {
+            "qwen35" => Architecture::Qwen35,
+            "qwen35moe" => Architecture::Qwen35Moe,
+            "qwen3next" => Architecture::Qwen3Next,
+            other => {
+                return Err(ModelError::UnsupportedGgufArchitecture {
+                    path: path.to_path_buf(),
+                    architecture: other.to_string(),
+                })
+            }
+        };
+        let checkpoint = GgufCheckpoint {
+            path: path.to_path_buf(),
+            arch,
+            arch_key,
+            metadata: content.metadata,
+            tensors: content.tensor_infos,
+            data_offset: content.tensor_data_offset,
+            map,
+            tiled: None,
+        };
+        checkpoint.check_tensor_directory()?;
+        Ok(checkpoint)
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor inside the file, in bounds, aligned, of a readable type, and not
+    /// overlapping another.
+    fn check_tensor_directory(&self) -> Result<()> {
+        let mut extents = Vec::with_capacity(self.tensors.len());
+        for (name, info) in &self.tensors {
+            let bad = |problem: String| ModelError::BadGgufTensor {
+                path: self.path.clone(),
+                name: name.clone(),
+                problem,
+            };
+            let dtype = info.ggml_dtype;
+            if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
+                return Err(bad(format!(
+                    "has type {}, an activation-only type no weight is stored in (supported: \
+                     {SUPPORTED_TYPES})",
+                    ggml_name(dtype)
+                )));
+            }
+            let dims = info.shape.dims();
+            let elements = dims
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| bad(format!("has shape {dims:?}, too large to address")))?;
+            let block = dtype.block_size();
+            let row = dims.last().copied().unwrap_or(1);
+            if row % block != 0 {
+                return Err(bad(format!(
+                    "has rows of {row} values, not a multiple of the {}-value blocks of {}",
+                    block,
+                    ggml_name(dtype)
+                )));
+            }
+            let bytes = (elements / block) as u64 * dtype.type_size() as u64;
+            let start = self
+                .data_offset
+                .checked_add(info.offset)
+                .ok_or_else(|| bad("has an offset beyond any file".into()))?;
+            let end = start
+                .checked_add(bytes)
+                .filter(|&end| end <= self.map.len() as u64)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "needs bytes {start}..{} but the file has {} (truncated download?)",
+                        start.saturating_add(bytes),
+                        self.map.len()
+                    ))
+                })?;
+            // Every block type's alignment divides 4; the format aligns data to 32.
+            if start % 4 != 0 {
+                return Err(bad(format!(
+                    "starts at byte {start}, which is not 4-aligned"
+                )));
+            }
+            extents.push((start, end, name));
+        }
+        extents.sort();
+        for pair in extents.windows(2) {
+            let ((_, end_a, a), (start_b, _, b)) = (&pair[0], &pair[1]);
+            if start_b < end_a {
+                return Err(ModelError::BadGgufTensor {
+                    path: self.path.clone(),
+                    name: (*b).clone(),
+                    problem: format!("overlaps tensor `{a}` in the file"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The model family.
+    pub fn architecture(&self) -> Architecture {
+        self.arch
+    }
+
+    /// The weight format llama.cpp names in `general.file_type` (`Q4_K_M`, …), or the type of
+    /// the token embedding when that key is absent.
+    pub fn file_type(&self) -> String {
+        let named = match self.metadata.get("general.file_type").and_then(as_u64) {
+            Some(0) => Some("F32"),
+            Some(1) => Some("F16"),
+            Some(2) => Some("Q4_0"),
+            Some(3) => Some("Q4_1"),
+            Some(7) => Some("Q8_0"),
+            Some(8) => Some("Q5_0"),
+            Some(9) => Some("Q5_1"),
+            Some(10) => Some("Q2_K"),
+            Some(11) => Some("Q3_K_S"),
+            Some(12) => Some("Q3_K_M"),
+            Some(13) => Some("Q3_K_L"),
+            Some(14) => Some("Q4_K_S"),
+            Some(15) => Some("Q4_K_M"),
+            Some(16) => Some("Q5_K_S"),
+            Some(17) => Some("Q5_K_M"),
+            Some(18) => Some("Q6_K"),
+            Some(32) => Some("BF16"),
+            _ => None,
+        };
+        match named {
+            Some(name) => name.to_string(),
+            None => self
+                .tensors
+                .get("token_embd.weight")
+                .map_or("unknown", |t| ggml_name(t.ggml_dtype))
+                .to_string(),
+        }
+    }
+
+    /// The normalised config, from the GGUF metadata and tensor shapes, validated by the same
+    /// rules as a config.json (the HF field names are mapped to the GGUF keys in errors).
+    pub fn config(&mut self) -> Result<ModelConfig> {
+        let arch = self.arch_key.clone();
+        let key = |k: &str| format!("{arch}.{k}");
+        let mut fields = serde_json::Map::new();
+        let model_type = match self.arch {
+            Architecture::Qwen3Next => "qwen3_next",
+            Architecture::Qwen35 => "qwen3_5_text",
+            Architecture::Qwen35Moe => "qwen3_5_moe_text",
+        };
+        fields.insert("model_type".into(), model_type.into());
+        // (HF field, GGUF key) for every plain integer.
+        let integers = [
+            ("num_hidden_layers", "block_count"),
+            ("hidden_size", "embedding_length"),
+            ("intermediate_size", "feed_forward_length"),
+            ("max_position_embeddings", "context_length"),
+            ("num_attention_heads", "attention.head_count"),
+            ("num_key_value_heads", "attention.head_count_kv"),
+            ("head_dim", "attention.key_length"),
+            ("linear_conv_kernel_dim", "ssm.conv_kernel"),
+            ("linear_key_head_dim", "ssm.state_size"),
+            ("linear_num_key_heads", "ssm.group_count"),
+            ("linear_num_value_heads", "ssm.time_step_rank"),
+            ("num_experts", "expert_count"),
+            ("num_experts_per_tok", "expert_used_count"),
+            ("moe_intermediate_size", "expert_feed_forward_length"),
+            (
+                "shared_expert_intermediate_size",
+                "expert_shared_feed_forward_length",
+            ),
+            ("full_attention_interval", "full_attention_interval"),
+        ];
+        for (field, gguf) in integers {
+            if let Some(v) = self.meta_usize(&key(gguf))? {
+                // llama.cpp writes 0 for an absent dense FFN in MoE models.
+                if !(field == "intermediate_size" && v == 0) {
+                    fields.insert(field.into(), v.into());
+                }
+            }
+        }
+        if let Some(eps) = self.meta_f64(&key("attention.layer_norm_rms_epsilon"))? {
+            fields.insert("rms_norm_eps".into(), eps.into());
+        }
+        if let Some(theta) = self.meta_f64(&key("rope.freq_base"))? {
+            fields.insert("rope_theta".into(), theta.into());
+        }
+        let head_dim = self.meta_usize(&key("attention.key_length"))?;
+        if let (Some(value_len), Some(key_len)) =
+            (self.meta_usize(&key("attention.value_length"))?, head_dim)
+        {
+            if value_len != key_len {
+                return Err(meta_error(
+                    &self.path,
+                    &key("attention.value_length"),
+                    &format!("is {value_len} but attention.key_length is {key_len}; these models use one head dim"),
+                ));
+            }
+        }
+        if let (Some(rotary), Some(head_dim)) =
+            (self.meta_usize(&key("rope.dimension_count"))?, head_dim)
+        {
+            if head_dim > 0 {
+                fields.insert(
+                    "partial_rotary_factor".into(),
+                    (rotary as f64 / head_dim as f64).into(),
+                );
+            }
+        }
+        // The value head dim is ssm.inner_size / ssm.time_step_rank.
+        if let (Some(inner), Some(heads)) = (
+            self.meta_usize(&key("ssm.inner_size"))?,
+            self.meta_usize(&key("ssm.time_step_rank"))?,
+        ) {
+            if heads == 0 || inner % heads != 0 {
+                return Err(meta_error(
+                    &self.path,
+                    &key("ssm.inner_size"),
+                    &format!("({inner}) is not a multiple of ssm.time_step_rank ({heads})"),
+                ));
+            }
+            fields.insert("linear_value_head_dim".into(), (inner / heads).into());
+        }
+        if let Some(Value::Array(flags)) = self.metadata.get(&key("attention.recurrent_layers")) {
+            let types: Vec<serde_json::Value> = flags
+                .iter()
+                .map(|f| match f {
+                    Value::Bool(true) => Ok("linear_attention".into()),
+                    Value::Bool(false) => Ok("full_attention".into()),
+                    _ => Err(meta_error(
+                        &self.path,
+                        &key("attention.recurrent_layers"),
+                        "must be an array of booleans",
+                    )),
+                })
+                .collect::<Result<_>>()?;
+            fields.insert("layer_types".into(), types.into());
+        }
+        if let Some(norm) = self.metadata.get(&key("expert_weights_norm")) {
+            fields.insert(
+                "norm_topk_prob".into(),
+                matches!(norm, Value::Bool(true)).into(),
+            );
+        }
+        let embed = self
+            .tensors
+            .get("token_embd.weight")
+            .ok_or_else(|| self.missing("token_embd.weight"))?;
+        fields.insert("vocab_size".into(), embed.shape.dims()[0].into());
+        fields.insert(
+            "tie_word_embeddings".into(),
+            (!self.tensors.contains_key("output.weight")).into(),
+        );
+        let bias = self.tensors.keys().any(|n| n.ends_with("attn_q.bias"));
+        fields.insert("attention_bias".into(), bias.into());
+        let json = serde_json::Value::Object(fields).to_string();
+        let config = ModelConfig::from_json(&json, &self.path).map_err(|e| match e {
+            ModelError::ConfigField {
+                path,
+                field,
+                problem,
+            } => {
+                let gguf = integers
+                    .iter()
+                    .find(|(f, _)| *f == field)
+                    .map(|(_, g)| key(g))
+                    .unwrap_or_else(|| format!("{field} (from the GGUF metadata)"));
+                ModelError::ConfigField {
+                    path,
+                    field: gguf,
+                    problem,
+                }
+            }
+            other => other,
+        })?;
+        let spec = config.gdn_spec();
+        if matches!(self.arch, Architecture::Qwen35 | Architecture::Qwen35Moe)
+            && spec.num_k_heads != spec.num_v_heads
+        {
+            self.tiled = Some((spec.num_k_heads, spec.gva_ratio()));
+        }
+        Ok(config)
+    }
+
+    /// The order of `out_proj`'s input columns when value heads are stored tiled: entry `t`
+    /// is the HF-order value channel that belongs at position `t`. `None` in HF order.
+    pub fn value_head_order(&self, head_v_dim: usize) -> Option<Vec<u32>> {
+        let (hk, r) = self.tiled?;
+        let mut order = Vec::with_capacity(hk * r * head_v_dim);
+        for j in 0..r {
+            for g in 0..hk {
+                let hf_head = g * r + j;
+                order.extend((0..head_v_dim).map(|e| (hf_head * head_v_dim + e) as u32));
+            }
+        }
+        Some(order)
+    }
+
+    /// True when the HF tensor `name` has a GGUF counterpart in this file.
+    pub fn contains(&self, name: &str) -> bool {
+        self.lookup(name)
+            .is_some_and(|(gguf, _)| self.tensors.contains_key(&gguf))
+    }
+
+    /// The HF tensor `name` as a weight matrix in its stored format, shape-checked.
+    pub fn matrix(&self, name: &str, expected: &[usize]) -> Result<Matrix> {
+        let (gguf, kind) = self.resolve(name)?;
+        let matrix = self.read(&gguf)?;
+        let matrix = match self.untile_rows(kind, matrix.dims().first().copied().unwrap_or(0)) {
+            Some(rows) => matrix.select_rows(&rows)?,
+            None => matrix,
+        };
+        if matrix.dims() == expected {
+            return Ok(matrix);
+        }
+        // llama-quantize writes some `[1, n]` tensors as `[n]`; the row length must not change.
+        if squeezed(matrix.dims()) == squeezed(expected) && matrix.dims().last() == expected.last()
+        {
+            return matrix.reshape(expected);
+        }
+        Err(self.shape_error(name, &gguf, expected, matrix.dims()))
+    }
+
+    /// The HF tensor `name` as f32 in HF's values and shape (norm scales come from
+    /// [`GgufCheckpoint::norm_scale`] instead).
+    pub fn tensor_f32(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let (gguf, kind) = self.resolve(name)?;
+        let values = self.read(&gguf)?.to_f32()?;
+        let found = values.dims().to_vec();
+        let rows = found.first().copied().unwrap_or(1);
+        let values = match self.untile_rows(kind, if found.len() == 1 { found[0] } else { rows }) {
+            Some(order) => {
+                let ids = Tensor::new(order.as_slice(), values.device())?;
+                values.index_select(&ids, 0)?
+            }
+            None => values,
+        };
+        let values = match kind {
+            // ssm_a = −exp(A_log).
+            Kind::DecayRate => values.neg()?.log()?,
+            _ => values,
+        };
+        // The converter squeezes size-1 dimensions (conv1d [C, 1, K] → [C, K]).
+        if squeezed(&found) != squeezed(expected) {
+            return Err(self.shape_error(name, &gguf, expected, &found));
+        }
+        Ok(values.reshape(expected)?)
+    }
+
+    /// The scale `1 + w` of a zero-centred RMSNorm: the converter stores exactly that.
+    pub fn norm_scale(&self, name: &str, dim: usize) -> Result<Tensor> {
+        let (gguf, _) = self.resolve(name)?;
+        let values = self.read(&gguf)?.to_f32()?;
+        if values.dims() != [dim] {
+            return Err(self.shape_error(name, &gguf, &[dim], values.dims()));
+        }
+        Ok(values)
+    }
+
+    fn shape_error(
+        &self,
+        name: &str,
+        gguf: &str,
+        expected: &[usize],
+        found: &[usize],
+    ) -> ModelError {
+        ModelError::ShapeMismatch {
+            name: format!("{gguf} (HF {name})"),
+            path: self.path.clone(),
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        }
+    }
+
+    fn missing(&self, gguf: &str) -> ModelError {
+        ModelError::MissingTensor {
+            name: gguf.to_string(),
+            dir: self.path.clone(),
+            files: format!("a {} GGUF", self.arch_key),
+        }
+    }
+
+    fn resolve(&self, name: &str) -> Result<(String, Kind)> {
+        let (gguf, kind) = self.lookup(name).ok_or_else(|| ModelError::MissingTensor {
+            name: name.to_string(),
+            dir: self.path.clone(),
+            files: "no GGUF tensor corresponds to this HF name".into(),
+        })?;
+        if !self.tensors.contains_key(&gguf) {
+            return Err(ModelError::MissingTensor {
+                name: format!("{gguf} (HF {name})"),
+                dir: self.path.clone(),
+                files: format!("the {} GGUF's tensor directory", self.arch_key),
+            });
+        }
+        Ok((gguf, kind))
+    }
+
+    /// A GGUF tensor: quantized types as blocks, F32/F16/BF16 as dense candle tensors.
+    fn read(&self, gguf: &str) -> Result<Matrix> {
+        let info = self.tensors.get(gguf).ok_or_else(|| self.missing(gguf))?;
+        let dims = info.shape.dims();
+        let elements: usize = dims.iter().product();
+        let dtype = info.ggml_dtype;
+        let bytes = elements / dtype.block_size() * dtype.type_size();
+        // Checked against the file at open.
+        let start = (self.data_offset + info.offset) as usize;
+        let raw = &self.map[start..start + bytes];
+        let dense = match dtype {
+            GgmlDType::F32 => Some(DType::F32),
+            GgmlDType::F16 => Some(DType::F16),
+            GgmlDType::BF16 => Some(DType::BF16),
+            _ => None,
+        };
+        Ok(match dense {
+            Some(dtype) => Matrix::Dense(Tensor::from_raw_buffer(raw, dtype, dims, &Device::Cpu)?),
+            None => Matrix::Quantized(Arc::new(quantized_from_bytes(raw.to_vec(), dtype, dims)?)),
+        })
+    }
+
+    /// HF name → GGUF name and what the converter did to it.
+    fn lookup(&self, name: &str) -> Option<(String, Kind)> {
+        let rest = name
+            .strip_prefix("model.language_model.")
+            .or_else(|| name.strip_prefix("model."))
+            .unwrap_or(name);
+        let plain = |s: &str| Some((s.to_string(), Kind::Plain));
+        match rest {
+            "embed_tokens.weight" => return plain("token_embd.weight"),
+            "norm.weight" => return plain("output_norm.weight"),
+            "lm_head.weight" => return plain("output.weight"),
+            _ => {}
+        }
+        let rest = rest.strip_prefix("layers.")?;
+        let (layer, field) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let (gguf, kind) = match field {
+            "input_layernorm.weight" => ("attn_norm.weight", Kind::Plain),
+            "post_attention_layernorm.weight" => ("post_attention_norm.weight", Kind::Plain),
+            "linear_attn.in_proj_qkv.weight" => ("attn_qkv.weight", Kind::QkvRows),
+            "linear_attn.in_proj_z.weight" => ("attn_gate.weight", Kind::ValueRows),
+            "linear_attn.in_proj_b.weight" => ("ssm_beta.weight", Kind::HeadRows),
+            "linear_attn.in_proj_a.weight" => ("ssm_alpha.weight", Kind::HeadRows),
+            "linear_attn.in_proj_ba.weight" => ("ssm_ba.weight", Kind::Plain),
+            "linear_attn.conv1d.weight" => ("ssm_conv1d.weight", Kind::ConvChannels),
+            "linear_attn.A_log" => ("ssm_a", Kind::DecayRate),
+            "linear_attn.dt_bias" => ("ssm_dt.bias", Kind::HeadRows),
+            "linear_attn.norm.weight" => ("ssm_norm.weight", Kind::Plain),
+            "linear_attn.out_proj.weight" => ("ssm_out.weight", Kind::Plain),
+            "self_attn.q_proj.weight" => ("attn_q.weight", Kind::Plain),
+            "self_attn.k_proj.weight" => ("attn_k.weight", Kind::Plain),
+            "self_attn.v_proj.weight" => ("attn_v.weight", Kind::Plain),
+            "self_attn.o_proj.weight" => ("attn_output.weight", Kind::Plain),
+            "self_attn.q_proj.bias" => ("attn_q.bias", Kind::Plain),
+            "self_attn.k_proj.bias" => ("attn_k.bias", Kind::Plain),
+            "self_attn.v_proj.bias" => ("attn_v.bias", Kind::Plain),
+            "self_attn.o_proj.bias" => ("attn_output.bias", Kind::Plain),
+            "self_attn.q_norm.weight" => ("attn_q_norm.weight", Kind::Plain),
+            "self_attn.k_norm.weight" => ("attn_k_norm.weight", Kind::Plain),
+            "mlp.gate_proj.weight" => ("ffn_gate.weight", Kind::Plain),
+            "mlp.up_proj.weight" => ("ffn_up.weight", Kind::Plain),
+            "mlp.down_proj.weight" => ("ffn_down.weight", Kind::Plain),
+            "mlp.gate.weight" => ("ffn_gate_inp.weight", Kind::Plain),
+            "mlp.experts.gate_proj.weight" => ("ffn_gate_exps.weight", Kind::Plain),
+            "mlp.experts.up_proj.weight" => ("ffn_up_exps.weight", Kind::Plain),
+            "mlp.experts.down_proj.weight" => ("ffn_down_exps.weight", Kind::Plain),
+            "mlp.shared_expert.gate_proj.weight" => ("ffn_gate_shexp.weight", Kind::Plain),
+            "mlp.shared_expert.up_proj.weight" => ("ffn_up_shexp.weight", Kind::Plain),
+            "mlp.shared_expert.down_proj.weight" => ("ffn_down_shexp.weight", Kind::Plain),
+            "mlp.shared_expert_gate.weight" => ("ffn_gate_inp_shexp.weight", Kind::Plain),
+            _ => return None,
+        };
+        Some((format!("blk.{layer}.{gguf}"), kind))
+    }
+
+    /// The HF-order row permutation for a tensor of `rows` rows of kind `kind`, when value
+    /// heads are stored tiled.
+    fn untile_rows(&self, kind: Kind, rows: usize) -> Option<Vec<u32>> {
+        let (hk, r) = self.tiled?;
+        let hv = hk * r;
+        // Rows before `offset` are not value-head indexed (q and k of the qkv projection).
+        let (offset, width) = match kind {
+            Kind::HeadRows | Kind::DecayRate => (0, 1),
+            Kind::ValueRows => (0, rows / hv),
+            Kind::QkvRows | Kind::ConvChannels => {
+                // conv_dim = 2·Hk·dk + Hv·dv; the v part is the last Hv·dv rows.
+                let dk = self.meta_usize_lossy("ssm.state_size")?;
+                let offset = 2 * hk * dk;
+                (offset, rows.checked_sub(offset)? / hv)
+            }
+            Kind::Plain => return None,
+        };
+        if width == 0 || offset + hv * width != rows {
+            return None;
+        }
+        let mut order: Vec<u32> = (0..offset as u32).collect();
+        for g in 0..hk {
+            for j in 0..r {
+                let tiled_head = j * hk + g;
+                order.extend((0..width).map(|e| (offset + tiled_head * width + e) as u32));
+            }
+        }
+        Some(order)
+    }
+
+    fn meta_usize_lossy(&self, key: &str) -> Option<usize> {
+        self.metadata
+            .get(&format!("{}.{key}", self.arch_key))
+            .and_then(as_u64)
+            .and_then(|v| usize::try_from(v).ok())
+    }
+
+    fn meta_usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(v) => as_u64(v)
+                .and_then(|v| usize::try_from(v).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    meta_error(
+                        &self.path,
+                        key,
+                        &format!("must be a non-negative integer, found {v:?}"),
+                    )
+                }),
+        }
+    }
+
+    fn meta_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.metadata.get(key) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(f64::from(*v))),
+            Some(Value::F64(v)) => Ok(Some(*v)),
+            Some(v) => Err(meta_error(
+                &self.path,
+                key,
+                &format!("must be a float, found {v:?}"),
+            )),
+        }
+    }
+}
+
+/// What the converter did to a tensor (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Stored as HF has it (up to squeezed size-1 dims).
+    Plain,
+    /// `attn_qkv`: the value rows (after q and k) are in tiled head order.
+    QkvRows,
+    /// One row block of `dv` per value head, tiled.
+    ValueRows,
+    /// One row per value head, tiled.
+    HeadRows,
+    /// `ssm_a = −exp(A_log)`, one per value head, tiled.
+    DecayRate,
+    /// Conv channels: q and k channels, then value channels in tiled head order.
+    ConvChannels,
+}
+
+/// `dims` without its size-1 dimensions.
+fn squeezed(dims: &[usize]) -> Vec<usize> {
+    dims.iter().copied().filter(|&d| d != 1).collect()
+}
+
+/// A non-negative integer metadata value of any integer type.
+fn as_u64(v: &Value) -> Option<u64> {
+    match *v {
+        Value::U8(x) => Some(u64::from(x)),
+        Value::U16(x) => Some(u64::from(x)),
+        Value::U32(x) => Some(u64::from(x)),
+        Value::U64(x) => Some(x),
+        Value::I8(x) => u64::try_from(x).ok(),
+        Value::I16(x) => u64::try_from(x).ok(),
+        Value::I32(x) => u64::try_from(x).ok(),
+        Value::I64(x) => u64::try_from(x).ok(),
+        _ => None,
+    }
+}
+
+fn meta_error(path: &Path, key: &str, problem: &str) -> ModelError {
+    ModelError::GgufMetadata {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        problem: problem.to_string(),
+    }
+}
