@@ -1,5 +1,6 @@
 //! Chat prompts: the model's Jinja chat template ([`ChatTemplate`]) rendered the way
-//! transformers' `apply_chat_template` renders it, from [`TokenizerConfig`].
+//! transformers' `apply_chat_template` renders it, from [`TokenizerConfig`] (read from
+//! `tokenizer_config.json`, or from a GGUF file by [`GgufVocab`](crate::GgufVocab)).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,9 @@ pub struct TokenizerConfig {
     pub eos_token: Option<String>,
     /// The directory the files were looked for in (named in "no template" errors).
     pub dir: PathBuf,
+    /// The GGUF file this config was read from (by [`GgufVocab`](crate::GgufVocab)), `None`
+    /// for `tokenizer_config.json`; "no template" errors then name the file instead of `dir`.
+    pub gguf: Option<PathBuf>,
 }
 
 impl TokenizerConfig {
@@ -96,6 +100,7 @@ impl TokenizerConfig {
             bos_token: special_token(&fields, "bos_token", origin)?,
             eos_token: special_token(&fields, "eos_token", origin)?,
             dir: origin.parent().map(Path::to_path_buf).unwrap_or_default(),
+            gguf: None,
         })
     }
 
@@ -194,11 +199,16 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The template of `config`; [`RuntimeError::ChatTemplateMissing`] when it has none.
+    /// The template of `config`; [`RuntimeError::ChatTemplateMissing`] (or
+    /// [`RuntimeError::ChatTemplateMissingGguf`] for a config read from a GGUF file) when it
+    /// has none.
     pub fn from_config(config: &TokenizerConfig) -> Result<Self> {
         let Some(source) = &config.chat_template else {
-            return Err(RuntimeError::ChatTemplateMissing {
-                dir: config.dir.clone(),
+            return Err(match &config.gguf {
+                Some(path) => RuntimeError::ChatTemplateMissingGguf { path: path.clone() },
+                None => RuntimeError::ChatTemplateMissing {
+                    dir: config.dir.clone(),
+                },
             });
         };
         let origin = config

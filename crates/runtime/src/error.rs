@@ -70,6 +70,86 @@ pub enum RuntimeError {
         model_vocab: usize,
     },
 
+    /// A file could not be read as GGUF at all: wrong magic, unsupported version, truncated,
+    /// or header counts that do not fit the file (candle's reader checks them).
+    #[error(
+        "{path} is not a readable GGUF file: {message} (expected a .gguf file as written by \
+         llama.cpp's convert_hf_to_gguf.py)"
+    )]
+    GgufRead {
+        /// The file.
+        path: PathBuf,
+        /// The reader's reason.
+        message: String,
+    },
+
+    /// A GGUF metadata key the runtime needs is absent.
+    #[error("{path}: GGUF metadata key `{key}` is missing ({hint})")]
+    GgufKeyMissing {
+        /// The GGUF file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// What the key is for and how to do without it.
+        hint: &'static str,
+    },
+
+    /// A GGUF metadata value has the wrong type.
+    #[error("{path}: GGUF metadata key `{key}` must be {expected}, found {found}")]
+    GgufKeyType {
+        /// The GGUF file.
+        path: PathBuf,
+        /// The metadata key (with `[index]` for an array element).
+        key: String,
+        /// The type the runtime reads.
+        expected: &'static str,
+        /// What the file holds.
+        found: String,
+    },
+
+    /// A GGUF metadata value has the right type but an unusable value (lengths that disagree,
+    /// a merge naming an unknown token, an id past the vocabulary, ...).
+    #[error("{path}: GGUF metadata key `{key}`: {message}")]
+    GgufInvalid {
+        /// The GGUF file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// The GGUF file's tokenizer is of a kind this runtime cannot rebuild.
+    #[error(
+        "{path}: GGUF metadata key `{key}` is {value:?}, a tokenizer this runtime cannot build \
+         from GGUF metadata (supported: {supported}); pass the model's Hugging Face \
+         tokenizer.json with --tokenizer FILE"
+    )]
+    GgufUnsupportedTokenizer {
+        /// The GGUF file.
+        path: PathBuf,
+        /// `tokenizer.ggml.model` or `tokenizer.ggml.pre`.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// The values that are supported.
+        supported: &'static str,
+    },
+
+    /// `--model` names a directory without config.json that holds several GGUF files.
+    #[error(
+        "--model {dir} holds {count} GGUF files and no config.json ({list}); pass the file to \
+         load to --model",
+        count = files.len(),
+        list = display_list(files)
+    )]
+    AmbiguousGguf {
+        /// The directory.
+        dir: PathBuf,
+        /// The `*.gguf` files in it, sorted.
+        files: Vec<PathBuf>,
+    },
+
     /// A sampling parameter is out of range.
     #[error("invalid {flag} {value}: {expected}")]
     InvalidSamplingParam {
@@ -113,6 +193,17 @@ pub enum RuntimeError {
         got: usize,
         /// `vocab_size()`.
         expected: usize,
+    },
+
+    /// The GGUF file has no chat template but `--chat` asked for one.
+    #[error(
+        "--chat needs a chat template, but the GGUF file {path} has none (no \
+         `tokenizer.chat_template` metadata key); run without --chat to feed the prompt as raw \
+         text"
+    )]
+    ChatTemplateMissingGguf {
+        /// The GGUF file.
+        path: PathBuf,
     },
 
     /// `tokenizer_config.json` has no chat template but `--chat` asked for one.
@@ -296,4 +387,18 @@ impl RuntimeError {
             message: message.into(),
         }
     }
+}
+
+/// `a, b, c` of the file names of `paths`, for messages.
+fn display_list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

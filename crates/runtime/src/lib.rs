@@ -6,6 +6,8 @@
 //! * [`source`] — resolve `--model` (local directory or Hugging Face repo id, online or from
 //!   the HF cache) to [`ModelFiles`].
 //! * [`tokenizer`] — `tokenizer.json` encode/decode and the UTF-8-safe [`TokenStreamer`].
+//! * [`gguf_vocab`] — the same tokenizer, chat template and stop tokens from a GGUF file's
+//!   metadata ([`GgufVocab`]), for `--model` given as a `.gguf` file ([`gguf_file`]).
 //! * [`generation_config`] — `generation_config.json`: EOS ids and sampling defaults.
 //! * [`chat`] — the model's Jinja chat template, rendered like transformers does.
 //! * [`sampling`] — repeat penalty → temperature → top-k → top-p, seeded.
@@ -42,6 +44,7 @@ pub mod chat;
 pub mod error;
 pub mod generate;
 pub mod generation_config;
+pub mod gguf_vocab;
 pub mod model;
 pub mod sampling;
 pub mod source;
@@ -51,7 +54,8 @@ pub use chat::{ChatMessage, ChatTemplate, TokenizerConfig};
 pub use error::{Result, RuntimeError};
 pub use generate::{GenerateOptions, GeneratedToken, GenerationOutput, Generator, StopReason};
 pub use generation_config::GenerationConfig;
+pub use gguf_vocab::{read_gguf, GgufVocab, TokenType};
 pub use model::{LanguageModel, ModelError};
 pub use sampling::{Sampler, SamplingParams, DEFAULT_REPEAT_LAST_N, DEFAULT_SEED};
-pub use source::{resolve_model, HubOptions, ModelFiles, ModelOrigin};
+pub use source::{gguf_file, resolve_model, HubOptions, ModelFiles, ModelOrigin};
 pub use tokenizer::{TokenStreamer, Tokenizer};

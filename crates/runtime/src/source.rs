@@ -8,6 +8,10 @@
 //!   with Python's `huggingface_hub`. Files already cached are not downloaded again.
 //! * Offline — `HF_HUB_OFFLINE=1`, or the hub cannot be reached — the same files are taken
 //!   from the cache snapshot that `refs/<revision>` names, without any network access.
+//!
+//! A `.gguf` file (or a directory holding just one, without `config.json`) is recognised
+//! first by [`gguf_file`]; its tokenizer and configs come from its metadata
+//! ([`GgufVocab`](crate::GgufVocab)).
 
 use std::path::{Path, PathBuf};
 
@@ -146,6 +150,44 @@ pub fn resolve_model(spec: &str, hub: &HubOptions) -> Result<ModelFiles> {
             spec: spec.to_owned(),
         }),
     }
+}
+
+/// The GGUF file `--model` (`spec`) names, if it names one:
+///
+/// * an existing file whose name ends in `.gguf` → that file;
+/// * an existing directory without `config.json` that holds exactly one `*.gguf` file → that
+///   file; with several → [`RuntimeError::AmbiguousGguf`] listing them;
+/// * anything else (a transformers directory, a directory without GGUF files, another file,
+///   a hub repo id) → `None`, for [`resolve_model`] to handle (and report).
+pub fn gguf_file(spec: &Path) -> Result<Option<PathBuf>> {
+    if spec.is_file() {
+        return Ok(has_gguf_extension(spec).then(|| spec.to_path_buf()));
+    }
+    // A config.json means a transformers checkpoint, even if a GGUF export sits beside it.
+    if !spec.is_dir() || spec.join(CONFIG_FILE).is_file() {
+        return Ok(None);
+    }
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(spec).map_err(|e| RuntimeError::io(spec, e))? {
+        let path = entry.map_err(|e| RuntimeError::io(spec, e))?.path();
+        if has_gguf_extension(&path) && path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(RuntimeError::AmbiguousGguf {
+            dir: spec.to_path_buf(),
+            files: found,
+        }),
+    }
+}
+
+fn has_gguf_extension(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"))
 }
 
 /// The files of a local model directory.

@@ -1,11 +1,11 @@
-//! Text ↔ token ids with a Hugging Face `tokenizer.json` ([`Tokenizer`]), and incremental
-//! decoding for streaming output ([`TokenStreamer`]).
+//! Text ↔ token ids with a Hugging Face `tokenizer.json` or a GGUF vocabulary ([`Tokenizer`]),
+//! and incremental decoding for streaming output ([`TokenStreamer`]).
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, RuntimeError};
 
-/// A loaded `tokenizer.json`.
+/// A loaded `tokenizer.json` (or a tokenizer rebuilt from a GGUF file's vocabulary).
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -23,6 +23,12 @@ impl Tokenizer {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        Ok(Self::from_tokenizer(inner, path))
+    }
+
+    /// Wraps a `tokenizers` object built elsewhere (e.g. from a GGUF file's vocabulary by
+    /// [`GgufVocab`](crate::GgufVocab)); `origin` is the file it came from, named in errors.
+    pub fn from_tokenizer(inner: tokenizers::Tokenizer, origin: impl Into<PathBuf>) -> Self {
         // One past the largest id, not the number of tokens: ids need not be contiguous, and
         // what must fit the embedding table is the largest one.
         let id_space = inner
@@ -30,14 +36,15 @@ impl Tokenizer {
             .values()
             .max()
             .map_or(0, |&max| max as usize + 1);
-        Ok(Self {
+        Self {
             inner,
-            path: path.to_path_buf(),
+            path: origin.into(),
             id_space,
-        })
+        }
     }
 
-    /// The file this tokenizer was loaded from (named in errors).
+    /// The file this tokenizer was loaded from (`tokenizer.json` or a GGUF file; named in
+    /// errors).
     pub fn path(&self) -> &Path {
         &self.path
     }
