@@ -31,7 +31,8 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
-use hybrid_decode::runtime::{resolve_model, HubOptions};
+use hybrid_decode::model::WeightFormat;
+use hybrid_decode::runtime::{gguf_file, resolve_model, HubOptions};
 use serde_json::json;
 
 use measure::{Settings, Source};
@@ -62,7 +63,10 @@ fn parse() -> Result<Options> {
     let mut config = None;
     let mut random_weights = false;
     let mut seed = 7;
-    let mut dtype = DType::F32;
+    let mut dtype = WeightFormat {
+        dtype: DType::F32,
+        quantize: None,
+    };
     let mut threads = None;
     let mut gdn_options = BackendOptions::default();
     let (mut prompt_tokens, mut gen_tokens, mut repeats, mut warmup) = (128, 32, 3, 1);
@@ -111,14 +115,7 @@ fn parse() -> Result<Options> {
             "--config" => config = Some(PathBuf::from(value)),
             "--random-weights" => random_weights = true,
             "--seed" => seed = number(&flag, &value, count)?,
-            "--dtype" => {
-                dtype = match value.as_str() {
-                    "f32" => DType::F32,
-                    "bf16" => DType::BF16,
-                    "f16" => DType::F16,
-                    other => bail!("--dtype takes f32, bf16 or f16, got `{other}`"),
-                }
-            }
+            "--dtype" => dtype = value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
             "--gdn-backend" => {
                 backends = value
                     .split(',')
@@ -183,9 +180,12 @@ fn parse() -> Result<Options> {
         _ => bail!("give --model DIR|owner/name, or --config FILE --random-weights"),
     };
     if let (Source::Model(spec), None) = (&source, &worker) {
-        // Once here, so that a bad --model fails before any worker starts and a hub download
-        // happens once (the workers find the files in the cache).
-        resolve_model(spec, &HubOptions::from_env()?).with_context(|| format!("--model {spec}"))?;
+        if gguf_file(std::path::Path::new(spec))?.is_none() {
+            // Once here, so that a bad --model fails before any worker starts and a hub download
+            // happens once (the workers find the files in the cache).
+            resolve_model(spec, &HubOptions::from_env()?)
+                .with_context(|| format!("--model {spec}"))?;
+        }
     }
     let registry = hybrid_decode::gdn_registry();
     if backends.is_empty() || backends == ["all"] {
@@ -231,6 +231,19 @@ fn parse() -> Result<Options> {
         worker,
         model_label,
     })
+}
+
+/// The CPU's model name from /proc/cpuinfo (every figure must name its CPU).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "an unknown CPU".into())
 }
 
 /// Runs `backend` in a child process: this binary, the same flags, plus `--worker NAME`.
@@ -370,9 +383,22 @@ fn main() -> Result<()> {
 
     let date = today();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let weights = outcomes
+        .iter()
+        .find_map(|(_, o)| match o {
+            Outcome::Measured { result, .. } => Some(result.weights.clone()),
+            Outcome::Failed(_) => None,
+        })
+        .unwrap_or_default();
     let context = format!(
-        "{} · {} prompt tokens, {} greedy tokens, {} warm-up + {} timed runs · {date}, {cores} cores",
-        options.model_label, settings.prompt_tokens, settings.gen_tokens, settings.warmup, settings.repeats
+        "{} · weights {weights} · {} prompt tokens, {} greedy tokens, {} warm-up + {} timed runs · \
+         {date}, {cores} cores of {}",
+        options.model_label,
+        settings.prompt_tokens,
+        settings.gen_tokens,
+        settings.warmup,
+        settings.repeats,
+        cpu_model()
     );
     let rss_note = if options.in_process {
         "high-water mark of the one process that ran every backend so far (cumulative, not per backend)"

@@ -1,14 +1,13 @@
 //! Runs one backend: loads the model with its GDN layers there, warms up, then times the same
 //! prompt and greedy decode `repeats` times.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
-use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig};
-use hybrid_decode::runtime::{resolve_model, HubOptions, Sampler, SamplingParams};
+use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig, WeightFormat};
+use hybrid_decode::runtime::{gguf_file, resolve_model, HubOptions, Sampler, SamplingParams};
 
 use crate::report::{BackendResult, Roofline, Stat};
 use crate::roofline::{device_bandwidth, recurrence_flops, state_bytes};
@@ -26,7 +25,7 @@ pub enum Source {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub source: Source,
-    pub dtype: DType,
+    pub dtype: WeightFormat,
     /// Options every GDN backend is created with (threads, xclbin, device index).
     pub gdn_options: BackendOptions,
     pub prompt_tokens: usize,
@@ -40,11 +39,16 @@ fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
         .create(backend, &settings.gdn_options)
         .with_context(|| format!("--gdn-backend {backend}"))?;
     let load_options = LoadOptions {
-        dtype: settings.dtype,
+        dtype: settings.dtype.dtype,
+        quantize: settings.dtype.quantize,
         ..LoadOptions::default()
     };
     Ok(match &settings.source {
         Source::Model(spec) => {
+            if let Some(file) = gguf_file(Path::new(spec))? {
+                return HybridModel::load_gguf(&file, &load_options, gdn)
+                    .with_context(|| format!("loading {}", file.display()));
+            }
             let files = resolve_model(spec, &HubOptions::from_env()?)?;
             HybridModel::load(&files.dir, &load_options, gdn)
                 .with_context(|| format!("loading the model in {}", files.dir.display()))?
@@ -120,6 +124,11 @@ pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
     let mut model = load(settings, backend)?;
     let load_s = started.elapsed().as_secs_f64();
     let info = model.gdn_backend().info();
+    let weights = format!(
+        "{} · {}",
+        model.weight_format(),
+        hybrid_decode::model::kernel_paths()
+    );
     let prompt = prompt(settings.prompt_tokens, model.config().vocab_size);
     for _ in 0..settings.warmup {
         run_once(&mut model, &prompt, settings.gen_tokens)?;
@@ -142,6 +151,7 @@ pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
         backend: backend.to_string(),
         device: info.device,
         host_threads: info.host_threads,
+        weights,
         state_on_host: info.state_on_host,
         load_s,
         prefill_tok_s: stat(|s| s.prefill_tok_s),

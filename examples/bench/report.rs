@@ -96,6 +96,8 @@ pub struct BackendResult {
     pub backend: String,
     pub device: String,
     pub host_threads: usize,
+    /// The weight format and CPU kernel paths, e.g. `GGUF Q8_0 · dense AVX2+FMA+F16C, quantized AVX2`.
+    pub weights: String,
     /// The recurrent state lives in host memory (no device boundary).
     pub state_on_host: bool,
     pub load_s: f64,
@@ -122,6 +124,7 @@ impl BackendResult {
             "backend": self.backend,
             "device": self.device,
             "host_threads": self.host_threads,
+            "weights": self.weights,
             "state_on_host": self.state_on_host,
             "load_s": self.load_s,
             "prefill_tok_s": self.prefill_tok_s.json(),
@@ -180,6 +183,7 @@ impl BackendResult {
             backend: text("backend")?,
             device: text("device")?,
             host_threads: number(v, "host_threads")? as usize,
+            weights: text("weights")?,
             state_on_host: field("state_on_host")?.as_bool().unwrap_or(true),
             load_s: number(v, "load_s")?,
             prefill_tok_s: stat("prefill_tok_s")?,

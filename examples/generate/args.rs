@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
+use hybrid_decode::model::WeightFormat;
 use hybrid_decode::runtime::{GenerationConfig, SamplingParams, DEFAULT_SEED};
 
 use crate::state::check_state_flags;
@@ -29,7 +29,8 @@ pub(crate) struct Args {
     pub(crate) threads: Option<usize>,
     pub(crate) xclbin: Option<PathBuf>,
     pub(crate) device_index: Option<usize>,
-    pub(crate) dtype: Option<DType>,
+    pub(crate) dtype: Option<WeightFormat>,
+    pub(crate) tokenizer: Option<PathBuf>,
     pub(crate) json: bool,
     pub(crate) save_state: Option<PathBuf>,
     pub(crate) force: bool,
@@ -73,6 +74,7 @@ pub(crate) fn parse_args() -> Result<Args> {
             "--xclbin",
             "--device-index",
             "--dtype",
+            "--tokenizer",
             "--save-state",
             "--resume",
             "--migrate-after",
@@ -116,13 +118,9 @@ pub(crate) fn parse_args() -> Result<Args> {
             "--xclbin" => a.xclbin = Some(value.into()),
             "--device-index" => a.device_index = Some(number(&flag, &value)?),
             "--dtype" => {
-                a.dtype = Some(match value.as_str() {
-                    "f32" => DType::F32,
-                    "bf16" => DType::BF16,
-                    "f16" => DType::F16,
-                    other => bail!("--dtype takes f32, bf16 or f16, got `{other}`"),
-                })
+                a.dtype = Some(value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?)
             }
+            "--tokenizer" => a.tokenizer = Some(value.into()),
             "--json" => a.json = true,
             "--save-state" => a.save_state = Some(value.into()),
             "--force" => a.force = true,

@@ -1,10 +1,11 @@
 //! generate — text generation with a hybrid model, the GDN layers on any backend.
 //!
 //! ```text
-//! cargo run --release --example generate -- [--model DIR|owner/name] [--prompt TEXT | --prompt-ids 1,2,3]
+//! cargo run --release --example generate -- [--model DIR|FILE.gguf|owner/name] [--tokenizer FILE]
+//!     [--prompt TEXT | --prompt-ids 1,2,3]
 //!     [--chat] [--max-new-tokens 32] [--temperature 0] [--top-k K] [--top-p P]
 //!     [--repeat-penalty 1.0] [--repeat-last-n 64] [--seed S] [--gdn-backend cpu] [--threads N]
-//!     [--dtype f32|bf16|f16] [--config FILE --random-weights] [--json]
+//!     [--dtype f32|bf16|f16|q8_0|q4_k|q6_k|…] [--config FILE --random-weights] [--json]
 //!     [--save-state FILE [--force]] [--resume FILE] [--migrate-after N --to BACKEND]
 //! ```
 //! Without `--model` it runs the embedded default model (see `DEFAULT_MODEL`). Text streams to
@@ -22,14 +23,17 @@ mod state;
 
 use std::io::Write;
 use std::ops::ControlFlow;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig, Snapshot, WriteMode};
+use hybrid_decode::model::{
+    HybridModel, LoadOptions, ModelConfig, Snapshot, WeightFormat, WriteMode,
+};
 use hybrid_decode::runtime::{
-    resolve_model, ChatMessage, ChatTemplate, GenerateOptions, GeneratedToken, GenerationConfig,
-    GenerationOutput, Generator, HubOptions, LanguageModel, Sampler, StopReason, Tokenizer,
-    TokenizerConfig, DEFAULT_SEED,
+    gguf_file, resolve_model, ChatMessage, ChatTemplate, GenerateOptions, GeneratedToken,
+    GenerationConfig, GenerationOutput, Generator, GgufVocab, HubOptions, LanguageModel, Sampler,
+    StopReason, Tokenizer, TokenizerConfig, DEFAULT_SEED,
 };
 use hybrid_decode::Engine;
 use serde_json::{json, Value};
@@ -71,8 +75,13 @@ fn load(a: &Args) -> Result<Loaded> {
     let gdn = hybrid_decode::gdn_registry()
         .create(&a.gdn_backend, &options)
         .with_context(|| format!("--gdn-backend {} (try --gdn-backend help)", a.gdn_backend))?;
+    let format = a.dtype.unwrap_or(WeightFormat {
+        dtype: DType::F32,
+        quantize: None,
+    });
     let load_options = LoadOptions {
-        dtype: a.dtype.unwrap_or(DType::F32),
+        dtype: format.dtype,
+        quantize: format.quantize,
         ..LoadOptions::default()
     };
     if let Some(config_path) = &a.config {
@@ -98,14 +107,20 @@ fn load(a: &Args) -> Result<Loaded> {
                 .to_string(),
         ),
     };
+    if let Some(file) = gguf_file(Path::new(&spec))? {
+        return load_gguf(a, &file, &load_options, gdn, description);
+    }
     let files = resolve_model(&spec, &HubOptions::from_env()?)?;
     let model = HybridModel::load(&files.dir, &load_options, gdn)
         .with_context(|| format!("loading the model in {}", files.dir.display()))?;
-    let tokenizer = files
-        .tokenizer
-        .as_deref()
-        .map(Tokenizer::from_file)
-        .transpose()?;
+    let tokenizer = match &a.tokenizer {
+        Some(path) => Some(Tokenizer::from_file(path).context("--tokenizer")?),
+        None => files
+            .tokenizer
+            .as_deref()
+            .map(Tokenizer::from_file)
+            .transpose()?,
+    };
     let tokenizer_config = match &files.tokenizer_config {
         Some(_) => Some(TokenizerConfig::load(&files.dir)?),
         None => None,
@@ -117,6 +132,46 @@ fn load(a: &Args) -> Result<Loaded> {
     Ok(Loaded {
         engine: Engine::new(model),
         tokenizer,
+        tokenizer_config,
+        generation,
+        description,
+    })
+}
+
+/// A GGUF file: weights, config, tokenizer, chat template and stop tokens all come from it
+/// (`--tokenizer FILE` replaces its tokenizer, e.g. for a pre-tokenizer it does not name).
+fn load_gguf(
+    a: &Args,
+    file: &Path,
+    load_options: &LoadOptions,
+    gdn: Box<dyn hybrid_decode::gdn::GdnBackend>,
+    description: String,
+) -> Result<Loaded> {
+    let model = HybridModel::load_gguf(file, load_options, gdn)
+        .with_context(|| format!("loading {}", file.display()))?;
+    let (tokenizer, tokenizer_config, generation) = match &a.tokenizer {
+        Some(path) => (
+            Tokenizer::from_file(path).context("--tokenizer")?,
+            None,
+            GenerationConfig::default(),
+        ),
+        None => {
+            let vocab = GgufVocab::read(file).with_context(|| {
+                format!(
+                    "the tokenizer in {} (or give --tokenizer FILE)",
+                    file.display()
+                )
+            })?;
+            (
+                vocab.tokenizer,
+                Some(vocab.tokenizer_config),
+                vocab.generation_config,
+            )
+        }
+    };
+    Ok(Loaded {
+        engine: Engine::new(model),
+        tokenizer: Some(tokenizer),
         tokenizer_config,
         generation,
         description,
@@ -195,6 +250,11 @@ fn main() -> Result<()> {
 
     let mut loaded = load(&a)?;
     eprintln!("model: {}", loaded.description);
+    eprintln!(
+        "weights: {} · kernels: {}",
+        loaded.engine.model().weight_format(),
+        hybrid_decode::model::kernel_paths()
+    );
     let backend = loaded.engine.model().gdn_backend().info();
     eprintln!("GDN backend: {} ({})", backend.name, backend.device);
     let (context, fed, sampler) = match &snapshot {
@@ -325,6 +385,11 @@ fn main() -> Result<()> {
     }
 
     if a.json {
+        eprintln!(
+            "weights: {} · kernels: {}",
+            loaded.engine.model().weight_format(),
+            hybrid_decode::model::kernel_paths()
+        );
         let backend = loaded.engine.model().gdn_backend().info();
         let first = &run.phases[0];
         let (steps, decode) = run.phases.iter().fold((0, 0.0), |(n, t), p| {
