@@ -1,5 +1,5 @@
 //! GGUF files as llama.cpp's converter writes these models (architectures `qwen35`,
-//! `qwen35moe`, `qwen3next`), read with candle's `gguf_file` reader from a memory map.
+//! `qwen35moe`, `qwen3next`), read with candle's `gguf_file` reader.
 //!
 //! The model is built from HF tensor names everywhere; this module answers those names from the
 //! GGUF tensors and undoes every transformation `convert_hf_to_gguf.py` applies (llama.cpp
@@ -29,14 +29,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Cursor;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use memmap2::Mmap;
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
@@ -46,10 +45,15 @@ use crate::matrix::{ggml_name, quantized_from_bytes, Matrix};
 const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, \
                                Q5_K, Q6_K";
 
-/// A GGUF checkpoint: the header, tensor directory and the memory-mapped file.
+/// A GGUF checkpoint: the header, the tensor directory and the open file.
+///
+/// Tensors are read with plain reads into the buffers the model keeps, not through a memory
+/// map: a map's pages would count in the process's resident set next to those buffers and
+/// double the peak while loading.
 pub struct GgufCheckpoint {
     path: PathBuf,
-    map: Mmap,
+    file: Mutex<File>,
+    len: u64,
     arch: Architecture,
     arch_key: String,
     metadata: HashMap<String, Value>,
@@ -87,25 +91,54 @@ impl GgufCheckpoint {
         if !meta.is_file() {
             return Err(bad("not a regular file".into()));
         }
-        // SAFETY: the mapping is read-only and private to this process; like every
-        // memory-mapping loader we rely on the file not being modified while it is open.
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io {
+        let io = |source| ModelError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        if map.len() < 4 || &map[..4] != b"GGUF" {
+        };
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 4];
+        if meta.len() < 4 || reader.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
             return Err(bad(
                 "wrong magic bytes (a GGUF file starts with `GGUF`); is this a safetensors \
                  file or a model directory?"
                     .into(),
             ));
         }
-        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+        // candle also takes GGUF v1, whose lengths are 32-bit: a v3 file with a bad version
+        // field would be misread as one.
+        let mut version = [0u8; 4];
+        if reader.read_exact(&mut version).is_err() {
+            return Err(bad("the file ends inside the header (truncated?)".into()));
+        }
+        let version = u32::from_le_bytes(version);
+        if !matches!(version, 2 | 3) {
+            return Err(bad(format!(
+                "GGUF version {version} is not supported (this engine reads versions 2 and 3, \
+                 which llama.cpp writes)"
+            )));
+        }
+        reader.seek(SeekFrom::Start(0)).map_err(io)?;
+        // candle's reader divides by `general.alignment` unchecked: 0 there panics.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Content::read(&mut reader)))
+                .map_err(|_| {
+                bad("malformed header (`general.alignment` must be a non-zero power of two)".into())
+            })?;
+        let content = read.map_err(|mut e| {
+            // candle attaches a backtrace when RUST_BACKTRACE is set; keep the message one line.
+            while let candle_core::Error::WithBacktrace { inner, .. } = e {
+                e = *inner;
+            }
             let text = e.to_string();
-            if text.contains("unknown dtype") {
+            if let Some(id) = text
+                .strip_prefix("unknown dtype for tensor ")
+                .and_then(|id| id.parse::<u32>().ok())
+            {
                 bad(format!(
-                    "{text}: a tensor has a GGML type this engine does not read (supported: \
-                     {SUPPORTED_TYPES}); re-quantize it with llama-quantize to one of those"
+                    "a tensor has GGML type {id} ({}), which this engine does not read \
+                     (supported: {SUPPORTED_TYPES}); re-quantize it with llama-quantize to one \
+                     of those",
+                    ggml_type_name(id)
                 ))
             } else {
                 bad(format!(
@@ -113,6 +146,17 @@ impl GgufCheckpoint {
                 ))
             }
         })?;
+        match content.metadata.get("general.alignment") {
+            None => {}
+            Some(Value::U32(a)) if a.is_power_of_two() => {}
+            Some(v) => {
+                return Err(meta_error(
+                    path,
+                    "general.alignment",
+                    &format!("must be a u32 power of two, found {v:?}"),
+                ))
+            }
+        }
         let arch_key = match content.metadata.get("general.architecture") {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(meta_error(path, "general.architecture", "is not a string")),
@@ -136,7 +180,8 @@ impl GgufCheckpoint {
             metadata: content.metadata,
             tensors: content.tensor_infos,
             data_offset: content.tensor_data_offset,
-            map,
+            file: Mutex::new(reader.into_inner()),
+            len: meta.len(),
             tiled: None,
         };
         checkpoint.check_tensor_directory()?;
@@ -180,19 +225,21 @@ impl GgufCheckpoint {
                     ggml_name(dtype)
                 )));
             }
-            let bytes = (elements / block) as u64 * dtype.type_size() as u64;
+            let bytes = ((elements / block) as u64)
+                .checked_mul(dtype.type_size() as u64)
+                .ok_or_else(|| bad(format!("has shape {dims:?}, too large to address")))?;
             let start = self
                 .data_offset
                 .checked_add(info.offset)
                 .ok_or_else(|| bad("has an offset beyond any file".into()))?;
             let end = start
                 .checked_add(bytes)
-                .filter(|&end| end <= self.map.len() as u64)
+                .filter(|&end| end <= self.len)
                 .ok_or_else(|| {
                     bad(format!(
                         "needs bytes {start}..{} but the file has {} (truncated download?)",
                         start.saturating_add(bytes),
-                        self.map.len()
+                        self.len
                     ))
                 })?;
             // Every block type's alignment divides 4; the format aligns data to 32.
@@ -339,7 +386,15 @@ impl GgufCheckpoint {
             }
             fields.insert("linear_value_head_dim".into(), (inner / heads).into());
         }
-        if let Some(Value::Array(flags)) = self.metadata.get(&key("attention.recurrent_layers")) {
+        let recurrent = self.metadata.get(&key("attention.recurrent_layers"));
+        if let Some(v) = recurrent.filter(|v| !matches!(v, Value::Array(_))) {
+            return Err(meta_error(
+                &self.path,
+                &key("attention.recurrent_layers"),
+                &format!("must be an array of booleans, found {v:?}"),
+            ));
+        }
+        if let Some(Value::Array(flags)) = recurrent {
             let types: Vec<serde_json::Value> = flags
                 .iter()
                 .map(|f| match f {
@@ -364,7 +419,19 @@ impl GgufCheckpoint {
             .tensors
             .get("token_embd.weight")
             .ok_or_else(|| self.missing("token_embd.weight"))?;
-        fields.insert("vocab_size".into(), embed.shape.dims()[0].into());
+        let vocab = match embed.shape.dims() {
+            [vocab, _] => *vocab,
+            dims => {
+                return Err(ModelError::BadGgufTensor {
+                    path: self.path.clone(),
+                    name: "token_embd.weight".into(),
+                    problem: format!(
+                        "has shape {dims:?}; the token embedding must be 2-D [vocab, hidden]"
+                    ),
+                })
+            }
+        };
+        fields.insert("vocab_size".into(), vocab.into());
         fields.insert(
             "tie_word_embeddings".into(),
             (!self.tensors.contains_key("output.weight")).into(),
@@ -521,9 +588,21 @@ impl GgufCheckpoint {
         let elements: usize = dims.iter().product();
         let dtype = info.ggml_dtype;
         let bytes = elements / dtype.block_size() * dtype.type_size();
-        // Checked against the file at open.
-        let start = (self.data_offset + info.offset) as usize;
-        let raw = &self.map[start..start + bytes];
+        // Range checked against the file at open.
+        let start = self.data_offset + info.offset;
+        let mut raw = vec![0u8; bytes];
+        {
+            let mut file = self
+                .file
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            file.seek(SeekFrom::Start(start))
+                .and_then(|_| file.read_exact(&mut raw))
+                .map_err(|source| ModelError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+        }
         let dense = match dtype {
             GgmlDType::F32 => Some(DType::F32),
             GgmlDType::F16 => Some(DType::F16),
@@ -531,8 +610,8 @@ impl GgufCheckpoint {
             _ => None,
         };
         Ok(match dense {
-            Some(dtype) => Matrix::Dense(Tensor::from_raw_buffer(raw, dtype, dims, &Device::Cpu)?),
-            None => Matrix::Quantized(Arc::new(quantized_from_bytes(raw.to_vec(), dtype, dims)?)),
+            Some(dtype) => Matrix::Dense(Tensor::from_raw_buffer(&raw, dtype, dims, &Device::Cpu)?),
+            None => Matrix::Quantized(Arc::new(quantized_from_bytes(raw, dtype, dims)?)),
         })
     }
 
@@ -700,5 +779,32 @@ fn meta_error(path: &Path, key: &str, problem: &str) -> ModelError {
         path: path.to_path_buf(),
         key: key.to_string(),
         problem: problem.to_string(),
+    }
+}
+
+/// ggml's name for a `ggml_type` id candle cannot read (ggml.h of llama.cpp 0c1e57098).
+fn ggml_type_name(id: u32) -> &'static str {
+    match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        40 => "NVFP4",
+        41 => "Q1_0",
+        42 => "Q2_0",
+        _ => "not a ggml type",
     }
 }

@@ -268,7 +268,22 @@ pub(crate) fn quantized_from_bytes(
     dtype: GgmlDType,
     dims: &[usize],
 ) -> Result<QTensor> {
-    let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+    // candle views the bytes as blocks and asserts their alignment (at most 4 for any block
+    // type). The allocator gives 16 in practice; should it not, copy into 8-aligned words.
+    let storage = if bytes.as_ptr() as usize % 8 == 0 {
+        QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?
+    } else {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut le = [0u8; 8];
+            le[..chunk.len()].copy_from_slice(chunk);
+            *word = u64::from_ne_bytes(le);
+        }
+        // SAFETY: the words own `words.len() * 8 ≥ bytes.len()` initialised bytes, u64 has no
+        // padding, and the view lives only for this call.
+        let view = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), bytes.len()) };
+        QStorage::from_data(Cow::Borrowed(view), &Device::Cpu, dtype)?
+    };
     Ok(QTensor::new(storage, dims)?)
 }
 

@@ -1,6 +1,7 @@
 //! Small building blocks shared by both architectures: linear layers, the two RMSNorm flavours
 //! and the SwiGLU MLP.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Storage, Tensor, D};
 
 use crate::error::Result;
@@ -86,8 +87,16 @@ impl Linear {
 /// `x Wᵀ` for contiguous f32 `x` `[T, in]`.
 fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
     match weight {
-        // candle's quantized matmul: the activation rows are quantized to the weight type's
-        // dot-product partner (Q8_0 / Q8_K) and the blocks are streamed once per call.
+        Matrix::Quantized(q) if q.dtype() == GgmlDType::Q8_0 && x.device().is_cpu() => {
+            let (rows, k) = x.dims2()?;
+            let (n, _) = q.shape().dims2()?;
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let mut y = vec![0f32; rows * n];
+            crate::qgemm::q8_0_matmul(&q.data()?, n, k, &xs, &mut y);
+            Ok(Tensor::from_vec(y, (rows, n), x.device())?)
+        }
+        // candle's quantized matmul for the other types: the activation rows are quantized to
+        // the weight type's dot-product partner (Q8_0 / Q8_K).
         Matrix::Quantized(q) => Ok(x.apply_op1_no_bwd(q.as_ref())?),
         Matrix::Dense(w) => match gemv_dense(x, w)? {
             Some(y) => Ok(y),
