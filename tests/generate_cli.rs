@@ -144,3 +144,48 @@ fn broken_checkpoints_fail_cleanly() {
     std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gpt2"}"#).expect("write");
     assert_fails(&["--model", model], "model_type `gpt2` is not supported");
 }
+
+/// A GGUF made by llama.cpp's converter from the default model (models/fixtures/gguf/) brings
+/// its own tokenizer, chat template and stop tokens: the same text prompt gives the same prompt
+/// ids and HF's greedy ids, and stderr names the weight format.
+#[test]
+fn gguf_file_generates_what_the_safetensors_model_does() {
+    let gguf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/models/fixtures/gguf/qwen3-next-tiny-f32.gguf"
+    );
+    let out = run(&["--model", gguf, "--max-new-tokens", "16", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let default = run(&["--max-new-tokens", "16", "--json"]);
+    assert_eq!(json(&out)["prompt_ids"], json(&default)["prompt_ids"]);
+    assert_eq!(ids(&json(&out)["generated_ids"]), HF_GREEDY);
+    assert!(
+        stderr(&out).contains("weights: GGUF F32"),
+        "{}",
+        stderr(&out)
+    );
+    // --dtype does not apply to a GGUF: refused with the reason.
+    let refused = run(&["--model", gguf, "--dtype", "q8_0"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--dtype applies to safetensors"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+/// `--dtype q8_0` quantizes a safetensors model on load and says so; an unknown format is
+/// refused with the list.
+#[test]
+fn dtype_quantizes_on_load() {
+    let out = run(&["--dtype", "q8_0", "--max-new-tokens", "4", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Q8_0 (quantized on load)"),
+        "{}",
+        stderr(&out)
+    );
+    let bad = run(&["--dtype", "q9_9"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("q4_k"), "{}", stderr(&bad));
+}
