@@ -31,15 +31,15 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
 use candle_core::quantized::GgmlDType;
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::matrix::{ggml_name, quantized_from_bytes, Matrix};
+use crate::matrix::{ggml_name, read_matrix, Matrix};
 
 /// Tensor types a GGUF weight may have (candle can multiply by all of them).
 const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, \
@@ -590,29 +590,19 @@ impl GgufCheckpoint {
         let bytes = elements / dtype.block_size() * dtype.type_size();
         // Range checked against the file at open.
         let start = self.data_offset + info.offset;
-        let mut raw = vec![0u8; bytes];
-        {
-            let mut file = self
-                .file
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut fill = |buffer: &mut [u8]| -> Result<()> {
             file.seek(SeekFrom::Start(start))
-                .and_then(|_| file.read_exact(&mut raw))
+                .and_then(|_| file.read_exact(buffer))
                 .map_err(|source| ModelError::Io {
                     path: self.path.clone(),
                     source,
-                })?;
-        }
-        let dense = match dtype {
-            GgmlDType::F32 => Some(DType::F32),
-            GgmlDType::F16 => Some(DType::F16),
-            GgmlDType::BF16 => Some(DType::BF16),
-            _ => None,
+                })
         };
-        Ok(match dense {
-            Some(dtype) => Matrix::Dense(Tensor::from_raw_buffer(&raw, dtype, dims, &Device::Cpu)?),
-            None => Matrix::Quantized(Arc::new(quantized_from_bytes(raw, dtype, dims)?)),
-        })
+        read_matrix(dtype, dims, bytes, &mut fill)
     }
 
     /// HF name → GGUF name and what the converter did to it.

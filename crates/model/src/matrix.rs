@@ -7,7 +7,6 @@
 //! embedding lookup. For GGML blocks all of these move whole rows of raw blocks, so a quantized
 //! weight is never dequantized or re-quantized on load.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
@@ -93,11 +92,7 @@ impl Matrix {
                     }
                     picked.extend_from_slice(&bytes[r * row..(r + 1) * row]);
                 }
-                Ok(Matrix::Quantized(Arc::new(quantized_from_bytes(
-                    picked,
-                    q.dtype(),
-                    &[rows.len(), cols],
-                )?)))
+                quantized_copy(&picked, q.dtype(), &[rows.len(), cols])
             }
         }
     }
@@ -106,11 +101,7 @@ impl Matrix {
     pub fn reshape(&self, dims: &[usize]) -> Result<Matrix> {
         match self {
             Matrix::Dense(t) => Ok(Matrix::Dense(t.reshape(dims)?)),
-            Matrix::Quantized(q) => Ok(Matrix::Quantized(Arc::new(quantized_from_bytes(
-                q.data()?.into_owned(),
-                q.dtype(),
-                dims,
-            )?))),
+            Matrix::Quantized(q) => quantized_copy(&q.data()?, q.dtype(), dims),
         }
     }
 
@@ -130,11 +121,7 @@ impl Matrix {
                 }
                 let bytes = q.data()?;
                 let each = bytes.len() / outer;
-                Ok(Matrix::Quantized(Arc::new(quantized_from_bytes(
-                    bytes[n * each..(n + 1) * each].to_vec(),
-                    q.dtype(),
-                    inner,
-                )?)))
+                quantized_copy(&bytes[n * each..(n + 1) * each], q.dtype(), inner)
             }
         }
     }
@@ -180,11 +167,7 @@ impl Matrix {
                     rows += r;
                     bytes.extend_from_slice(&p.data()?);
                 }
-                Ok(Some(Matrix::Quantized(Arc::new(quantized_from_bytes(
-                    bytes,
-                    q.dtype(),
-                    &[rows, cols],
-                )?))))
+                Ok(Some(quantized_copy(&bytes, q.dtype(), &[rows, cols])?))
             }
         }
     }
@@ -262,29 +245,86 @@ impl std::str::FromStr for WeightFormat {
     }
 }
 
-/// A CPU [`QTensor`] of `dtype` from raw GGML block bytes.
-pub(crate) fn quantized_from_bytes(
-    bytes: Vec<u8>,
+/// A CPU quantized matrix of `dtype` holding a copy of the raw GGML block bytes `bytes`.
+pub(crate) fn quantized_copy(bytes: &[u8], dtype: GgmlDType, dims: &[usize]) -> Result<Matrix> {
+    read_matrix(dtype, dims, bytes.len(), &mut |buffer| {
+        buffer.copy_from_slice(bytes);
+        Ok(())
+    })
+}
+
+/// A matrix of `dtype` and shape `dims` whose `bytes` raw GGML bytes `fill` writes straight into
+/// the buffer the matrix keeps: no second copy of the largest tensors (a 330 MB embedding) exists
+/// while loading.
+pub(crate) fn read_matrix(
     dtype: GgmlDType,
     dims: &[usize],
-) -> Result<QTensor> {
-    // candle views the bytes as blocks and asserts their alignment (at most 4 for any block
-    // type). The allocator gives 16 in practice; should it not, copy into 8-aligned words.
-    let storage = if bytes.as_ptr() as usize % 8 == 0 {
-        QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?
-    } else {
-        let mut words = vec![0u64; bytes.len().div_ceil(8)];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
-            let mut le = [0u8; 8];
-            le[..chunk.len()].copy_from_slice(chunk);
-            *word = u64::from_ne_bytes(le);
+    bytes: usize,
+    fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
+) -> Result<Matrix> {
+    use candle_core::quantized::k_quants::*;
+    /// A zeroed buffer of `bytes / size_of::<T>()` elements, filled through its bytes.
+    fn buffer<T: Clone>(
+        zero: T,
+        bytes: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
+    ) -> Result<Vec<T>> {
+        let size = std::mem::size_of::<T>();
+        if bytes % size != 0 {
+            return Err(candle_core::Error::Msg(format!(
+                "{bytes} bytes are not whole elements of {size} bytes"
+            ))
+            .into());
         }
-        // SAFETY: the words own `words.len() * 8 ≥ bytes.len()` initialised bytes, u64 has no
-        // padding, and the view lives only for this call.
-        let view = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), bytes.len()) };
-        QStorage::from_data(Cow::Borrowed(view), &Device::Cpu, dtype)?
-    };
-    Ok(QTensor::new(storage, dims)?)
+        let mut values = vec![zero; bytes / size];
+        // SAFETY: only instantiated below with f32, f16, bf16 and candle's GGML blocks, which
+        // are `#[repr(C)]` integers and f16 without padding (candle asserts their sizes), so
+        // every byte pattern is a valid value and the byte view covers exactly the buffer.
+        let view =
+            unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), bytes) };
+        fill(view)?;
+        Ok(values)
+    }
+    fn blocks<T: GgmlType + Send + Sync + 'static>(
+        dims: &[usize],
+        bytes: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
+    ) -> Result<Matrix> {
+        let values = buffer(T::zeros(), bytes, fill)?;
+        Ok(Matrix::Quantized(Arc::new(QTensor::new(
+            QStorage::Cpu(Box::new(values)),
+            dims,
+        )?)))
+    }
+    let dense = |t: Tensor| Ok(Matrix::Dense(t));
+    match dtype {
+        GgmlDType::F32 => dense(Tensor::from_vec(
+            buffer(0f32, bytes, fill)?,
+            dims,
+            &Device::Cpu,
+        )?),
+        GgmlDType::F16 => dense(Tensor::from_vec(
+            buffer(half::f16::ZERO, bytes, fill)?,
+            dims,
+            &Device::Cpu,
+        )?),
+        GgmlDType::BF16 => dense(Tensor::from_vec(
+            buffer(half::bf16::ZERO, bytes, fill)?,
+            dims,
+            &Device::Cpu,
+        )?),
+        GgmlDType::Q4_0 => blocks::<BlockQ4_0>(dims, bytes, fill),
+        GgmlDType::Q4_1 => blocks::<BlockQ4_1>(dims, bytes, fill),
+        GgmlDType::Q5_0 => blocks::<BlockQ5_0>(dims, bytes, fill),
+        GgmlDType::Q5_1 => blocks::<BlockQ5_1>(dims, bytes, fill),
+        GgmlDType::Q8_0 => blocks::<BlockQ8_0>(dims, bytes, fill),
+        GgmlDType::Q2K => blocks::<BlockQ2K>(dims, bytes, fill),
+        GgmlDType::Q3K => blocks::<BlockQ3K>(dims, bytes, fill),
+        GgmlDType::Q4K => blocks::<BlockQ4K>(dims, bytes, fill),
+        GgmlDType::Q5K => blocks::<BlockQ5K>(dims, bytes, fill),
+        GgmlDType::Q6K => blocks::<BlockQ6K>(dims, bytes, fill),
+        other => Err(candle_core::Error::Msg(format!("no weight storage for {other:?}")).into()),
+    }
 }
 
 /// llama.cpp's name of a GGML type.
