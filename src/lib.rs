@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 mod engine;
 
 pub use engine::Engine;

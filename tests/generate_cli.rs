@@ -189,3 +189,25 @@ fn dtype_quantizes_on_load() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("q4_k"), "{}", stderr(&bad));
 }
+
+/// An argument that is not UTF-8 is named, with exit status 1 — not a panic (status 101), in
+/// every example.
+#[cfg(unix)]
+#[test]
+fn non_utf8_arguments_are_refused_by_position() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    for example in ["generate", "bench", "gdn_bench"] {
+        let out = std::process::Command::new(common::example_binary(example))
+            .arg("--prompt")
+            .arg(OsString::from_vec(vec![0xff, b'x']))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{example}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("argument 2") && stderr(&out).contains("not valid UTF-8"),
+            "{example}: {}",
+            stderr(&out)
+        );
+    }
+}

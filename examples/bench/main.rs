@@ -73,7 +73,7 @@ fn parse() -> Result<Options> {
     let mut backends = vec!["all".to_string()];
     let (mut json, mut svg, mut in_process) = (false, None, false);
     let (mut expect_tokens, mut worker) = (None, None);
-    let mut args = std::env::args().skip(1);
+    let mut args = hybrid_decode::cli::utf8_args()?.into_iter();
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             println!("{}", include_str!("usage.txt"));
@@ -250,7 +250,7 @@ fn cpu_model() -> String {
 fn measure_in_child(backend: &str) -> Result<BackendResult> {
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let output = Command::new(exe)
-        .args(std::env::args().skip(1))
+        .args(std::env::args_os().skip(1))
         .args(["--worker", backend])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())

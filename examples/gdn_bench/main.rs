@@ -55,7 +55,7 @@ fn parse_args() -> Result<Options> {
         budget_s: 4.0,
         json: false,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = hybrid_decode::cli::utf8_args()?.into_iter();
     while let Some(flag) = args.next() {
         let mut value = |name: &str| -> Result<String> {
             args.next().with_context(|| format!("{name} needs a value"))

@@ -51,7 +51,7 @@ pub(crate) fn parse_args() -> Result<Args> {
         gdn_backend: "cpu".into(),
         ..Args::default()
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = hybrid_decode::cli::utf8_args()?.into_iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{}", include_str!("usage.txt"));
