@@ -418,3 +418,31 @@ fn generate_refuses_to_overwrite_and_bad_snapshots() {
     assert_fails("generate", &["--resume", bad.to_str().unwrap()], "corrupt");
     assert_fails("generate", &["--resume", "/no/such.snap"], "/no/such.snap");
 }
+
+/// A reader that has gone (`generate … --save-state s | head -c 5`) ends the text stream but
+/// neither panics nor skips the snapshot (issue 13, item 1). The pipe is closed before generate
+/// writes anything, so its writes fail for certain (a short text would otherwise fit the pipe's
+/// buffer before the reader leaves).
+#[test]
+fn closed_stdout_still_saves_the_snapshot() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("s.hdsnap");
+    let mut child = Command::new(example_binary("generate"))
+        .args(["--max-new-tokens", "100", "--save-state"])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn generate");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("saved the state"), "{err}");
+    assert!(
+        Snapshot::read(&file).is_ok(),
+        "the snapshot must be complete"
+    );
+}

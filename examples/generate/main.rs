@@ -359,7 +359,9 @@ fn main() -> Result<()> {
             eprintln!("generation stopped before --migrate-after; no migration");
         }
     }
-    println!();
+    // Ends the streamed text's line. A reader that has gone (`| head -c 5`) is not an error
+    // here: the snapshot below must still be written.
+    let _ = writeln!(stdout).and_then(|_| stdout.flush());
     for phase in &run.phases {
         eprintln!("{}", phase.summary());
     }
@@ -385,11 +387,6 @@ fn main() -> Result<()> {
     }
 
     if a.json {
-        eprintln!(
-            "weights: {} · kernels: {}",
-            loaded.engine.model().weight_format(),
-            hybrid_decode::model::kernel_paths()
-        );
         let backend = loaded.engine.model().gdn_backend().info();
         let first = &run.phases[0];
         let (steps, decode) = run.phases.iter().fold((0, 0.0), |(n, t), p| {
@@ -417,7 +414,8 @@ fn main() -> Result<()> {
             "saved_state": a.save_state.as_ref().map(|p| p.display().to_string()),
             "migration": migration,
         });
-        println!("{json}");
+        writeln!(std::io::stdout(), "{json}")
+            .context("printing the --json result (stdout is closed?)")?;
     }
     Ok(())
 }
