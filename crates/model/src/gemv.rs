@@ -96,7 +96,9 @@ fn quantized_tier() -> &'static str {
     }
 }
 
-fn avx2_available() -> bool {
+/// AVX2, FMA and F16C are all present (checked once): the fast path of every dense and Q8_0
+/// kernel here.
+pub(crate) fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -199,14 +201,15 @@ fn dot<W: WeightElement>(w: &[W], x: &[f32], avx2: bool) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::WeightElement;
 
+    /// The sum of the eight lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
+    pub(crate) fn hsum(v: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
@@ -217,7 +220,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot<W: WeightElement>(w: &[W], x: &[f32]) -> f32 {
+    pub(super) unsafe fn dot<W: WeightElement>(w: &[W], x: &[f32]) -> f32 {
         let n = w.len().min(x.len());
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;

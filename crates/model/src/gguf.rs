@@ -59,8 +59,8 @@ pub struct GgufCheckpoint {
     metadata: HashMap<String, Value>,
     tensors: HashMap<String, TensorInfo>,
     data_offset: u64,
-    /// `(Hk, r)` when value heads are stored tiled (Qwen3.5 with Hk < Hv).
-    tiled: Option<(usize, usize)>,
+    /// `(Hk, r, dk)` when value heads are stored tiled (Qwen3.5 with Hk < Hv), from the config.
+    tiled: Option<(usize, usize, usize)>,
 }
 
 impl std::fmt::Debug for GgufCheckpoint {
@@ -462,7 +462,7 @@ impl GgufCheckpoint {
         if matches!(self.arch, Architecture::Qwen35 | Architecture::Qwen35Moe)
             && spec.num_k_heads != spec.num_v_heads
         {
-            self.tiled = Some((spec.num_k_heads, spec.gva_ratio()));
+            self.tiled = Some((spec.num_k_heads, spec.gva_ratio(), spec.head_k_dim));
         }
         Ok(config)
     }
@@ -470,7 +470,7 @@ impl GgufCheckpoint {
     /// The order of `out_proj`'s input columns when value heads are stored tiled: entry `t`
     /// is the HF-order value channel that belongs at position `t`. `None` in HF order.
     pub fn value_head_order(&self, head_v_dim: usize) -> Option<Vec<u32>> {
-        let (hk, r) = self.tiled?;
+        let (hk, r, _) = self.tiled?;
         let mut order = Vec::with_capacity(hk * r * head_v_dim);
         for j in 0..r {
             for g in 0..hk {
@@ -513,7 +513,7 @@ impl GgufCheckpoint {
         let values = self.read(&gguf)?.to_f32()?;
         let found = values.dims().to_vec();
         let rows = found.first().copied().unwrap_or(1);
-        let values = match self.untile_rows(kind, if found.len() == 1 { found[0] } else { rows }) {
+        let values = match self.untile_rows(kind, rows) {
             Some(order) => {
                 let ids = Tensor::new(order.as_slice(), values.device())?;
                 values.index_select(&ids, 0)?
@@ -663,7 +663,7 @@ impl GgufCheckpoint {
     /// The HF-order row permutation for a tensor of `rows` rows of kind `kind`, when value
     /// heads are stored tiled.
     fn untile_rows(&self, kind: Kind, rows: usize) -> Option<Vec<u32>> {
-        let (hk, r) = self.tiled?;
+        let (hk, r, dk) = self.tiled?;
         let hv = hk * r;
         // Rows before `offset` are not value-head indexed (q and k of the qkv projection).
         let (offset, width) = match kind {
@@ -671,7 +671,6 @@ impl GgufCheckpoint {
             Kind::ValueRows => (0, rows / hv),
             Kind::QkvRows | Kind::ConvChannels => {
                 // conv_dim = 2·Hk·dk + Hv·dv; the v part is the last Hv·dv rows.
-                let dk = self.meta_usize_lossy("ssm.state_size")?;
                 let offset = 2 * hk * dk;
                 (offset, rows.checked_sub(offset)? / hv)
             }
@@ -688,13 +687,6 @@ impl GgufCheckpoint {
             }
         }
         Some(order)
-    }
-
-    fn meta_usize_lossy(&self, key: &str) -> Option<usize> {
-        self.metadata
-            .get(&format!("{}.{key}", self.arch_key))
-            .and_then(as_u64)
-            .and_then(|v| usize::try_from(v).ok())
     }
 
     fn meta_usize(&self, key: &str) -> Result<Option<usize>> {

@@ -100,22 +100,18 @@ fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
         Matrix::Quantized(q) if x.device().is_cpu() && x.dim(0)? >= DEQUANTIZED_GEMM_ROWS => {
             dequantized_gemm(x, q)
         }
-        Matrix::Quantized(q) if q.dtype() == GgmlDType::Q8_0 && x.device().is_cpu() => {
-            let (rows, k) = x.dims2()?;
-            let (n, _) = q.shape().dims2()?;
-            let xs = x.flatten_all()?.to_vec1::<f32>()?;
-            let mut y = vec![0f32; rows * n];
-            crate::qgemm::q8_0_matmul(&q.data()?, n, k, &xs, &mut y);
-            Ok(Tensor::from_vec(y, (rows, n), x.device())?)
-        }
-        // candle's block dot products for the other types: the activation rows are quantized
-        // to the weight type's dot-product partner (Q8_0 / Q8_K).
         Matrix::Quantized(q) if x.device().is_cpu() => {
             let (rows, k) = x.dims2()?;
             let (n, _) = q.shape().dims2()?;
             let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let mut y = vec![0f32; rows * n];
-            crate::qgemm::blocks_matmul(q.dtype(), &q.data()?, (rows, k, n), &xs, &mut y)?;
+            let weights = q.data()?;
+            match q.dtype() {
+                GgmlDType::Q8_0 => crate::qgemm::q8_0_matmul(&weights, n, k, &xs, &mut y),
+                // candle's block dot products for the other types: the activation rows are
+                // quantized to the weight type's dot-product partner (Q8_0 / Q8_K).
+                dtype => crate::qgemm::blocks_matmul(dtype, &weights, (rows, k, n), &xs, &mut y)?,
+            }
             Ok(Tensor::from_vec(y, (rows, n), x.device())?)
         }
         Matrix::Quantized(q) => Ok(x.apply_op1_no_bwd(q.as_ref())?),

@@ -19,9 +19,15 @@
 //! The path is chosen at run time (AVX2 with FMA and F16C, else portable Rust); both give the
 //! same integer dot products and differ only in f32 summation order.
 
+use candle_core::quantized::k_quants::{
+    matmul, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8_0, GgmlType,
+};
 use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
+
+use crate::gemv::avx2_available;
 
 /// Values per Q8_0 block.
 const BLOCK: usize = 32;
@@ -40,7 +46,7 @@ struct QuantizedRows {
 
 /// llama.cpp's `quantize_row_q8_0`: per block, `d = amax / 127` (stored as f16 in a block, so
 /// rounded through f16 here too) and `q = round(x / d)`.
-fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
+fn quantize_rows(x: &[f32]) -> QuantizedRows {
     let blocks = x.len() / BLOCK;
     let mut q = vec![0i8; x.len()];
     let mut d = vec![0f32; blocks];
@@ -57,7 +63,6 @@ fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
         }
         d[b] = f16::from_f32(scale).to_f32();
     }
-    let _ = k;
     QuantizedRows { q, d }
 }
 
@@ -66,7 +71,7 @@ fn quantize_rows(x: &[f32], k: usize) -> QuantizedRows {
 /// 32 and the slices must have the sizes these imply (checked by the caller).
 pub fn q8_0_matmul(w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
     let m = x.len() / k;
-    let rows = quantize_rows(x, k);
+    let rows = quantize_rows(x);
     let row_bytes = k / BLOCK * BLOCK_BYTES;
     let avx2 = avx2_available();
     // Outputs are computed weight-row-major ([n][m]) so each task owns a contiguous slice.
@@ -87,24 +92,14 @@ pub fn q8_0_matmul(w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `y = x Wᵀ` for the other GGML types with candle's block dot products, called on the blocks
-/// directly: candle's `QTensor` matmul would build a repacked copy of Q4_K/Q6_K/Q8_0 weights on
-/// first use and keep both (1.3× more bytes streamed per token and 2.3× the memory of those
-/// weights).
-pub fn blocks_matmul(
-    dtype: GgmlDType,
-    bytes: &[u8],
-    (m, k, n): (usize, usize, usize),
-    x: &[f32],
-    y: &mut [f32],
-) -> candle_core::Result<()> {
-    use candle_core::quantized::k_quants::*;
-    fn run<T: GgmlType>(
-        bytes: &[u8],
-        mkn: (usize, usize, usize),
-        x: &[f32],
-        y: &mut [f32],
-    ) -> candle_core::Result<()> {
+/// One operation on the weights' blocks, whatever their GGML type ([`with_blocks`]).
+trait BlocksOp {
+    fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> candle_core::Result<()>;
+}
+
+/// Runs `op` on `bytes` viewed as blocks of `dtype` (the quantized types only).
+fn with_blocks(dtype: GgmlDType, bytes: &[u8], op: impl BlocksOp) -> candle_core::Result<()> {
+    fn view<T: GgmlType>(bytes: &[u8]) -> candle_core::Result<&[T]> {
         let size = std::mem::size_of::<T>();
         if bytes.len() % size != 0 || bytes.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
             candle_core::bail!(
@@ -115,24 +110,45 @@ pub fn blocks_matmul(
         }
         // SAFETY: length and alignment were checked for T, and T is one of candle's
         // `#[repr(C)]` GGML blocks (integers and f16 only), valid for any bit pattern.
-        let blocks =
-            unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
-        matmul(mkn, x, blocks, y)
+        Ok(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) })
     }
-    let mkn = (m, k, n);
     match dtype {
-        GgmlDType::Q4_0 => run::<BlockQ4_0>(bytes, mkn, x, y),
-        GgmlDType::Q4_1 => run::<BlockQ4_1>(bytes, mkn, x, y),
-        GgmlDType::Q5_0 => run::<BlockQ5_0>(bytes, mkn, x, y),
-        GgmlDType::Q5_1 => run::<BlockQ5_1>(bytes, mkn, x, y),
-        GgmlDType::Q8_0 => run::<BlockQ8_0>(bytes, mkn, x, y),
-        GgmlDType::Q2K => run::<BlockQ2K>(bytes, mkn, x, y),
-        GgmlDType::Q3K => run::<BlockQ3K>(bytes, mkn, x, y),
-        GgmlDType::Q4K => run::<BlockQ4K>(bytes, mkn, x, y),
-        GgmlDType::Q5K => run::<BlockQ5K>(bytes, mkn, x, y),
-        GgmlDType::Q6K => run::<BlockQ6K>(bytes, mkn, x, y),
-        other => candle_core::bail!("no block matmul for {other:?} weights"),
+        GgmlDType::Q4_0 => op.run(view::<BlockQ4_0>(bytes)?),
+        GgmlDType::Q4_1 => op.run(view::<BlockQ4_1>(bytes)?),
+        GgmlDType::Q5_0 => op.run(view::<BlockQ5_0>(bytes)?),
+        GgmlDType::Q5_1 => op.run(view::<BlockQ5_1>(bytes)?),
+        GgmlDType::Q8_0 => op.run(view::<BlockQ8_0>(bytes)?),
+        GgmlDType::Q2K => op.run(view::<BlockQ2K>(bytes)?),
+        GgmlDType::Q3K => op.run(view::<BlockQ3K>(bytes)?),
+        GgmlDType::Q4K => op.run(view::<BlockQ4K>(bytes)?),
+        GgmlDType::Q5K => op.run(view::<BlockQ5K>(bytes)?),
+        GgmlDType::Q6K => op.run(view::<BlockQ6K>(bytes)?),
+        other => candle_core::bail!("no block kernels for {other:?} weights"),
     }
+}
+
+/// `y = x Wᵀ` for the other GGML types with candle's block dot products, called on the blocks
+/// directly: candle's `QTensor` matmul would build a repacked copy of Q4_K/Q6_K/Q8_0 weights on
+/// first use and keep both (1.3× more bytes streamed per token and 2.3× the memory of those
+/// weights).
+pub fn blocks_matmul(
+    dtype: GgmlDType,
+    bytes: &[u8],
+    mkn: (usize, usize, usize),
+    x: &[f32],
+    y: &mut [f32],
+) -> candle_core::Result<()> {
+    struct Matmul<'a> {
+        mkn: (usize, usize, usize),
+        x: &'a [f32],
+        y: &'a mut [f32],
+    }
+    impl BlocksOp for Matmul<'_> {
+        fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> candle_core::Result<()> {
+            matmul(self.mkn, self.x, blocks, self.y)
+        }
+    }
+    with_blocks(dtype, bytes, Matmul { mkn, x, y })
 }
 
 /// Rows `first..first + rows` of quantized weights (`bytes`, `k` values per row) widened to
@@ -144,48 +160,27 @@ pub fn dequantize_rows(
     first: usize,
     out: &mut [f32],
 ) -> candle_core::Result<()> {
-    use candle_core::quantized::k_quants::*;
-    fn run<T: GgmlType>(
-        bytes: &[u8],
+    struct Dequantize<'a> {
         k: usize,
         first: usize,
-        out: &mut [f32],
-    ) -> candle_core::Result<()> {
-        let size = std::mem::size_of::<T>();
-        if bytes.len() % size != 0 || bytes.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
-            candle_core::bail!(
-                "{:?} weights of {} bytes are not whole aligned blocks",
-                T::DTYPE,
-                bytes.len()
-            );
-        }
-        // SAFETY: as in `blocks_matmul`.
-        let blocks =
-            unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) };
-        let per_row = k / T::BLCK_SIZE;
-        let rows = out.len() / k;
-        if (first + rows) * per_row > blocks.len() {
-            candle_core::bail!("rows {first}..{} beyond the weights", first + rows);
-        }
-        out.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
-            let start = (first + r) * per_row;
-            T::to_float(&blocks[start..start + per_row], row);
-        });
-        Ok(())
+        out: &'a mut [f32],
     }
-    match dtype {
-        GgmlDType::Q4_0 => run::<BlockQ4_0>(bytes, k, first, out),
-        GgmlDType::Q4_1 => run::<BlockQ4_1>(bytes, k, first, out),
-        GgmlDType::Q5_0 => run::<BlockQ5_0>(bytes, k, first, out),
-        GgmlDType::Q5_1 => run::<BlockQ5_1>(bytes, k, first, out),
-        GgmlDType::Q8_0 => run::<BlockQ8_0>(bytes, k, first, out),
-        GgmlDType::Q2K => run::<BlockQ2K>(bytes, k, first, out),
-        GgmlDType::Q3K => run::<BlockQ3K>(bytes, k, first, out),
-        GgmlDType::Q4K => run::<BlockQ4K>(bytes, k, first, out),
-        GgmlDType::Q5K => run::<BlockQ5K>(bytes, k, first, out),
-        GgmlDType::Q6K => run::<BlockQ6K>(bytes, k, first, out),
-        other => candle_core::bail!("no dequantization for {other:?} weights"),
+    impl BlocksOp for Dequantize<'_> {
+        fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> candle_core::Result<()> {
+            let (k, first) = (self.k, self.first);
+            let per_row = k / T::BLCK_SIZE;
+            let rows = self.out.len() / k;
+            if (first + rows) * per_row > blocks.len() {
+                candle_core::bail!("rows {first}..{} beyond the weights", first + rows);
+            }
+            self.out.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
+                let start = (first + r) * per_row;
+                T::to_float(&blocks[start..start + per_row], row);
+            });
+            Ok(())
+        }
     }
+    with_blocks(dtype, bytes, Dequantize { k, first, out })
 }
 
 /// Computes `count` weight rows (`weights`) against every activation row into `out` (`[count][m]`).
@@ -221,9 +216,9 @@ fn rows_task(
                 // `blocks` blocks, GROUP × `blocks` scales, `k` values and `blocks` scales.
                 sums = unsafe {
                     if m == 1 {
-                        x86::dot_group_streaming(group_weights, blocks, xq, xd)
+                        x86::dot_group::<true>(group_weights, &scales, blocks, xq, xd)
                     } else {
-                        x86::dot_group(group_weights, &scales, blocks, xq, xd)
+                        x86::dot_group::<false>(group_weights, &scales, blocks, xq, xd)
                     }
                 };
             }
@@ -291,41 +286,18 @@ fn portable_group(
     }
 }
 
-fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, BLOCK_BYTES, GROUP};
+    use crate::gemv::x86::hsum;
 
     /// One f16 (raw bits) as f32.
     #[inline]
     #[target_feature(enable = "f16c")]
     pub fn widen_f16(bits: u16) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
     }
 
     /// Eight i32 partial sums of the int8 dot product of 32 values, as f32 lanes.
@@ -339,14 +311,17 @@ mod x86 {
         _mm256_cvtepi32_ps(quads)
     }
 
-    /// The dot products of GROUP weight rows (`weights`, raw Q8_0 blocks; widened scales in
-    /// `scales`, `[GROUP][blocks]`) with one quantized activation row.
+    /// The dot products of GROUP weight rows (`weights`, raw Q8_0 blocks) with one quantized
+    /// activation row. With `STREAMING` each weight block's scale is widened as the block is
+    /// read (one activation row: the weights stream through once with nothing beside them);
+    /// without, the scales come widened in `scales` (`[GROUP][blocks]`, reused by every row).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C; `weights` must hold GROUP rows of `blocks`
-    /// blocks, `scales` GROUP × `blocks` values, `xq` `blocks` × 32 values, `xd` `blocks`.
+    /// blocks, `scales` GROUP × `blocks` values unless `STREAMING`, `xq` `blocks` × 32 values,
+    /// `xd` `blocks`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group(
+    pub unsafe fn dot_group<const STREAMING: bool>(
         weights: &[u8],
         scales: &[f32],
         blocks: usize,
@@ -364,43 +339,14 @@ mod x86 {
                 let x_abs = _mm256_sign_epi8(x, x);
                 let dx = *xd.get_unchecked(b);
                 for (g, a) in acc.iter_mut().enumerate() {
-                    let block = w.add(g * row_bytes + b * BLOCK_BYTES + 2);
-                    let wv = _mm256_loadu_si256(block.cast());
-                    let scale = _mm256_set1_ps(*scales.get_unchecked(g * blocks + b) * dx);
-                    *a = _mm256_fmadd_ps(block_dot(wv, x_abs, x), scale, *a);
-                }
-            }
-        }
-        acc.map(|a| hsum(a))
-    }
-
-    /// [`dot_group`] for a single activation row: each weight block's scale is widened as the
-    /// block is read, so the weights stream through exactly once with nothing beside them.
-    ///
-    /// # Safety
-    /// As for [`dot_group`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group_streaming(
-        weights: &[u8],
-        blocks: usize,
-        xq: &[i8],
-        xd: &[f32],
-    ) -> [f32; GROUP] {
-        let row_bytes = blocks * BLOCK_BYTES;
-        debug_assert!(weights.len() >= GROUP * row_bytes && xq.len() >= blocks * BLOCK);
-        let mut acc = [_mm256_setzero_ps(); GROUP];
-        let w = weights.as_ptr();
-        for b in 0..blocks {
-            // SAFETY: b < blocks, so every load below is inside the slices (see # Safety).
-            unsafe {
-                let x = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK).cast());
-                let x_abs = _mm256_sign_epi8(x, x);
-                let dx = *xd.get_unchecked(b);
-                for (g, a) in acc.iter_mut().enumerate() {
                     let block = w.add(g * row_bytes + b * BLOCK_BYTES);
-                    let bits = block.cast::<u16>().read_unaligned();
+                    let dw = if STREAMING {
+                        widen_f16(u16::from_le(block.cast::<u16>().read_unaligned()))
+                    } else {
+                        *scales.get_unchecked(g * blocks + b)
+                    };
                     let wv = _mm256_loadu_si256(block.add(2).cast());
-                    let scale = _mm256_set1_ps(widen_f16(u16::from_le(bits)) * dx);
+                    let scale = _mm256_set1_ps(dw * dx);
                     *a = _mm256_fmadd_ps(block_dot(wv, x_abs, x), scale, *a);
                 }
             }
@@ -499,7 +445,7 @@ mod tests {
                 );
             }
             // The portable path gives the same integer dots.
-            let rows = quantize_rows(&xs, k);
+            let rows = quantize_rows(&xs);
             let blocks = k / BLOCK;
             let mut scales = vec![0f32; GROUP * blocks];
             let g = n.min(GROUP);
