@@ -32,6 +32,107 @@ fn utf8(args: impl Iterator<Item = OsString>) -> Result<Vec<String>, NonUtf8Argu
         .collect()
 }
 
+/// The `--gdn-backend help` text: every backend compiled in, what it is, and whether it can
+/// start on this machine (with the reason when it cannot).
+pub fn backend_list() -> String {
+    let registry = crate::gdn_registry();
+    let mut out = String::from("GDN backends (--gdn-backend NAME):\n");
+    for entry in registry.entries() {
+        let status = match &entry.availability {
+            Ok(_) => "available".to_string(),
+            Err(reason) => format!("unavailable: {reason}"),
+        };
+        out.push_str(&format!(
+            "  {:<13} {} [{status}]\n",
+            entry.name, entry.summary
+        ));
+    }
+    out
+}
+
+/// `--threads N` was 0 or far more than this machine has cores.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    /// Outside `1..=max`.
+    #[error(
+        "--threads {given} must be between 1 and {max} (4 × the {cores} cores this machine has)"
+    )]
+    OutOfRange {
+        /// The value given.
+        given: usize,
+        /// The largest accepted.
+        max: usize,
+        /// Cores available to this process.
+        cores: usize,
+    },
+    /// The hot pool already runs with another size.
+    #[error("--threads: {0}")]
+    AlreadyStarted(#[from] hybrid_pool::AlreadyStarted),
+}
+
+/// Applies `--threads N`: sizes the hot thread pool that every parallel kernel of a decode step
+/// and the `cpu` GDN backend share. Must come before the model is loaded. More than 4 threads
+/// per core only adds switching (and 10,000 would start 10,000 threads), so it is refused.
+pub fn set_threads(threads: usize) -> Result<(), ThreadsError> {
+    check_threads(threads)?;
+    hybrid_pool::configure_threads(threads)?;
+    Ok(())
+}
+
+/// The range rule of `--threads` alone (1 to 4 × the cores), for programs that size their own
+/// pools (gdn_bench).
+pub fn check_threads(threads: usize) -> Result<(), ThreadsError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max = 4 * cores;
+    if !(1..=max).contains(&threads) {
+        return Err(ThreadsError::OutOfRange {
+            given: threads,
+            max,
+            cores,
+        });
+    }
+    Ok(())
+}
+
+/// An output file a flag names (`--svg FILE`) that could not be written at the end of a run.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {path}: {problem}")]
+pub struct OutputPathError {
+    /// The flag.
+    pub flag: &'static str,
+    /// The path given.
+    pub path: std::path::PathBuf,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+/// Checks before a long run that `path` can be written at its end: not a directory, and its
+/// directory exists (so a typo does not waste the run).
+pub fn check_output_file(
+    flag: &'static str,
+    path: &std::path::Path,
+) -> Result<(), OutputPathError> {
+    let error = |problem: String| OutputPathError {
+        flag,
+        path: path.to_path_buf(),
+        problem,
+    };
+    if path.is_dir() {
+        return Err(error("is a directory; give a file name".into()));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(error(format!(
+            "the directory {} does not exist (create it first)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::ffi::OsStringExt;

@@ -20,6 +20,7 @@ pub use hybrid_gdn_cuda as gdn_cuda;
 #[cfg(feature = "xrt")]
 pub use hybrid_gdn_xrt as gdn_xrt;
 pub use hybrid_model as model;
+pub use hybrid_pool as pool;
 pub use hybrid_runtime as runtime;
 
 /// The registry of every GDN backend name; those compiled into this build can be created.

@@ -266,3 +266,45 @@ fn bad_flags_fail_cleanly() {
     assert_fails("bench", &["--config", "x.json"], "--random-weights");
     assert_fails("bench", &["--frobnicate"], "unknown flag");
 }
+
+/// Issue 13 item 7: a run longer than the model's context names bench's own flags.
+#[test]
+fn a_run_past_the_context_names_benchs_flags() {
+    let fixture = common::fixture("qwen3.5-tiny");
+    common::assert_fails(
+        "bench",
+        &[
+            "--model",
+            fixture.to_str().unwrap(),
+            "--gdn-backend",
+            "reference",
+            "--prompt-tokens",
+            "500",
+            "--gen-tokens",
+            "100",
+        ],
+        "--prompt-tokens 500 + --gen-tokens 100 exceeds",
+    );
+}
+
+/// Issue 13 item 8: outputs and thread counts that would fail only after the run are refused
+/// before it.
+#[test]
+fn bad_outputs_and_thread_counts_are_refused_before_the_run() {
+    let fixture = common::fixture("qwen3.5-tiny");
+    common::assert_fails(
+        "bench",
+        &[
+            "--model",
+            fixture.to_str().unwrap(),
+            "--svg",
+            "/no/such/dir/chart.svg",
+        ],
+        "--svg /no/such/dir/chart.svg: the directory /no/such/dir does not exist",
+    );
+    common::assert_fails(
+        "gdn_bench",
+        &["--threads", "0"],
+        "--threads 0 must be between 1 and",
+    );
+}

@@ -205,3 +205,161 @@ fn multimodal_text_config_and_language_model_prefix_load() {
         .expect("vec");
     assert_eq!(a, b, "the multimodal layout must give the same logits");
 }
+
+/// Rewrites `shard` of `dir` with `extra` (name, tensor bytes) added to its own tensors.
+fn add_to_shard(dir: &Path, shard: &str, extra: (&str, safetensors::Dtype, Vec<usize>, Vec<u8>)) {
+    use safetensors::tensor::{SafeTensors, TensorView};
+    let path = dir.join(shard);
+    let bytes = fs::read(&path).expect("read shard");
+    let parsed = SafeTensors::deserialize(&bytes).expect("parse shard");
+    let mut views: Vec<(String, TensorView<'_>)> = parsed.tensors();
+    let (name, dtype, shape, data) = &extra;
+    views.push((
+        name.to_string(),
+        TensorView::new(*dtype, shape.clone(), data).expect("view"),
+    ));
+    let out = safetensors::serialize(views, None).expect("serialize");
+    fs::write(&path, out).expect("write shard");
+}
+
+/// The first tensor of shard 1 of the sharded fixture, with its bytes.
+fn a_tensor_of_shard_1(dir: &Path) -> (String, safetensors::Dtype, Vec<usize>, Vec<u8>) {
+    use safetensors::tensor::SafeTensors;
+    let bytes = fs::read(dir.join("model-00001-of-00002.safetensors")).expect("read");
+    let parsed = SafeTensors::deserialize(&bytes).expect("parse");
+    let mut names = parsed.names();
+    names.sort();
+    let view = parsed.tensor(names[0]).expect("tensor");
+    (
+        names[0].to_string(),
+        view.dtype(),
+        view.shape().to_vec(),
+        view.data().to_vec(),
+    )
+}
+
+#[test]
+fn a_tensor_in_two_shards_is_refused_naming_both_files() {
+    // Issue 13 item 6: the later shard used to win silently, whatever the index said.
+    let dir = copy_fixture("qwen3-next-tiny");
+    let (name, dtype, shape, mut data) = a_tensor_of_shard_1(dir.path());
+    data.iter_mut().for_each(|b| *b = b.wrapping_add(1)); // a different copy
+    add_to_shard(
+        dir.path(),
+        "model-00002-of-00002.safetensors",
+        (&name, dtype, shape, data),
+    );
+    let message = error_of(dir.path());
+    assert!(
+        message.contains(&name)
+            && message.contains("model-00001-of-00002.safetensors")
+            && message.contains("model-00002-of-00002.safetensors"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_index_that_names_the_wrong_shard_is_refused() {
+    let dir = copy_fixture("qwen3-next-tiny");
+    let (name, ..) = a_tensor_of_shard_1(dir.path());
+    let index_path = dir.path().join("model.safetensors.index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&index_path).expect("read")).expect("json");
+    index["weight_map"][&name] = "model-00002-of-00002.safetensors".into();
+    fs::write(&index_path, index.to_string()).expect("write");
+    let message = error_of(dir.path());
+    assert!(
+        message.contains(&name)
+            && message.contains("model.safetensors.index.json")
+            && message.contains("model-00001-of-00002.safetensors"),
+        "{message}"
+    );
+}
+
+/// Issue 13 items 5 and 9: sizes a config gives are bounded and checked before anything is
+/// allocated, and values that would only fail later as NaN are refused with the field's name.
+#[test]
+fn absurd_or_invalid_config_values_name_their_field() {
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("layer_types");
+                c["num_hidden_layers"] = 1_000_000_000_000u64.into();
+            }),
+            "num_hidden_layers",
+        ),
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| c["vocab_size"] = 1_000_000_000_000u64.into()),
+            "vocab_size",
+        ),
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| c["head_dim"] = (1u64 << 62).into()),
+            "head_dim",
+        ),
+        (
+            "qwen3-next-tiny",
+            Box::new(|c| c["num_experts"] = 1_000_000_000_000u64.into()),
+            "num_experts",
+        ),
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| c["linear_conv_kernel_dim"] = 0.into()),
+            "linear_conv_kernel_dim",
+        ),
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| c["linear_num_value_heads"] = (1u64 << 62).into()),
+            "linear_num_value_heads",
+        ),
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| c["rms_norm_eps"] = (-1e-6).into()),
+            "rms_norm_eps",
+        ),
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| c["rope_parameters"]["rope_theta"] = 0.0.into()),
+            "rope_theta",
+        ),
+        (
+            "qwen3.5-tiny",
+            Box::new(|c| c["rope_parameters"]["rope_theta"] = (-5.0).into()),
+            "rope_theta",
+        ),
+    ];
+    for (fixture_name, edit, field) in cases {
+        let dir = copy_fixture(fixture_name);
+        edit_config(dir.path(), |c| edit(c));
+        let message = error_of(dir.path());
+        assert!(message.contains(field), "{field}: {message}");
+        // The same config for random weights is refused by the same check.
+        let config = hybrid_decode::model::ModelConfig::from_file(&dir.path().join("config.json"));
+        assert!(config.is_err(), "{field}");
+    }
+}
+
+#[test]
+fn random_weights_too_large_for_memory_are_refused_not_aborted() {
+    let dir = copy_fixture("qwen3.5-tiny");
+    // Within every field's bound, but the embedding alone would be 2^24 × 2^20 f32 = 64 TiB.
+    edit_config(dir.path(), |c| {
+        c["vocab_size"] = (1u64 << 24).into();
+        c["hidden_size"] = (1u64 << 20).into();
+    });
+    let config = hybrid_decode::model::ModelConfig::from_file(&dir.path().join("config.json"))
+        .expect("sizes within bounds");
+    let gdn = hybrid_decode::gdn_registry()
+        .create("reference", &BackendOptions::default())
+        .expect("reference");
+    let message = HybridModel::random(config, &LoadOptions::default(), gdn, 7)
+        .expect_err("must be refused")
+        .to_string();
+    assert!(
+        message.contains("random weights") && message.contains("bytes"),
+        "{message}"
+    );
+}

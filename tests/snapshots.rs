@@ -446,3 +446,119 @@ fn closed_stdout_still_saves_the_snapshot() {
         "the snapshot must be complete"
     );
 }
+
+/// `good` with its header JSON replaced by `edit(header)`, lengths fixed and resealed.
+fn with_header(good: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let header_len = u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&good[32..32 + header_len]).unwrap();
+    edit(&mut header);
+    let text = header.to_string();
+    let mut out = good[..32].to_vec();
+    out[16..24].copy_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&good[32 + header_len..]);
+    reseal(&mut out);
+    out
+}
+
+/// Issue 13 item 10: what the checksum cannot catch in a resealed file.
+#[test]
+fn resealed_snapshots_with_bad_values_overlaps_or_another_architecture_are_refused() {
+    let (snapshot, _) = snapshot_after("qwen3-next-tiny", "cpu", 3);
+    let good = snapshot.to_bytes();
+    let header_len = u64::from_le_bytes(good[16..24].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&good[32..32 + header_len]).unwrap();
+    let attention = header["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == "attention")
+        .expect("an attention layer")
+        .clone();
+
+    // An infinite value in a KV cache.
+    let at = 32 + header_len + 4 * attention["keys"]["offset"].as_u64().unwrap() as usize;
+    let mut inf = good.clone();
+    inf[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    reseal(&mut inf);
+    let err = read_error(&inf);
+    assert!(err.to_string().contains("inf"), "{err}");
+
+    // Two sections over the same bytes.
+    let overlapping = with_header(&good, |h| {
+        let layer = attention["layer"].as_u64().unwrap() as usize;
+        h["layers"][layer]["values"]["offset"] = attention["keys"]["offset"].clone();
+    });
+    let err = read_error(&overlapping);
+    assert!(err.to_string().contains("overlap"), "{err}");
+
+    // Another architecture's name on an otherwise matching snapshot.
+    let renamed = with_header(&good, |h| h["model"]["architecture"] = "Qwen35".into());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("renamed.snap");
+    std::fs::write(&path, renamed).unwrap();
+    let snapshot = Snapshot::read(&path).expect("well-formed");
+    let mut engine = load("qwen3-next-tiny", "cpu");
+    assert_restore_refused(&mut engine, &snapshot, "it is a Qwen35 snapshot");
+}
+
+#[test]
+fn temporary_files_of_killed_saves_are_cleaned_up_by_the_next_save() {
+    let (snapshot, _) = snapshot_after("qwen3.5-tiny", "cpu", 2);
+    let dir = tempfile::tempdir().unwrap();
+    // A pid that does not run (beyond Linux's default pid_max), and this process's own.
+    let dead = dir.path().join(".s.snap.4999999.0.tmp");
+    let ours = dir
+        .path()
+        .join(format!(".s.snap.{}.7.tmp", std::process::id()));
+    let foreign = dir.path().join(".other.snap.4999999.0.tmp");
+    for path in [&dead, &ours, &foreign] {
+        std::fs::write(path, b"partial").unwrap();
+    }
+    write_new(&snapshot, &dir.path().join("s.snap"));
+    assert!(!dead.exists(), "a dead save's temporary file is removed");
+    assert!(ours.exists(), "a live process's temporary file is kept");
+    assert!(foreign.exists(), "another snapshot's files are not touched");
+}
+
+/// Issue 13 items 7 and 12: a bad sampler value inside a snapshot is blamed on the snapshot,
+/// not on a flag nobody gave, and a resumed run's summary says where its prompt came from.
+#[test]
+fn resumed_runs_name_the_snapshot_for_its_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.snap");
+    let file = path.to_str().unwrap();
+    let first = run(
+        "generate",
+        &[
+            "--max-new-tokens",
+            "3",
+            "--save-state",
+            file,
+            "--temperature",
+            "0.8",
+            "--seed",
+            "3",
+        ],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    let rest = run("generate", &["--resume", file, "--max-new-tokens", "2"]);
+    assert!(rest.status.success(), "{}", stderr(&rest));
+    assert!(
+        stderr(&rest).contains("restored from the snapshot"),
+        "{}",
+        stderr(&rest)
+    );
+
+    let good = std::fs::read(&path).unwrap();
+    let bad = with_header(&good, |h| {
+        h["app"]["sampler"]["temperature"] = (-3.0).into()
+    });
+    let bad_path = dir.path().join("bad-sampler.snap");
+    std::fs::write(&bad_path, bad).unwrap();
+    let out = run("generate", &["--resume", bad_path.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("app.sampler.temperature is -3"), "{err}");
+    assert!(!err.contains("invalid --temperature"), "{err}");
+}

@@ -117,12 +117,7 @@ fn parse() -> Result<Options> {
             "--seed" => seed = number(&flag, &value, count)?,
             "--dtype" => dtype = value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
             "--gdn-backend" => {
-                backends = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
+                backends = value.split(',').map(str::trim).map(String::from).collect()
             }
             "--threads" => threads = Some(number(&flag, &value, count)?),
             "--xclbin" => gdn_options = gdn_options.with_xclbin(value),
@@ -148,6 +143,10 @@ fn parse() -> Result<Options> {
             other => bail!("unknown flag `{other}` (see --help)"),
         }
     }
+    if backends == ["help"] {
+        print!("{}", hybrid_decode::cli::backend_list());
+        std::process::exit(0);
+    }
     for (flag, value) in [
         ("--prompt-tokens", prompt_tokens),
         ("--gen-tokens", gen_tokens),
@@ -157,10 +156,11 @@ fn parse() -> Result<Options> {
             bail!("{flag} must be at least 1");
         }
     }
-    match threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(threads) => gdn_options = gdn_options.with_threads(threads),
-        None => {}
+    if let Some(threads) = threads {
+        hybrid_decode::cli::set_threads(threads)?;
+    }
+    if let Some(path) = &svg {
+        hybrid_decode::cli::check_output_file("--svg", path)?;
     }
     let (source, model_label) = match (model, config, random_weights) {
         (Some(spec), None, false) => (Source::Model(spec.clone()), spec),
@@ -188,7 +188,7 @@ fn parse() -> Result<Options> {
         }
     }
     let registry = hybrid_decode::gdn_registry();
-    if backends.is_empty() || backends == ["all"] {
+    if backends == ["all"] {
         // `all`: every backend compiled in that can start on this machine (a GPU backend built
         // in but without a GPU is skipped with a note; named explicitly, it fails the run).
         backends = Vec::new();
@@ -200,7 +200,13 @@ fn parse() -> Result<Options> {
             }
         }
     }
-    for name in &backends {
+    for (i, name) in backends.iter().enumerate() {
+        if name.is_empty() {
+            bail!("--gdn-backend: an empty backend name; give names like cpu,reference (or `all`)");
+        }
+        if backends[..i].contains(name) {
+            bail!("--gdn-backend: `{name}` is listed twice; each backend runs once");
+        }
         match registry.entries().iter().find(|e| e.name == name) {
             None => bail!(
                 "--gdn-backend: unknown backend `{name}`; known: {} (or `all`)",

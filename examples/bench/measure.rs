@@ -129,6 +129,15 @@ pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
         model.weight_format(),
         hybrid_decode::model::kernel_paths()
     );
+    let context = model.config().max_position_embeddings;
+    if settings.prompt_tokens.saturating_add(settings.gen_tokens) > context {
+        anyhow::bail!(
+            "--prompt-tokens {} + --gen-tokens {} exceeds the model's context of {context} tokens \
+             (max_position_embeddings); lower one of them",
+            settings.prompt_tokens,
+            settings.gen_tokens
+        );
+    }
     let prompt = prompt(settings.prompt_tokens, model.config().vocab_size);
     for _ in 0..settings.warmup {
         run_once(&mut model, &prompt, settings.gen_tokens)?;

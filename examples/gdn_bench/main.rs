@@ -109,6 +109,9 @@ fn parse_args() -> Result<Options> {
     if o.layers == 0 || o.prefill_tokens == 0 {
         bail!("--layers and --prefill-tokens must be at least 1");
     }
+    if let Some(threads) = o.threads {
+        hybrid_decode::cli::check_threads(threads)?;
+    }
     if o.backends.is_empty() {
         o.backends = hybrid_decode::gdn_registry()
             .available()

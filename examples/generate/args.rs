@@ -133,6 +133,30 @@ pub(crate) fn parse_args() -> Result<Args> {
     if a.prompt.is_some() && a.prompt_ids.is_some() {
         bail!("give either --prompt or --prompt-ids, not both");
     }
+    if a.chat && a.prompt_ids.is_some() {
+        bail!(
+            "--chat wraps a text prompt in the chat template; --prompt-ids are fed as they are \
+             (drop one of them)"
+        );
+    }
+    // FPGA options only mean something to the xrt backends; silently ignoring them hides a
+    // typo in --gdn-backend.
+    let uses_xrt = [Some(a.gdn_backend.as_str()), a.migrate_to.as_deref()]
+        .into_iter()
+        .flatten()
+        .any(|name| name.starts_with("xrt"));
+    for (given, flag) in [
+        (a.xclbin.is_some(), "--xclbin"),
+        (a.device_index.is_some(), "--device-index"),
+    ] {
+        if given && !uses_xrt {
+            bail!(
+                "{flag} configures the xrt backends, but --gdn-backend is {} (add --gdn-backend \
+                 xrt, or drop {flag})",
+                a.gdn_backend
+            );
+        }
+    }
     if a.random_weights != a.config.is_some() {
         bail!("--random-weights and --config FILE go together (a config's shapes, random weights)");
     }
@@ -146,9 +170,6 @@ pub(crate) fn parse_args() -> Result<Args> {
 /// The GDN backend options the flags ask for (the same for `--gdn-backend` and `--to`).
 pub(crate) fn backend_options(a: &Args) -> BackendOptions {
     let mut options = BackendOptions::default();
-    if let Some(threads) = a.threads {
-        options = options.with_threads(threads);
-    }
     if let Some(xclbin) = &a.xclbin {
         options = options.with_xclbin(xclbin);
     }

@@ -19,162 +19,37 @@
 //! another backend after N generated tokens.
 
 mod args;
+#[path = "../shared/loading.rs"]
+mod loading;
 mod state;
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
-use hybrid_decode::model::{
-    HybridModel, LoadOptions, ModelConfig, Snapshot, WeightFormat, WriteMode,
-};
+use hybrid_decode::model::{Snapshot, WriteMode};
 use hybrid_decode::runtime::{
-    gguf_file, resolve_model, ChatMessage, ChatTemplate, GenerateOptions, GeneratedToken,
-    GenerationConfig, GenerationOutput, Generator, GgufVocab, HubOptions, LanguageModel, Sampler,
-    StopReason, Tokenizer, TokenizerConfig, DEFAULT_SEED,
+    ChatMessage, ChatTemplate, GenerateOptions, GeneratedToken, GenerationOutput, Generator,
+    LanguageModel, Sampler, StopReason,
 };
-use hybrid_decode::Engine;
 use serde_json::{json, Value};
 
 use args::{backend_options, parse_args, sampling, Args};
+use loading::{Loaded, ModelRequest};
 use state::{resumed_sampler, sampler_json};
-
-/// The model used when `--model` is not given: committed under models/, no network needed.
-const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/models/fixtures/qwen3-next-tiny"
-);
 
 const DEFAULT_PROMPT: &str = "And God said, Let there be";
 
-fn list_backends() {
-    let registry = hybrid_decode::gdn_registry();
-    println!("GDN backends (--gdn-backend NAME):");
-    for entry in registry.entries() {
-        let status = match &entry.availability {
-            Ok(_) => "available".to_string(),
-            Err(reason) => format!("unavailable: {reason}"),
-        };
-        println!("  {:<13} {} [{status}]", entry.name, entry.summary);
-    }
-}
-
-/// Everything that lives next to the weights.
-struct Loaded {
-    engine: Engine,
-    tokenizer: Option<Tokenizer>,
-    tokenizer_config: Option<TokenizerConfig>,
-    generation: GenerationConfig,
-    description: String,
-}
-
+/// The model and tokenizer the flags name (see `examples/shared/loading.rs`).
 fn load(a: &Args) -> Result<Loaded> {
-    let options = backend_options(a);
-    let gdn = hybrid_decode::gdn_registry()
-        .create(&a.gdn_backend, &options)
-        .with_context(|| format!("--gdn-backend {} (try --gdn-backend help)", a.gdn_backend))?;
-    let format = a.dtype.unwrap_or(WeightFormat {
-        dtype: DType::F32,
-        quantize: None,
-    });
-    let load_options = LoadOptions {
-        dtype: format.dtype,
-        quantize: format.quantize,
-        ..LoadOptions::default()
-    };
-    if let Some(config_path) = &a.config {
-        let config = ModelConfig::from_file(config_path)?;
-        let model =
-            HybridModel::random(config, &load_options, gdn, a.seed.unwrap_or(DEFAULT_SEED))?;
-        return Ok(Loaded {
-            engine: Engine::new(model),
-            tokenizer: None,
-            tokenizer_config: None,
-            generation: GenerationConfig::default(),
-            description: format!("random weights in the shapes of {}", config_path.display()),
-        });
-    }
-    let (spec, description) = match &a.model {
-        Some(spec) => (spec.clone(), spec.clone()),
-        None => (
-            DEFAULT_MODEL.to_string(),
-            "the embedded default model models/fixtures/qwen3-next-tiny: a tiny Qwen3-Next \
-             (4 layers, hidden 64, MoE 8×top-2) with RANDOM weights and a 1k-token BPE tokenizer \
-             trained on the KJV Bible, made for tests, so its text is gibberish; pass \
-             --model DIR|owner/name for a real checkpoint"
-                .to_string(),
-        ),
-    };
-    if let Some(file) = gguf_file(Path::new(&spec))? {
-        return load_gguf(a, &file, &load_options, gdn, description);
-    }
-    let files = resolve_model(&spec, &HubOptions::from_env()?)?;
-    let model = HybridModel::load(&files.dir, &load_options, gdn)
-        .with_context(|| format!("loading the model in {}", files.dir.display()))?;
-    let tokenizer = match &a.tokenizer {
-        Some(path) => Some(Tokenizer::from_file(path).context("--tokenizer")?),
-        None => files
-            .tokenizer
-            .as_deref()
-            .map(Tokenizer::from_file)
-            .transpose()?,
-    };
-    let tokenizer_config = match &files.tokenizer_config {
-        Some(_) => Some(TokenizerConfig::load(&files.dir)?),
-        None => None,
-    };
-    let generation = match &files.generation_config {
-        Some(path) => GenerationConfig::from_file_or_default(path)?,
-        None => GenerationConfig::default(),
-    };
-    Ok(Loaded {
-        engine: Engine::new(model),
-        tokenizer,
-        tokenizer_config,
-        generation,
-        description,
-    })
-}
-
-/// A GGUF file: weights, config, tokenizer, chat template and stop tokens all come from it
-/// (`--tokenizer FILE` replaces its tokenizer, e.g. for a pre-tokenizer it does not name).
-fn load_gguf(
-    a: &Args,
-    file: &Path,
-    load_options: &LoadOptions,
-    gdn: Box<dyn hybrid_decode::gdn::GdnBackend>,
-    description: String,
-) -> Result<Loaded> {
-    let model = HybridModel::load_gguf(file, load_options, gdn)
-        .with_context(|| format!("loading {}", file.display()))?;
-    let (tokenizer, tokenizer_config, generation) = match &a.tokenizer {
-        Some(path) => (
-            Tokenizer::from_file(path).context("--tokenizer")?,
-            None,
-            GenerationConfig::default(),
-        ),
-        None => {
-            let vocab = GgufVocab::read(file).with_context(|| {
-                format!(
-                    "the tokenizer in {} (or give --tokenizer FILE)",
-                    file.display()
-                )
-            })?;
-            (
-                vocab.tokenizer,
-                Some(vocab.tokenizer_config),
-                vocab.generation_config,
-            )
-        }
-    };
-    Ok(Loaded {
-        engine: Engine::new(model),
-        tokenizer: Some(tokenizer),
-        tokenizer_config,
-        generation,
-        description,
+    loading::load(&ModelRequest {
+        model: a.model.as_deref(),
+        tokenizer: a.tokenizer.as_deref(),
+        config: a.config.as_deref(),
+        seed: a.seed,
+        dtype: a.dtype,
+        gdn_backend: &a.gdn_backend,
+        backend_options: backend_options(a),
     })
 }
 
@@ -227,8 +102,11 @@ impl Run {
 
 fn main() -> Result<()> {
     let a = parse_args()?;
+    if let Some(threads) = a.threads {
+        hybrid_decode::cli::set_threads(threads)?;
+    }
     if a.gdn_backend == "help" {
-        list_backends();
+        print!("{}", hybrid_decode::cli::backend_list());
         return Ok(());
     }
     // Everything that can be checked without the model is checked before loading it.

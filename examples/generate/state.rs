@@ -2,7 +2,8 @@
 //! a snapshot carries.
 
 use anyhow::{bail, Result};
-use hybrid_decode::runtime::{Sampler, SamplingParams};
+use hybrid_decode::model::{Snapshot, SnapshotError, WriteMode};
+use hybrid_decode::runtime::{RuntimeError, Sampler, SamplingParams};
 use serde_json::{json, Value};
 
 use crate::args::{apply_sampling_flags, Args};
@@ -37,21 +38,21 @@ pub(crate) fn check_state_flags(a: &Args) -> Result<()> {
                  token that has not been fed yet"
             );
         }
-        if path.exists() && !a.force {
-            bail!(
+        // The same check the write makes, before the model is even loaded: a run must not be
+        // wasted on a destination that will be refused (or that is a device or symlink).
+        let mode = if a.force {
+            WriteMode::Overwrite
+        } else {
+            WriteMode::CreateNew
+        };
+        Snapshot::check_destination(path, mode).map_err(|e| match e {
+            SnapshotError::Exists { .. } => anyhow::anyhow!(
                 "--save-state {}: the file exists and is left untouched; choose another file or \
                  add --force to replace it",
                 path.display()
-            );
-        }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
-            bail!(
-                "--save-state {}: the directory {} does not exist",
-                path.display(),
-                dir.display()
-            );
-        }
+            ),
+            other => anyhow::Error::new(other).context("--save-state"),
+        })?;
     }
     Ok(())
 }
@@ -103,6 +104,22 @@ pub(crate) fn resumed_sampler(a: &Args, saved: &Value, path: &std::path::Path) -
             .ok_or_else(|| bad("repeat_last_n"))? as usize,
         seed: saved_seed,
     };
+    // The snapshot's own values first, so that a bad one is blamed on the file, not a flag.
+    params.validate().map_err(|e| match e {
+        RuntimeError::InvalidSamplingParam {
+            flag,
+            value,
+            expected,
+        } => anyhow::anyhow!(
+            "--resume {}: the snapshot's app.sampler.{} is {value}; it {expected}",
+            path.display(),
+            match SamplingParams::field_of_flag(flag) {
+                "repetition_penalty" => "repeat_penalty",
+                field => field,
+            }
+        ),
+        other => other.into(),
+    })?;
     apply_sampling_flags(a, &mut params);
     match a.seed {
         Some(seed) if seed != saved_seed => {

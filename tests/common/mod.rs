@@ -111,9 +111,19 @@ pub fn example_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// Runs an example with `args`. `generate` and `perplexity` run on the tiny Qwen3-Next fixture
+/// (whose HF goldens the tests compare with) unless `args` name a model (`--model`,
+/// `--config`): their own default is the demo model, which `tests/demo_model.rs` tests.
 pub fn run(example: &str, args: &[&str]) -> Output {
+    let names_model = args.iter().any(|a| *a == "--model" || *a == "--config");
+    let fixture = fixture("qwen3-next-tiny");
+    let mut all: Vec<&str> = Vec::new();
+    if matches!(example, "generate" | "perplexity") && !names_model {
+        all.extend(["--model", fixture.to_str().expect("UTF-8 path")]);
+    }
+    all.extend_from_slice(args);
     Command::new(example_binary(example))
-        .args(args)
+        .args(&all)
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .expect("run the example")

@@ -8,9 +8,9 @@ use hybrid_gdn::{
 };
 
 use crate::kernels::Kernel;
-use crate::pool::WorkerPool;
 use crate::state::{CpuConstants, CpuSlotState};
 use crate::token_batch::{SharedSlice, TokenBatch, PREFILL_CHUNK};
+use hybrid_pool::{hot_pool, SharedPool};
 
 /// Dispatches that touch less recurrent state than this run on the calling thread alone. Waking
 /// a pool worker costs a few µs — far more when it has parked, as it does between layers of a
@@ -23,12 +23,30 @@ const INLINE_BELOW_BYTES: usize = 64 << 10;
 pub struct CpuBackend {
     name: &'static str,
     table: LayerTable<CpuConstants, CpuSlotState>,
-    pool: WorkerPool,
+    threads: Threads,
     kernel: Kernel,
     /// Activation scratch, `PREFILL_CHUNK × max conv_dim`; sized at `load_layer` so that steps
     /// never allocate.
     activated: Vec<f32>,
     counters: Counters,
+}
+
+/// The threads a backend runs on.
+#[derive(Debug)]
+enum Threads {
+    /// The process's hot pool, shared with the model's GEMVs.
+    Hot(&'static SharedPool),
+    /// A pool of the size the options asked for.
+    Own(SharedPool),
+}
+
+impl Threads {
+    fn pool(&self) -> &SharedPool {
+        match self {
+            Threads::Hot(pool) => pool,
+            Threads::Own(pool) => pool,
+        }
+    }
 }
 
 impl CpuBackend {
@@ -37,8 +55,9 @@ impl CpuBackend {
     /// Registry name of the backend forced onto the portable kernels.
     pub const PORTABLE_NAME: &'static str = "cpu-portable";
 
-    /// The backend with the fastest kernel this CPU supports; `options.threads` threads
-    /// (default: every available core).
+    /// The backend with the fastest kernel this CPU supports. Without `options.threads` it runs
+    /// on the process's hot pool ([`hot_pool`]) shared with the model's GEMVs; with a count, on a
+    /// pool of that many threads of its own.
     pub fn new(options: &BackendOptions) -> Result<Self> {
         Self::with_kernel(Self::NAME, options, Kernel::detect())
     }
@@ -62,17 +81,16 @@ impl CpuBackend {
                     reason: "threads must be at least 1".into(),
                 })
             }
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(n) => Threads::Own(SharedPool::new(n).map_err(|e| GdnError::Device {
+                backend: name.into(),
+                message: format!("cannot start {n} worker threads: {e}"),
+            })?),
+            None => Threads::Hot(hot_pool()),
         };
-        let pool = WorkerPool::new(threads).map_err(|e| GdnError::Device {
-            backend: name.into(),
-            message: format!("cannot start {threads} worker threads: {e}"),
-        })?;
         Ok(CpuBackend {
             name,
             table: LayerTable::default(),
-            pool,
+            threads,
             kernel,
             activated: Vec::new(),
             counters: Counters::default(),
@@ -108,7 +126,7 @@ impl CpuBackend {
             let tasks = if count * state_bytes < INLINE_BELOW_BYTES {
                 1
             } else {
-                self.pool.threads().min(spec.num_k_heads)
+                self.threads.pool().threads().min(spec.num_k_heads)
             };
             let batch = TokenBatch {
                 spec,
@@ -125,7 +143,8 @@ impl CpuBackend {
                 activated: SharedSlice::new(&mut self.activated[..count * conv_dim]),
                 out: SharedSlice::new(&mut out[first * value_dim..(first + count) * value_dim]),
             };
-            self.pool
+            self.threads
+                .pool()
                 .run(tasks, &|task| batch.run_task(task))
                 .map_err(|_| GdnError::Device {
                     backend: self.name.into(),
@@ -146,7 +165,7 @@ impl CpuBackend {
 
 impl GdnBackend for CpuBackend {
     fn info(&self) -> BackendInfo {
-        let threads = self.pool.threads();
+        let threads = self.threads.pool().threads();
         BackendInfo {
             name: self.name.into(),
             device: format!("host CPU, {threads} threads, {} kernel", self.kernel.name()),

@@ -13,9 +13,12 @@
 //!   then updated from L1 and written once.
 //! - **Kernels**: AVX2+FMA intrinsics chosen at run time, portable Rust otherwise and for head dims
 //!   that are not a multiple of 8 (a correct fallback, not an error).
-//! - **Threads** ([`pool`]): a persistent pool; a dispatch splits key-head groups over threads, so
-//!   conv channels, state rows and outputs of different threads are disjoint and one token is one
-//!   dispatch without barriers. Nothing is allocated per token.
+//! - **Threads** ([`pool`]): by default the process's hot pool ([`hybrid_pool::hot_pool`]), the
+//!   same spinning threads that run the model's weight GEMVs, so a decode step never waits for
+//!   another pool's sleeping workers; an explicit thread count gets a pool of its own. A dispatch
+//!   splits key-head groups over threads, so conv channels, state rows and outputs of different
+//!   threads are disjoint and one token is one dispatch without barriers. Nothing is allocated
+//!   per token.
 //! - **Prefill** ([`token_batch`]): chunks of 64 tokens; within a chunk each value head runs its
 //!   tokens back to back with its 64 KiB state resident in L1/L2 ("state-stationary"), and the
 //!   arithmetic per token is exactly the decode step's, so prefill leaves bit-for-bit the state
@@ -31,9 +34,11 @@
 pub mod backend;
 pub mod bandwidth;
 pub mod kernels;
-pub mod pool;
 pub mod state;
 pub mod token_batch;
+
+/// The worker pools (re-exported: benchmarks build their own for roofline loops).
+pub use hybrid_pool as pool;
 
 pub use backend::CpuBackend;
 pub use kernels::Kernel;

@@ -33,5 +33,5 @@ pub use error::{GdnError, Result};
 pub use reference::ReferenceBackend;
 pub use registry::{BackendFactory, BackendOptions, Registry, RegistryEntry};
 pub use slots::{LayerTable, SlotId};
-pub use spec::{LayerConstants, LayerSpec, TokenInputs};
+pub use spec::{LayerConstants, LayerSpec, TokenInputs, MAX_STATE_VALUES};
 pub use state::SlotState;

@@ -17,6 +17,11 @@ pub struct LayerSpec {
     pub conv_kernel: usize,
 }
 
+/// The most recurrent (or conv) state values one layer may hold per sequence (16 GiB of f32):
+/// far above real layers (Qwen3-Next: 32 × 128 × 128 = 524 288), and a bound checked before
+/// any state is allocated.
+pub const MAX_STATE_VALUES: usize = u32::MAX as usize;
+
 impl LayerSpec {
     /// The spec with these heads, head dims and conv kernel size (checked by [`Self::validate`]).
     pub const fn new(
@@ -44,7 +49,8 @@ impl LayerSpec {
         conv_kernel: 4,
     };
 
-    /// Checks that the spec describes a real layer.
+    /// Checks that the spec describes a real layer whose state sizes fit (at most
+    /// [`MAX_STATE_VALUES`] recurrent or conv values per sequence).
     pub fn validate(&self) -> Result<()> {
         let fields = [
             ("num_k_heads", self.num_k_heads),
@@ -64,7 +70,30 @@ impl LayerSpec {
                 self.num_v_heads, self.num_k_heads
             )));
         }
-        Ok(())
+        // Every length derived below (conv_dim, the conv and recurrent states) must fit in a
+        // usize, and one sequence's state must be a size a machine can hold.
+        let recurrent = self
+            .num_v_heads
+            .checked_mul(self.head_k_dim)
+            .and_then(|n| n.checked_mul(self.head_v_dim));
+        let conv = self
+            .num_k_heads
+            .checked_mul(self.head_k_dim)
+            .and_then(|k| k.checked_mul(2))
+            .and_then(|k2| {
+                self.num_v_heads
+                    .checked_mul(self.head_v_dim)
+                    .and_then(|v| k2.checked_add(v))
+            })
+            .and_then(|c| c.checked_mul(self.conv_kernel));
+        match (recurrent, conv) {
+            (Some(r), Some(c)) if r <= MAX_STATE_VALUES && c <= MAX_STATE_VALUES => Ok(()),
+            _ => Err(GdnError::InvalidSpec(format!(
+                "{} value heads of {}×{} and a {}-tap conv need more than {MAX_STATE_VALUES} \
+                 state values per sequence",
+                self.num_v_heads, self.head_k_dim, self.head_v_dim, self.conv_kernel
+            ))),
+        }
     }
 
     /// GVA ratio r = Hv / Hk: value head h reads key head ⌊h / r⌋.

@@ -221,6 +221,22 @@ impl ModelConfig {
     }
 }
 
+/// The largest value accepted for a size field: far above any released model (Qwen3-Next-80B
+/// has 48 layers, hidden 2048, 512 experts, a 151 936-token vocabulary), small enough that every
+/// product of sizes this engine forms fits in 64 bits and no allocation is sized by a typo.
+fn size_limit(field: &str) -> usize {
+    match field {
+        "num_hidden_layers" | "full_attention_interval" | "decoder_sparse_step" => 4096,
+        "vocab_size" => 1 << 24,
+        "max_position_embeddings" => 1 << 30,
+        "num_experts" | "num_experts_per_tok" => 1 << 14,
+        "linear_conv_kernel_dim" => 1 << 10,
+        f if f.contains("heads") || f.contains("head_dim") => 1 << 14,
+        // hidden_size and the intermediate widths
+        _ => 1 << 20,
+    }
+}
+
 struct Normaliser {
     path: PathBuf,
     raw: RawConfig,
@@ -238,9 +254,21 @@ impl Normaliser {
     fn required(&self, field: &str, value: Option<usize>) -> Result<usize> {
         match value {
             Some(0) => Err(self.field_error(field, "must be at least 1")),
-            Some(v) => Ok(v),
+            Some(v) => self.bounded(field, v),
             None => Err(self.field_error(field, "is missing")),
         }
+    }
+
+    /// `value` if it is within [`size_limit`] for `field`.
+    fn bounded(&self, field: &str, value: usize) -> Result<usize> {
+        let limit = size_limit(field);
+        if value > limit {
+            return Err(self.field_error(
+                field,
+                format!("is {value}; at most {limit} is supported (is the config corrupt?)"),
+            ));
+        }
+        Ok(value)
     }
 
     fn build(self, nested: bool) -> Result<ModelConfig> {
@@ -266,6 +294,9 @@ impl Normaliser {
             }
         }
         let num_hidden_layers = self.required("num_hidden_layers", r.num_hidden_layers)?;
+        if let Some(interval) = r.full_attention_interval {
+            self.bounded("full_attention_interval", interval)?;
+        }
         let layer_types = self.layer_types(num_hidden_layers)?;
         let (rope_theta, partial_rotary_factor) = self.rope()?;
         let hidden_size = self.required("hidden_size", r.hidden_size)?;
@@ -284,11 +315,16 @@ impl Normaliser {
                 num_experts_per_tok: self.required("num_experts_per_tok", r.num_experts_per_tok)?,
                 moe_intermediate_size: self
                     .required("moe_intermediate_size", r.moe_intermediate_size)?,
-                shared_expert_intermediate_size: r.shared_expert_intermediate_size.unwrap_or(0),
+                shared_expert_intermediate_size: self.bounded(
+                    "shared_expert_intermediate_size",
+                    r.shared_expert_intermediate_size.unwrap_or(0),
+                )?,
                 // Qwen3.5-MoE always renormalises; Qwen3-Next reads the flag (default true).
                 norm_topk_prob: architecture == Architecture::Qwen35Moe
                     || r.norm_topk_prob.unwrap_or(true),
-                decoder_sparse_step: r.decoder_sparse_step.unwrap_or(1).max(1),
+                decoder_sparse_step: self
+                    .bounded("decoder_sparse_step", r.decoder_sparse_step.unwrap_or(1))?
+                    .max(1),
                 mlp_only_layers: r.mlp_only_layers.clone().unwrap_or_default(),
             }),
         };
@@ -304,7 +340,7 @@ impl Normaliser {
             }
         }
         let intermediate_size = match (&moe, r.intermediate_size) {
-            (_, Some(v)) => v,
+            (_, Some(v)) => self.bounded("intermediate_size", v)?,
             (Some(_), None) => 0,
             (None, None) => self.required("intermediate_size", None)?,
         };
@@ -317,15 +353,18 @@ impl Normaliser {
             num_attention_heads,
             num_key_value_heads,
             // HF's config classes default head_dim to 256 (not hidden / heads).
-            head_dim: r.head_dim.unwrap_or(256),
-            rms_norm_eps: r.rms_norm_eps.unwrap_or(1e-6),
+            head_dim: self.required("head_dim", Some(r.head_dim.unwrap_or(256)))?,
+            rms_norm_eps: self.rms_norm_eps()?,
             rope_theta,
             partial_rotary_factor,
             max_position_embeddings: self
                 .required("max_position_embeddings", r.max_position_embeddings)?,
             tie_word_embeddings: r.tie_word_embeddings.unwrap_or(false),
             attention_bias: r.attention_bias.unwrap_or(false),
-            linear_conv_kernel_dim: r.linear_conv_kernel_dim.unwrap_or(4),
+            linear_conv_kernel_dim: self.required(
+                "linear_conv_kernel_dim",
+                Some(r.linear_conv_kernel_dim.unwrap_or(4)),
+            )?,
             linear_key_head_dim: self.required("linear_key_head_dim", r.linear_key_head_dim)?,
             linear_value_head_dim: self
                 .required("linear_value_head_dim", r.linear_value_head_dim)?,
@@ -335,11 +374,25 @@ impl Normaliser {
             moe,
             nested_text_config: nested,
         };
+        // Every field is bounded above, so these products cannot overflow 64 bits; the GDN
+        // spec's own check covers head divisibility and its state sizes.
         config
             .gdn_spec()
             .validate()
             .map_err(|e| self.field_error("linear_num_value_heads", e.to_string()))?;
         Ok(config)
+    }
+
+    /// `rms_norm_eps` (default 1e-6): finite and not negative, or every norm would be NaN.
+    fn rms_norm_eps(&self) -> Result<f64> {
+        let eps = self.raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(self.field_error(
+                "rms_norm_eps",
+                format!("is {eps}; it must be a finite number ≥ 0 (typically 1e-6)"),
+            ));
+        }
+        Ok(eps)
     }
 
     /// `layer_types` when present, else every `full_attention_interval`-th layer (default 4) is
@@ -409,10 +462,17 @@ impl Normaliser {
                 ));
             }
         }
-        let theta = params
-            .and_then(|p| p.rope_theta)
-            .or(r.rope_theta)
-            .unwrap_or(DEFAULT_ROPE_THETA);
+        let (theta_field, theta) = match (params.and_then(|p| p.rope_theta), r.rope_theta) {
+            (Some(t), _) => ("rope_parameters.rope_theta", t),
+            (None, Some(t)) => ("rope_theta", t),
+            (None, None) => ("rope_theta", DEFAULT_ROPE_THETA),
+        };
+        if !(theta.is_finite() && theta > 0.0) {
+            return Err(self.field_error(
+                theta_field,
+                format!("is {theta}; it must be a finite number > 0 (e.g. 10000000)"),
+            ));
+        }
         // HF's Qwen3-Next / Qwen3.5 configs default the factor to 0.25 for old checkpoints.
         let factor = params
             .and_then(|p| p.partial_rotary_factor)

@@ -185,6 +185,16 @@ pub enum ModelError {
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
 
+    /// A worker thread panicked inside a parallel kernel: a bug in this engine, not in the input.
+    #[error(
+        "a worker thread panicked inside the {kernel} kernel; this is a bug in hybrid-decode \
+         (please report it with the command that triggered it)"
+    )]
+    KernelPanicked {
+        /// The kernel (e.g. "GEMV", "Q8_0 matmul").
+        kernel: &'static str,
+    },
+
     /// A candle tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),

@@ -1,12 +1,15 @@
 //! Matrix–vector products for decode, where candle's general matmul is slow on one row (and very
 //! slow in bf16). `y = W x` for a row-major `[out, in]` weight in f32 or bf16 and f32 activations:
-//! every weight byte is streamed once, rows are split over rayon's threads, and the inner loop is
-//! AVX2+FMA when the CPU has it (bf16 is widened to f32 in registers), portable Rust otherwise.
+//! every weight byte is streamed once, rows are split over the hot thread pool (the one the GDN
+//! backend runs on, see `hybrid_pool`), and the inner loop is AVX2+FMA when the CPU has it (bf16
+//! is widened to f32 in registers), portable Rust otherwise.
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
-/// Output rows per rayon task: large enough to amortise scheduling, small enough to balance.
+use crate::parallel::by_weight_rows;
+use crate::Result;
+
+/// Output rows per piece of work: large enough to amortise the claim, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
 
 /// Weight storage a GEMV can stream.
@@ -21,34 +24,88 @@ pub enum WeightRows<'a> {
 }
 
 /// `y[r][j] = Σ_i W[j][i] · x[r][i]` for each of the `rows` activation rows in `x` (`rows × in`),
-/// writing `y` (`rows × out`).
-pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) {
+/// writing `y` (`rows × out`). Fails only if a worker thread panicked.
+pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     let rows = x.len() / in_dim.max(1);
     let out_dim = y.len() / rows.max(1);
     let avx2 = avx2_available();
-    // Parallel over blocks of weight rows; each block serves every activation row, so the
-    // weights are read once per call however many rows there are.
-    let mut transposed = vec![0.0f32; rows * out_dim];
-    transposed
-        .par_chunks_mut(ROWS_PER_TASK * rows)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let first = block * ROWS_PER_TASK;
-            for (local, j) in (first..(first + ROWS_PER_TASK).min(out_dim)).enumerate() {
-                for r in 0..rows {
-                    let xr = &x[r * in_dim..(r + 1) * in_dim];
-                    out[local * rows + r] = match weight {
-                        WeightRows::F32(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
-                        WeightRows::Bf16(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
-                        WeightRows::F16(w) => dot(&w[j * in_dim..(j + 1) * in_dim], xr, avx2),
-                    };
-                }
-            }
-        });
-    for j in 0..out_dim {
+    // bf16 on AVX2 widens 16 weights with one shift and one mask (the even and the odd halves
+    // of 8 u32 lanes) instead of two shuffles and two shifts; x is split to match, once here.
+    let split = match weight {
+        WeightRows::Bf16(_) if avx2 && cfg!(target_arch = "x86_64") => split_even_odd(x, in_dim),
+        _ => Vec::new(),
+    };
+    // Each piece of weight rows serves every activation row, so the weights are read once per
+    // call however many rows there are.
+    by_weight_rows("GEMV", y, rows, out_dim, ROWS_PER_TASK, &|first, out| {
+        let count = out.len() / rows;
         for r in 0..rows {
-            y[r * out_dim + j] = transposed[j * rows + r];
+            let xr = &x[r * in_dim..(r + 1) * in_dim];
+            let mut put = |local: usize, v: f32| out[local * rows + r] = v;
+            match weight {
+                WeightRows::F32(w) => dot_rows(w, in_dim, first, count, xr, avx2, &mut put),
+                WeightRows::F16(w) => dot_rows(w, in_dim, first, count, xr, avx2, &mut put),
+                #[cfg(target_arch = "x86_64")]
+                WeightRows::Bf16(w) if !split.is_empty() => {
+                    let xs = &split[r * in_dim..(r + 1) * in_dim];
+                    let row = |j: usize| &w[j * in_dim..(j + 1) * in_dim];
+                    for local in 0..count {
+                        // SAFETY: `split` is only filled when the CPU has AVX2, FMA and F16C.
+                        put(local, unsafe {
+                            x86::dot_bf16_split(row(first + local), xs, xr)
+                        });
+                    }
+                }
+                WeightRows::Bf16(w) => dot_rows(w, in_dim, first, count, xr, avx2, &mut put),
+            }
         }
+    })
+}
+
+/// Each `in_dim` row of `x` rearranged per 16 values into the 8 even then the 8 odd ones (a
+/// shorter tail stays as it is), the order [`x86::dot_bf16_split`] widens bf16 weights in.
+fn split_even_odd(x: &[f32], in_dim: usize) -> Vec<f32> {
+    let mut split = x.to_vec();
+    for row in split.chunks_exact_mut(in_dim.max(1)) {
+        for block in row.chunks_exact_mut(16) {
+            let original: [f32; 16] = block.try_into().expect("16 values");
+            for i in 0..8 {
+                block[i] = original[2 * i];
+                block[8 + i] = original[2 * i + 1];
+            }
+        }
+    }
+    split
+}
+
+/// Weight rows `first..first + count` of `w` (`in_dim` values each) dotted with `x`, each result
+/// handed to `put(local, value)`. Four rows at a time on AVX2: four weight streams in flight per
+/// thread and one `x` load for all of them.
+fn dot_rows<W: WeightElement>(
+    w: &[W],
+    in_dim: usize,
+    first: usize,
+    count: usize,
+    x: &[f32],
+    avx2: bool,
+    put: &mut dyn FnMut(usize, f32),
+) {
+    let row = |j: usize| &w[j * in_dim..(j + 1) * in_dim];
+    let mut local = 0;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        while local + 4 <= count {
+            let j = first + local;
+            // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
+            let sums = unsafe { x86::dot4([row(j), row(j + 1), row(j + 2), row(j + 3)], x) };
+            for (g, v) in sums.into_iter().enumerate() {
+                put(local + g, v);
+            }
+            local += 4;
+        }
+    }
+    for local in local..count {
+        put(local, dot(row(first + local), x, avx2));
     }
 }
 
@@ -239,6 +296,110 @@ pub(crate) mod x86 {
         }
         sum
     }
+
+    /// `Σ w[i]·x[i]` for bf16 `w`, with `x_split` = `x` rearranged by `split_even_odd`: 16
+    /// weights are read as 8 u32 lanes whose low halves (even elements) become f32 by a shift
+    /// and whose high halves (odd elements) by a mask. `x` serves the tail past the last 16.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_bf16_split(w: &[half::bf16], x_split: &[f32], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len()).min(x_split.len());
+        let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut even2, mut odd2) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 ≤ n ≤ every length; bf16 is 2 bytes, so 16 of them are 32 bytes.
+            unsafe {
+                let v = _mm256_loadu_si256(w.as_ptr().add(i).cast());
+                let v2 = _mm256_loadu_si256(w.as_ptr().add(i + 16).cast());
+                let xp = x_split.as_ptr().add(i);
+                even = _mm256_fmadd_ps(
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
+                    _mm256_loadu_ps(xp),
+                    even,
+                );
+                odd = _mm256_fmadd_ps(
+                    _mm256_castsi256_ps(_mm256_and_si256(v, high)),
+                    _mm256_loadu_ps(xp.add(8)),
+                    odd,
+                );
+                even2 = _mm256_fmadd_ps(
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v2)),
+                    _mm256_loadu_ps(xp.add(16)),
+                    even2,
+                );
+                odd2 = _mm256_fmadd_ps(
+                    _mm256_castsi256_ps(_mm256_and_si256(v2, high)),
+                    _mm256_loadu_ps(xp.add(24)),
+                    odd2,
+                );
+            }
+            i += 32;
+        }
+        while i + 16 <= n {
+            // SAFETY: as above, for one block of 16.
+            unsafe {
+                let v = _mm256_loadu_si256(w.as_ptr().add(i).cast());
+                let xp = x_split.as_ptr().add(i);
+                even = _mm256_fmadd_ps(
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v)),
+                    _mm256_loadu_ps(xp),
+                    even,
+                );
+                odd = _mm256_fmadd_ps(
+                    _mm256_castsi256_ps(_mm256_and_si256(v, high)),
+                    _mm256_loadu_ps(xp.add(8)),
+                    odd,
+                );
+            }
+            i += 16;
+        }
+        let mut sum = hsum(_mm256_add_ps(
+            _mm256_add_ps(even, odd),
+            _mm256_add_ps(even2, odd2),
+        ));
+        for k in i..n {
+            sum += w[k].to_f32() * x[k];
+        }
+        sum
+    }
+
+    /// Four rows' dot products with the same `x`: one accumulator per row and eight lanes,
+    /// unrolled twice, so eight FMAs are independent.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4<W: WeightElement>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
+        let n = w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 ≤ n ≤ every length.
+            unsafe {
+                let xp = x.as_ptr().add(i);
+                let (x0, x1) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
+                for g in 0..4 {
+                    let wp = w[g].as_ptr().add(i);
+                    lo[g] = _mm256_fmadd_ps(W::load8(wp), x0, lo[g]);
+                    hi[g] = _mm256_fmadd_ps(W::load8(wp.add(8)), x1, hi[g]);
+                }
+            }
+            i += 16;
+        }
+        let mut sums = [0f32; 4];
+        for g in 0..4 {
+            sums[g] = hsum(_mm256_add_ps(lo[g], hi[g]));
+            for k in i..n {
+                sums[g] += w[g][k].widen() * x[k];
+            }
+        }
+        sums
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +422,16 @@ mod tests {
 
     #[test]
     fn f32_bf16_and_f16_match_a_f64_reference_at_odd_sizes() {
-        for (out, in_dim, rows) in [(1, 1, 1), (7, 33, 1), (130, 100, 3), (257, 1024, 2)] {
+        // in_dim 48 and 1040 reach the bf16 kernel's single-16 step, 100 and 33 its scalar tail;
+        // out 7, 130, 257 leave 1–3 rows after the four-row steps.
+        for (out, in_dim, rows) in [
+            (1, 1, 1),
+            (7, 33, 1),
+            (9, 48, 1),
+            (130, 100, 3),
+            (257, 1024, 2),
+            (66, 1040, 1),
+        ] {
             let w: Vec<f32> = (0..out * in_dim)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
                 .collect();
@@ -269,7 +439,7 @@ mod tests {
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 16.0)
                 .collect();
             let mut y = vec![0.0; rows * out];
-            gemv(WeightRows::F32(&w), in_dim, &x, &mut y);
+            gemv(WeightRows::F32(&w), in_dim, &x, &mut y).unwrap();
             let want = reference(&w, &x, in_dim);
             for (a, b) in y.iter().zip(&want) {
                 assert!(
@@ -279,7 +449,7 @@ mod tests {
             }
             // These weights are exact in bf16 (multiples of 1/64 with ≤ 7 significant bits).
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            gemv(WeightRows::Bf16(&wb), in_dim, &x, &mut y);
+            gemv(WeightRows::Bf16(&wb), in_dim, &x, &mut y).unwrap();
             for (a, b) in y.iter().zip(&want) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
@@ -288,7 +458,7 @@ mod tests {
             }
             // ... and in f16.
             let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            gemv(WeightRows::F16(&wh), in_dim, &x, &mut y);
+            gemv(WeightRows::F16(&wh), in_dim, &x, &mut y).unwrap();
             for (a, b) in y.iter().zip(&want) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),

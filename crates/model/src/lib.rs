@@ -26,6 +26,7 @@ pub mod matrix;
 pub mod model;
 pub mod moe;
 pub mod nn;
+mod parallel;
 pub mod qgemm;
 pub mod snapshot;
 pub mod weights;

@@ -107,7 +107,7 @@ fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
             let mut y = vec![0f32; rows * n];
             let weights = q.data()?;
             match q.dtype() {
-                GgmlDType::Q8_0 => crate::qgemm::q8_0_matmul(&weights, n, k, &xs, &mut y),
+                GgmlDType::Q8_0 => crate::qgemm::q8_0_matmul(&weights, n, k, &xs, &mut y)?,
                 // candle's block dot products for the other types: the activation rows are
                 // quantized to the weight type's dot-product partner (Q8_0 / Q8_K).
                 dtype => crate::qgemm::blocks_matmul(dtype, &weights, (rows, k, n), &xs, &mut y)?,
@@ -162,7 +162,7 @@ fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         DType::F16 => WeightRows::F16(&cpu.as_slice::<half::f16>()?[start..end]),
         _ => return Ok(None),
     };
-    gemv(rows_of, in_dim, &x, &mut y);
+    gemv(rows_of, in_dim, &x, &mut y)?;
     drop(storage);
     Ok(Some(Tensor::from_vec(y, (rows, out_dim), weight.device())?))
 }

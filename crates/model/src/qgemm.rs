@@ -19,15 +19,15 @@
 //! The path is chosen at run time (AVX2 with FMA and F16C, else portable Rust); both give the
 //! same integer dot products and differ only in f32 summation order.
 
+use crate::gemv::avx2_available;
+use crate::parallel::{by_weight_rows, in_parallel};
+use crate::Result;
 use candle_core::quantized::k_quants::{
-    matmul, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8_0, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
 };
 use candle_core::quantized::GgmlDType;
 use half::f16;
-use rayon::prelude::*;
-
-use crate::gemv::avx2_available;
 
 /// Values per Q8_0 block.
 const BLOCK: usize = 32;
@@ -69,36 +69,25 @@ fn quantize_rows(x: &[f32]) -> QuantizedRows {
 /// `y[r][j] = Σ_i W[j][i] x[r][i]` for Q8_0 weights `w` (`n` rows of `k` values, raw GGML
 /// blocks) and f32 activations `x` (`m × k`), writing `y` (`m × n`). `k` must be a multiple of
 /// 32 and the slices must have the sizes these imply (checked by the caller).
-pub fn q8_0_matmul(w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) {
+pub fn q8_0_matmul(w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     let m = x.len() / k;
     let rows = quantize_rows(x);
     let row_bytes = k / BLOCK * BLOCK_BYTES;
     let avx2 = avx2_available();
-    // Outputs are computed weight-row-major ([n][m]) so each task owns a contiguous slice.
-    let mut transposed = vec![0f32; n * m];
-    transposed
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let first = task * ROWS_PER_TASK;
-            let count = out.len() / m;
-            let weights = &w[first * row_bytes..(first + count) * row_bytes];
-            rows_task(weights, count, k, &rows, m, out, avx2);
-        });
-    for j in 0..n {
-        for r in 0..m {
-            y[r * n + j] = transposed[j * m + r];
-        }
-    }
+    by_weight_rows("Q8_0 matmul", y, m, n, ROWS_PER_TASK, &|first, out| {
+        let count = out.len() / m;
+        let weights = &w[first * row_bytes..(first + count) * row_bytes];
+        rows_task(weights, count, k, &rows, m, out, avx2);
+    })
 }
 
 /// One operation on the weights' blocks, whatever their GGML type ([`with_blocks`]).
 trait BlocksOp {
-    fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> candle_core::Result<()>;
+    fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> Result<()>;
 }
 
 /// Runs `op` on `bytes` viewed as blocks of `dtype` (the quantized types only).
-fn with_blocks(dtype: GgmlDType, bytes: &[u8], op: impl BlocksOp) -> candle_core::Result<()> {
+fn with_blocks(dtype: GgmlDType, bytes: &[u8], op: impl BlocksOp) -> Result<()> {
     fn view<T: GgmlType>(bytes: &[u8]) -> candle_core::Result<&[T]> {
         let size = std::mem::size_of::<T>();
         if bytes.len() % size != 0 || bytes.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
@@ -123,32 +112,76 @@ fn with_blocks(dtype: GgmlDType, bytes: &[u8], op: impl BlocksOp) -> candle_core
         GgmlDType::Q4K => op.run(view::<BlockQ4K>(bytes)?),
         GgmlDType::Q5K => op.run(view::<BlockQ5K>(bytes)?),
         GgmlDType::Q6K => op.run(view::<BlockQ6K>(bytes)?),
-        other => candle_core::bail!("no block kernels for {other:?} weights"),
+        other => {
+            Err(candle_core::Error::Msg(format!("no block kernels for {other:?} weights")).into())
+        }
     }
 }
 
 /// `y = x Wᵀ` for the other GGML types with candle's block dot products, called on the blocks
 /// directly: candle's `QTensor` matmul would build a repacked copy of Q4_K/Q6_K/Q8_0 weights on
 /// first use and keep both (1.3× more bytes streamed per token and 2.3× the memory of those
-/// weights).
+/// weights), and would run on a thread pool of its own instead of the hot pool.
 pub fn blocks_matmul(
     dtype: GgmlDType,
     bytes: &[u8],
     mkn: (usize, usize, usize),
     x: &[f32],
     y: &mut [f32],
-) -> candle_core::Result<()> {
+) -> Result<()> {
     struct Matmul<'a> {
         mkn: (usize, usize, usize),
         x: &'a [f32],
         y: &'a mut [f32],
     }
     impl BlocksOp for Matmul<'_> {
-        fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> candle_core::Result<()> {
-            matmul(self.mkn, self.x, blocks, self.y)
+        fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> Result<()> {
+            block_dots(self.mkn, self.x, blocks, self.y)
         }
     }
     with_blocks(dtype, bytes, Matmul { mkn, x, y })
+}
+
+/// `y = x Wᵀ` (`x` is `m × k`, `W` is `n` rows of `k / T::BLCK_SIZE` blocks): each activation
+/// row is quantized once to the type's dot-product partner (Q8_0 or Q8_K, as ggml does), then
+/// weight rows are split over the hot pool, four at a time through candle's `vec_dot_4`.
+fn block_dots<T: GgmlType + Sync>(
+    (m, k, n): (usize, usize, usize),
+    x: &[f32],
+    blocks: &[T],
+    y: &mut [f32],
+) -> Result<()> {
+    let per_row = k / T::BLCK_SIZE;
+    if k % T::BLCK_SIZE != 0 || blocks.len() < n * per_row || x.len() < m * k || y.len() < m * n {
+        return Err(candle_core::Error::Msg(format!(
+            "{:?} matmul of [{m}, {k}] × [{n}, {k}]ᵀ does not fit its buffers",
+            T::DTYPE
+        ))
+        .into());
+    }
+    let mut xq = vec![T::VecDotType::zeros(); m * per_row];
+    for (row, out) in x.chunks_exact(k).zip(xq.chunks_exact_mut(per_row)) {
+        T::VecDotType::from_float(row, out);
+    }
+    let row = |j: usize| &blocks[j * per_row..(j + 1) * per_row];
+    by_weight_rows("quantized matmul", y, m, n, ROWS_PER_TASK, &|first, out| {
+        let count = out.len() / m;
+        for r in 0..m {
+            let xr = &xq[r * per_row..(r + 1) * per_row];
+            let mut j = 0;
+            while j + 4 <= count {
+                let w = first + j;
+                let (a, b, c, d) = T::vec_dot_4(k, row(w), row(w + 1), row(w + 2), row(w + 3), xr);
+                for (g, v) in [a, b, c, d].into_iter().enumerate() {
+                    out[(j + g) * m + r] = v;
+                }
+                j += 4;
+            }
+            for j in j..count {
+                out[j * m + r] = T::vec_dot(k, row(first + j), xr);
+            }
+        }
+    })
 }
 
 /// Rows `first..first + rows` of quantized weights (`bytes`, `k` values per row) widened to
@@ -159,25 +192,28 @@ pub fn dequantize_rows(
     k: usize,
     first: usize,
     out: &mut [f32],
-) -> candle_core::Result<()> {
+) -> Result<()> {
     struct Dequantize<'a> {
         k: usize,
         first: usize,
         out: &'a mut [f32],
     }
     impl BlocksOp for Dequantize<'_> {
-        fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> candle_core::Result<()> {
+        fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> Result<()> {
             let (k, first) = (self.k, self.first);
             let per_row = k / T::BLCK_SIZE;
             let rows = self.out.len() / k;
             if (first + rows) * per_row > blocks.len() {
-                candle_core::bail!("rows {first}..{} beyond the weights", first + rows);
+                return Err(candle_core::Error::Msg(format!(
+                    "rows {first}..{} beyond the weights",
+                    first + rows
+                ))
+                .into());
             }
-            self.out.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
+            in_parallel("dequantize", self.out, k, &|r, row| {
                 let start = (first + r) * per_row;
                 T::to_float(&blocks[start..start + per_row], row);
-            });
-            Ok(())
+            })
         }
     }
     with_blocks(dtype, bytes, Dequantize { k, first, out })
@@ -436,7 +472,7 @@ mod tests {
             let bytes = q.data().unwrap();
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut got = vec![0f32; m * n];
-            q8_0_matmul(&bytes, n, k, &xs, &mut got);
+            q8_0_matmul(&bytes, n, k, &xs, &mut got).unwrap();
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!(

@@ -39,7 +39,7 @@
 pub mod checksum;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use hybrid_gdn::{LayerSpec, SlotState};
@@ -57,6 +57,9 @@ const FORMAT_NAME: &str = "hybrid-decode snapshot";
 /// Magic, version, flags, header_len, data_len.
 const PREAMBLE_LEN: usize = 32;
 const TRAILER_LEN: usize = 4;
+/// Largest header accepted: the JSON holds the token ids (a few bytes each) and one small entry
+/// per layer, so even a million-token sequence stays far below this.
+const MAX_HEADER_BYTES: u64 = 256 << 20;
 
 /// What identifies a model for snapshots: a state only makes sense in the model that made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +162,17 @@ pub enum SnapshotError {
     Exists {
         /// The file.
         path: PathBuf,
+    },
+    /// The path names something other than a regular file (a directory, FIFO, device, socket,
+    /// or, as a destination, a symlink): a snapshot is never read from or written over one.
+    #[error("snapshot {path} is {kind}, not a regular file; {fix}")]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead ("a directory", "a FIFO", ...).
+        kind: &'static str,
+        /// What to do instead.
+        fix: &'static str,
     },
     /// The file does not start with the snapshot magic.
     #[error("{path} is not a hybrid-decode snapshot (wrong magic bytes)")]
@@ -384,60 +398,9 @@ impl Snapshot {
             path: path.clone(),
             detail,
         };
-        // 1. Magic (a strict prefix of it is a truncated snapshot, anything else a foreign file).
-        let magic_len = bytes.len().min(MAGIC.len());
-        if bytes[..magic_len] != MAGIC[..magic_len] || bytes.is_empty() {
-            return Err(SnapshotError::NotASnapshot { path });
-        }
-        if bytes.len() < PREAMBLE_LEN {
-            return Err(SnapshotError::Truncated {
-                path,
-                expected: PREAMBLE_LEN as u64,
-                found: bytes.len() as u64,
-            });
-        }
-        // 2. Version and flags before anything version-specific (the trailer included).
+        check_preamble(bytes, bytes.len() as u64, &path)?;
         let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
-        let version = u32_at(8);
-        if version != FORMAT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion {
-                path,
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let flags = u32_at(12);
-        if flags != 0 {
-            return Err(corrupt(format!(
-                "flags are {flags:#x}, version {FORMAT_VERSION} defines none"
-            )));
-        }
-        // 3. Lengths: a short file is truncated, a long one has garbage after its checksum.
-        let (header_len, data_len) = (u64_at(16), u64_at(24));
-        let expected = [header_len, data_len, TRAILER_LEN as u64]
-            .iter()
-            .try_fold(PREAMBLE_LEN as u64, |sum, &x| sum.checked_add(x))
-            .ok_or_else(|| corrupt("section lengths overflow".into()))?;
-        let found = bytes.len() as u64;
-        if found < expected {
-            return Err(SnapshotError::Truncated {
-                path,
-                expected,
-                found,
-            });
-        }
-        if found > expected {
-            return Err(corrupt(format!(
-                "{} unexpected bytes after the checksum",
-                found - expected
-            )));
-        }
-        if data_len % 4 != 0 {
-            return Err(corrupt(format!(
-                "data length {data_len} is not a whole number of f32 values"
-            )));
-        }
+        let header_len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or([0; 8]));
         // 4. Checksum over everything before the trailer.
         let body_end = bytes.len() - TRAILER_LEN;
         let stored = u32_at(body_end);
@@ -466,6 +429,7 @@ impl Snapshot {
             )));
         }
         let data = &bytes[header_end..body_end];
+        check_sections_disjoint(&header.layers).map_err(corrupt)?;
         let layers = header
             .layers
             .iter()
@@ -498,12 +462,79 @@ impl Snapshot {
     }
 
     /// Reads and checks a snapshot file (format only; the model checks the fingerprint).
+    ///
+    /// Only a regular file is opened (a FIFO would block, a device never end), and its preamble
+    /// (magic, version, lengths) is checked against the file's size before the rest is read, so
+    /// a foreign or damaged file costs 32 bytes of reading, whatever its size.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
+        let io = |source: std::io::Error| SnapshotError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        regular_file(
+            path,
+            &meta.file_type(),
+            "--resume needs a snapshot file written by --save-state",
+        )?;
+        let mut file = File::open(path).map_err(io)?;
+        // The path could have been swapped between the two looks; trust the open file.
+        let meta = file.metadata().map_err(io)?;
+        regular_file(
+            path,
+            &meta.file_type(),
+            "--resume needs a snapshot file written by --save-state",
+        )?;
+        let total = meta.len();
+        let mut preamble = Vec::with_capacity(PREAMBLE_LEN);
+        (&mut file)
+            .take(PREAMBLE_LEN as u64)
+            .read_to_end(&mut preamble)
+            .map_err(io)?;
+        check_preamble(&preamble, total, path)?;
+        // The size is now the one the preamble declares (header bounded), so reading it all is
+        // what a valid snapshot of this length costs; `take` guards a file still growing.
+        let mut bytes = preamble;
+        bytes.reserve_exact((total as usize).saturating_sub(bytes.len()));
+        file.take(total - PREAMBLE_LEN as u64)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
         Self::from_bytes(&bytes, path)
+    }
+
+    /// Checks, before any work is done, that [`Snapshot::write`] can put a snapshot at `path`
+    /// with `mode`: the path is absent (or, with [`WriteMode::Overwrite`], a regular file — never
+    /// a symlink, directory, FIFO or device, which a rename would replace), and its directory
+    /// exists and accepts a new file (a temporary file is created there and removed).
+    pub fn check_destination(path: &Path, mode: WriteMode) -> Result<()> {
+        let io = |source: std::io::Error| SnapshotError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                regular_file(
+                    path,
+                    &meta.file_type(),
+                    "choose a path that is absent or a regular file",
+                )?;
+                if mode == WriteMode::CreateNew {
+                    return Err(SnapshotError::Exists {
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let (dir, name) = destination_parts(path)?;
+        let (temp, file) = create_temp(&dir, &name).map_err(|source| SnapshotError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        drop(file);
+        let _ = std::fs::remove_file(temp);
+        Ok(())
     }
 
     /// Writes the snapshot to `path` through a synced temporary file in the same directory,
@@ -520,17 +551,16 @@ impl Snapshot {
                 path: path.to_path_buf(),
             });
         }
-        let name = path.file_name().ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a file name",
-            ))
-        })?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let (temp, mut file) = create_temp(&dir, &name.to_string_lossy()).map_err(io)?;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            regular_file(
+                path,
+                &meta.file_type(),
+                "choose a path that is absent or a regular file",
+            )?;
+        }
+        let (dir, name) = destination_parts(path)?;
+        remove_stale_temps(&dir, &name);
+        let (temp, mut file) = create_temp(&dir, &name).map_err(io)?;
         let result = (|| {
             file.write_all(&self.to_bytes()).map_err(io)?;
             file.sync_all().map_err(io)?;
@@ -546,6 +576,162 @@ impl Snapshot {
             }
         }
         result
+    }
+}
+
+/// Steps 1-3 of reading (magic, version, flags, lengths) from the file's first bytes and its
+/// total length: enough to refuse a foreign, truncated or padded file before reading (or
+/// allocating for) anything else.
+fn check_preamble(bytes: &[u8], total_len: u64, path: &Path) -> Result<()> {
+    let path = path.to_path_buf();
+    let corrupt = |detail: String| SnapshotError::Corrupt {
+        path: path.clone(),
+        detail,
+    };
+    // 1. Magic (a strict prefix of it is a truncated snapshot, anything else a foreign file).
+    let magic_len = bytes.len().min(MAGIC.len());
+    if bytes[..magic_len] != MAGIC[..magic_len] || bytes.is_empty() {
+        return Err(SnapshotError::NotASnapshot { path });
+    }
+    if total_len < PREAMBLE_LEN as u64 || bytes.len() < PREAMBLE_LEN {
+        return Err(SnapshotError::Truncated {
+            path,
+            expected: PREAMBLE_LEN as u64,
+            found: total_len,
+        });
+    }
+    // 2. Version and flags before anything version-specific (the trailer included).
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let version = u32_at(8);
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion {
+            path,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let flags = u32_at(12);
+    if flags != 0 {
+        return Err(corrupt(format!(
+            "flags are {flags:#x}, version {FORMAT_VERSION} defines none"
+        )));
+    }
+    // 3. Lengths: a short file is truncated, a long one has garbage after its checksum.
+    let (header_len, data_len) = (u64_at(16), u64_at(24));
+    let expected = [header_len, data_len, TRAILER_LEN as u64]
+        .iter()
+        .try_fold(PREAMBLE_LEN as u64, |sum, &x| sum.checked_add(x))
+        .ok_or_else(|| corrupt("section lengths overflow".into()))?;
+    let found = total_len;
+    if found < expected {
+        return Err(SnapshotError::Truncated {
+            path,
+            expected,
+            found,
+        });
+    }
+    if found > expected {
+        return Err(corrupt(format!(
+            "{} unexpected bytes after the checksum",
+            found - expected
+        )));
+    }
+    if data_len % 4 != 0 {
+        return Err(corrupt(format!(
+            "data length {data_len} is not a whole number of f32 values"
+        )));
+    }
+    if header_len > MAX_HEADER_BYTES {
+        return Err(corrupt(format!(
+            "header length {header_len} is over the {MAX_HEADER_BYTES}-byte limit"
+        )));
+    }
+    Ok(())
+}
+
+/// The directory a snapshot at `path` goes into (`.` for a bare name) and its file name.
+fn destination_parts(path: &Path) -> Result<(PathBuf, String)> {
+    let name = path.file_name().ok_or_else(|| SnapshotError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name.to_string_lossy().into_owned()))
+}
+
+/// [`SnapshotError::NotARegularFile`] unless `kind` is a regular file.
+fn regular_file(path: &Path, kind: &std::fs::FileType, fix: &'static str) -> Result<()> {
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else {
+        special_kind(kind)
+    };
+    Err(SnapshotError::NotARegularFile {
+        path: path.to_path_buf(),
+        kind: what,
+        fix,
+    })
+}
+
+/// What a path that is neither a file, a directory nor a symlink is.
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// What a path that is neither a file, a directory nor a symlink is.
+#[cfg(not(unix))]
+fn special_kind(_kind: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// Removes `.<name>.<pid>.<n>.tmp` files that a save killed before it finished left in `dir`:
+/// only our own pattern, and only for processes that no longer run (Linux: no `/proc/<pid>`;
+/// elsewhere nothing is removed). Best effort: a failure leaves the file.
+fn remove_stale_temps(dir: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|f| f.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let mut parts = rest.split('.');
+        let (Some(pid), Some(n), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u32>()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -602,14 +788,62 @@ fn read_section(
     }
     let start = section.offset.checked_mul(4);
     let end = start.and_then(|s| section.len.checked_mul(4).and_then(|l| s.checked_add(l)));
-    match (start, end) {
-        (Some(start), Some(end)) if end <= data.len() as u64 => Ok(data
-            [start as usize..end as usize]
+    let values: Vec<f32> = match (start, end) {
+        (Some(start), Some(end)) if end <= data.len() as u64 => data[start as usize..end as usize]
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()),
-        _ => Err(format!("{what} lies outside the data block")),
+            .collect(),
+        _ => return Err(format!("{what} lies outside the data block")),
+    };
+    // A saved state is what a finite model computed: NaN or Inf anywhere (KV caches included)
+    // means damage the checksum did not catch (or a resealed file), and would poison every
+    // later token.
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(format!("{what} holds {} at element {i}", values[i]));
     }
+    Ok(values)
+}
+
+/// No two sections may share bytes: each state is its own copy (overlaps would make one
+/// layer's state another's, which no writer produces).
+fn check_sections_disjoint(layers: &[LayerHeader]) -> std::result::Result<(), String> {
+    let mut sections: Vec<(u64, u64, String)> = Vec::new();
+    for layer in layers {
+        match layer {
+            LayerHeader::Gdn {
+                layer,
+                conv,
+                recurrent,
+                ..
+            } => {
+                sections.push((conv.offset, conv.len, format!("layer {layer} conv")));
+                sections.push((
+                    recurrent.offset,
+                    recurrent.len,
+                    format!("layer {layer} recurrent"),
+                ));
+            }
+            LayerHeader::Attention {
+                layer,
+                keys,
+                values,
+                ..
+            } => {
+                sections.push((keys.offset, keys.len, format!("layer {layer} keys")));
+                sections.push((values.offset, values.len, format!("layer {layer} values")));
+            }
+        }
+    }
+    sections.retain(|(_, len, _)| *len > 0);
+    sections.sort_by_key(|(offset, _, _)| *offset);
+    for pair in sections.windows(2) {
+        let (first_offset, first_len, first) = &pair[0];
+        let (second_offset, _, second) = &pair[1];
+        if first_offset.saturating_add(*first_len) > *second_offset {
+            return Err(format!("sections {first} and {second} overlap"));
+        }
+    }
+    Ok(())
 }
 
 fn decode_layer(

@@ -69,6 +69,7 @@ impl WeightStore {
     pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
+        let mut shard_index = None;
         let paths: Vec<PathBuf> = if index_path.exists() {
             let text = read_to_string(&index_path)?;
             let index: ShardIndex =
@@ -77,6 +78,7 @@ impl WeightStore {
                     message: format!("not a valid shard index: {e}"),
                 })?;
             let names: BTreeSet<&String> = index.weight_map.values().collect();
+            shard_index = Some((index_path.clone(), index.weight_map.clone()));
             names.into_iter().map(|name| dir.join(name)).collect()
         } else if single.exists() {
             vec![single]
@@ -102,7 +104,38 @@ impl WeightStore {
         for path in paths {
             store.add_file(path)?;
         }
+        if let Some((index_path, weight_map)) = shard_index {
+            store.check_index(&index_path, &weight_map)?;
+        }
         Ok(store)
+    }
+
+    /// Every tensor the index lists must be in the shard it names (a tensor found in another
+    /// shard would mean the index and the files disagree about which bytes are the weights).
+    fn check_index(&self, index_path: &Path, weight_map: &HashMap<String, String>) -> Result<()> {
+        for (name, shard) in weight_map {
+            let Some(entry) = self.tensors.get(name) else {
+                return Err(ModelError::BadWeightsFile {
+                    path: index_path.to_path_buf(),
+                    message: format!(
+                        "lists tensor `{name}` in {shard}, which does not contain it \
+                         (re-download the checkpoint or fix the index)"
+                    ),
+                });
+            };
+            let holder = &self.files[entry.file].path;
+            if holder.file_name().map(|n| n.to_string_lossy()) != Some(shard.as_str().into()) {
+                return Err(ModelError::BadWeightsFile {
+                    path: index_path.to_path_buf(),
+                    message: format!(
+                        "lists tensor `{name}` in {shard}, but it is in {} \
+                         (re-download the checkpoint or fix the index)",
+                        holder.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn add_file(&mut self, path: PathBuf) -> Result<()> {
@@ -124,6 +157,18 @@ impl WeightStore {
         let data_start = 8 + header_len;
         let index = self.files.len();
         for (name, info) in metadata.tensors() {
+            // The same name in two shards: which copy is the weight is ambiguous; refuse rather
+            // than let the file order decide.
+            if let Some(earlier) = self.tensors.get(&name) {
+                return Err(ModelError::BadWeightsFile {
+                    path: path.clone(),
+                    message: format!(
+                        "tensor `{name}` is also in {}; a checkpoint must hold each tensor \
+                         once (re-export it, or remove the stale shard)",
+                        self.files[earlier.file].path.display()
+                    ),
+                });
+            }
             self.tensors.insert(
                 name,
                 TensorEntry {
@@ -283,7 +328,8 @@ impl WeightStore {
             return Ok(gguf.tensor_f32(name, expected)?.to_dtype(dtype)?);
         }
         if let Some(seed) = self.random_seed {
-            let values = random_values(name, expected.iter().product(), seed);
+            let len = random_tensor_len(name, expected)?;
+            let values = random_values(name, len, seed);
             return Ok(Tensor::from_vec(values, expected, &self.device)?.to_dtype(dtype)?);
         }
         let entry = self.entry(name)?;
@@ -335,6 +381,38 @@ fn read_to_string(path: &Path) -> Result<String> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Elements of a random tensor of shape `shape`, refused (instead of aborting in the allocator)
+/// when the count overflows or its f32 values would not fit in the memory available now.
+fn random_tensor_len(name: &str, shape: &[usize]) -> Result<usize> {
+    let too_big = |what: String| {
+        ModelError::InvalidOption(format!(
+            "random weights: tensor `{name}` of shape {shape:?} {what}; the config's sizes are \
+             too large for this machine (use a smaller config)"
+        ))
+    };
+    let len = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| too_big("has more elements than fit in memory".into()))?;
+    let bytes = (len as u64).saturating_mul(4);
+    if let Some(available) = available_memory_bytes() {
+        if bytes > available {
+            return Err(too_big(format!(
+                "needs {bytes} bytes, and {available} are available"
+            )));
+        }
+    }
+    Ok(len)
+}
+
+/// `MemAvailable` from /proc/meminfo (Linux); `None` where it cannot be read.
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// Seeded values for tensor `name` (see [`WeightStore::random`]).

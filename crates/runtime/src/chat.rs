@@ -182,6 +182,14 @@ impl ChatMessage {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Template instructions one render may run. Real chat templates need a few thousand per
+/// message; a runaway loop in a downloaded template stops here instead of spinning forever.
+const TEMPLATE_FUEL: u64 = 50_000_000;
+
+/// Largest rendered prompt: far beyond any model's context in text, small enough that a
+/// template emitting gigabytes fails before it exhausts memory.
+const MAX_RENDERED_BYTES: usize = 16 << 20;
+
 /// A compiled chat template.
 ///
 /// Rendering matches transformers' `apply_chat_template`: Jinja with `trim_blocks` and
@@ -235,6 +243,7 @@ impl ChatTemplate {
         // stray newlines and indentation in the prompt.
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -269,10 +278,54 @@ impl ChatTemplate {
         if let Some(eos) = &self.eos_token {
             context.insert("eos_token", Value::from(eos.as_str()));
         }
-        self.env
+        let mut out = BoundedWriter::default();
+        let result = self
+            .env
             .get_template(TEMPLATE_NAME)
-            .and_then(|t| t.render(context))
-            .map_err(|e| template_error(&self.origin, &e))
+            .and_then(|t| t.render_captured_to(context, &mut out).map(|_| ()));
+        match result {
+            Ok(()) => String::from_utf8(out.bytes).map_err(|_| RuntimeError::ChatTemplate {
+                origin: self.origin.clone(),
+                message: "rendered text that is not UTF-8".into(),
+            }),
+            Err(_) if out.overflowed => Err(RuntimeError::ChatTemplate {
+                origin: self.origin.clone(),
+                message: format!(
+                    "rendered more than {MAX_RENDERED_BYTES} bytes; the template loops or repeats \
+                     without bound (fix the chat_template, or leave out --chat)"
+                ),
+            }),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(RuntimeError::ChatTemplate {
+                origin: self.origin.clone(),
+                message: format!(
+                    "ran more than {TEMPLATE_FUEL} template steps without finishing (a runaway \
+                     loop?); fix the chat_template, or leave out --chat"
+                ),
+            }),
+            Err(e) => Err(template_error(&self.origin, &e)),
+        }
+    }
+}
+
+/// Collects rendered output and fails once it passes [`MAX_RENDERED_BYTES`].
+#[derive(Default)]
+struct BoundedWriter {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for BoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

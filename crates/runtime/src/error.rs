@@ -236,6 +236,18 @@ pub enum RuntimeError {
         spec: String,
     },
 
+    /// `--model` looks like a path inside an existing local directory, but nothing is there.
+    #[error(
+        "--model {path}: no such file or directory ({parent} exists, so this is taken as a local \
+         path, not a Hugging Face repo id)"
+    )]
+    LocalModelNotFound {
+        /// What was passed.
+        path: PathBuf,
+        /// Its existing parent directory.
+        parent: PathBuf,
+    },
+
     /// `--model` names a path that exists but is not a directory.
     #[error("--model {path} is not a directory: pass the directory that holds config.json and the weights")]
     ModelNotADirectory {
@@ -249,6 +261,17 @@ pub enum RuntimeError {
          HOME is set; set HF_HUB_CACHE to the cache directory"
     )]
     HubCacheUnknown,
+
+    /// An environment variable has a value this program does not understand.
+    #[error("environment variable {name}={value:?} is not understood; expected {expected}")]
+    InvalidEnvVar {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// The values it accepts.
+        expected: &'static str,
+    },
 
     /// A model directory lacks a required file.
     #[error("{dir} is not a usable model directory: {file} is missing ({hint})")]

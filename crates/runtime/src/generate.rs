@@ -121,17 +121,35 @@ impl GenerationOutput {
     /// A one-paragraph timing summary in llama.cpp's spirit, for printing after a run.
     pub fn summary(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        // After a resume the prefill fed only the pending tokens; say where the rest came from.
+        let restored = self.prompt_ids.len().saturating_sub(self.prefill_tokens);
+        let prompt = if restored > 0 {
+            format!(
+                "prompt: {} tokens, {restored} of them restored from the snapshot; prefill of the \
+                 other {}",
+                self.prompt_ids.len(),
+                self.prefill_tokens
+            )
+        } else {
+            format!(
+                "prompt: {} token{}",
+                self.prefill_tokens,
+                plural(self.prefill_tokens)
+            )
+        };
         format!(
-            "prompt: {} tokens in {:.2} ms ({:.2} tok/s)\n\
-             decode: {} steps in {:.2} ms ({:.2} tok/s), {} tokens generated ({:?})\n\
+            "{prompt} in {:.2} ms ({:.2} tok/s)\n\
+             decode: {} step{} in {:.2} ms ({:.2} tok/s), {} token{} generated ({:?})\n\
              sampling: {:.2} ms; GDN: {:.2} ms ({:.1}% of model time)",
-            self.prefill_tokens,
             ms(self.prefill),
             self.prefill_tok_s,
             self.decode_steps,
+            plural(self.decode_steps),
             ms(self.decode),
             self.decode_tok_s,
             self.generated_ids.len(),
+            plural(self.generated_ids.len()),
             self.stop_reason,
             ms(self.sampling),
             ms(self.gdn),
@@ -263,7 +281,9 @@ impl<'a> Generator<'a> {
 
         let mut streamer = self.tokenizer.map(|t| TokenStreamer::new(t, true));
         let mut history = history.to_vec();
-        let mut generated = Vec::with_capacity(options.max_new_tokens);
+        // Reserve for a typical run only: max_new_tokens may be as large as the model's context
+        // (up to 2^30), and the vector grows as tokens really arrive.
+        let mut generated = Vec::with_capacity(options.max_new_tokens.min(4096));
         let mut decode = Duration::ZERO;
         let mut decode_steps = 0;
         let mut sampling = Duration::ZERO;

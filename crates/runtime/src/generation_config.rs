@@ -58,7 +58,7 @@ impl GenerationConfig {
             map: &fields,
             origin,
         };
-        Ok(Self {
+        let config = Self {
             eos_token_ids: f.token_ids("eos_token_id")?,
             bos_token_id: f.token_id("bos_token_id")?,
             pad_token_id: f.token_id("pad_token_id")?,
@@ -68,7 +68,26 @@ impl GenerationConfig {
             top_p: f.number("top_p")?,
             repetition_penalty: f.number("repetition_penalty")?,
             max_new_tokens: f.count("max_new_tokens")?,
-        })
+        };
+        // Check the sampling values here, where the file can be named: checked only after the
+        // flags were applied, a bad value would be blamed on a flag nobody gave.
+        let mut sampled = config.clone();
+        sampled.do_sample = Some(true);
+        sampled.sampling_params(0).validate().map_err(|e| match e {
+            RuntimeError::InvalidSamplingParam {
+                flag,
+                value,
+                expected,
+            } => RuntimeError::json(
+                origin,
+                format!(
+                    "field `{}` is {value}; it {expected}",
+                    SamplingParams::field_of_flag(flag)
+                ),
+            ),
+            other => other,
+        })?;
+        Ok(config)
     }
 
     /// The checkpoint's recommended sampling settings, as HF `generate` would apply them:
@@ -173,6 +192,24 @@ mod tests {
 
     fn parse(text: &str) -> Result<GenerationConfig> {
         GenerationConfig::from_json_str(text, Path::new("generation_config.json"))
+    }
+
+    /// Issue 13 item 7: a bad value in the file is blamed on the file's field, not on a flag.
+    #[test]
+    fn out_of_range_sampling_values_name_the_file_and_field() {
+        for (json, field) in [
+            (r#"{"temperature": -3}"#, "field `temperature` is -3"),
+            (r#"{"top_p": 1.5}"#, "field `top_p` is 1.5"),
+            (
+                r#"{"repetition_penalty": 0}"#,
+                "field `repetition_penalty` is 0",
+            ),
+        ] {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains("generation_config.json"), "{err}");
+            assert!(err.contains(field), "{err}");
+            assert!(!err.contains("--"), "no flag was given: {err}");
+        }
     }
 
     #[test]

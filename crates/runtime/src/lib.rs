@@ -46,6 +46,7 @@ pub mod generate;
 pub mod generation_config;
 pub mod gguf_vocab;
 pub mod model;
+pub mod perplexity;
 pub mod sampling;
 pub mod source;
 pub mod tokenizer;

@@ -71,6 +71,18 @@ impl SamplingParams {
         self.temperature == 0.0
     }
 
+    /// The `generation_config.json` field (and snapshot sampler field) a flag of
+    /// [`RuntimeError::InvalidSamplingParam`] corresponds to.
+    pub fn field_of_flag(flag: &str) -> &'static str {
+        match flag {
+            "--temperature" => "temperature",
+            "--top-k" => "top_k",
+            "--top-p" => "top_p",
+            "--repeat-penalty" => "repetition_penalty",
+            _ => "a sampling field",
+        }
+    }
+
     /// Checks every field's range; the error names the flag to fix.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {

@@ -119,12 +119,21 @@ impl HubOptions {
         } else {
             return Err(RuntimeError::HubCacheUnknown);
         };
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        });
+        // huggingface_hub's boolean spellings; anything else is a typo, not "online".
+        let offline = match var("HF_HUB_OFFLINE") {
+            None => false,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "" | "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(RuntimeError::InvalidEnvVar {
+                        name: "HF_HUB_OFFLINE",
+                        value: v,
+                        expected: "1, true, yes or on (offline), or 0, false, no or off",
+                    })
+                }
+            },
+        };
         Ok(Self {
             cache_dir,
             offline,
@@ -140,8 +149,23 @@ impl HubOptions {
 /// anything else must be a hub repo id `owner/name` (see the module docs).
 pub fn resolve_model(spec: &str, hub: &HubOptions) -> Result<ModelFiles> {
     let path = Path::new(spec);
-    if path.exists() {
-        return local_model(path);
+    // `exists()` says false for a path it cannot look at (no permission, a symlink loop); such
+    // a path is the user's, and its OS error is the message, not "not found on the hub".
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => return local_model(path),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(RuntimeError::io(path, e))
+        }
+        Err(_) => {}
+    }
+    // `models/x` whose first part is a local directory is a mistyped local path, not a repo.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if parent.is_dir() {
+            return Err(RuntimeError::LocalModelNotFound {
+                path: path.to_path_buf(),
+                parent: parent.to_path_buf(),
+            });
+        }
     }
     match RepoId::parse(spec) {
         Some(repo) if hub.offline => cached_repo(&repo, hub, "HF_HUB_OFFLINE is set".into()),
@@ -247,18 +271,28 @@ fn collect_files(
     origin: ModelOrigin,
     missing: &dyn Fn(&str, &'static str) -> RuntimeError,
 ) -> Result<ModelFiles> {
-    let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
-    let config = optional(CONFIG_FILE).ok_or_else(|| {
+    // A file that exists but cannot be looked at (permissions, a symlink loop) is an error with
+    // the OS's reason, not "missing".
+    let optional = |name: &str| -> Result<Option<PathBuf>> {
+        let path = dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(Some(path)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RuntimeError::io(&path, e)),
+        }
+    };
+    let config = optional(CONFIG_FILE)?.ok_or_else(|| {
         missing(
             CONFIG_FILE,
             "it describes the architecture; every transformers checkpoint has one",
         )
     })?;
-    let weights = if let Some(index) = optional(WEIGHTS_INDEX_FILE) {
+    let weights = if let Some(index) = optional(WEIGHTS_INDEX_FILE)? {
         shard_names(&index)?
             .into_iter()
             .map(|shard| {
-                optional(&shard).ok_or_else(|| {
+                optional(&shard)?.ok_or_else(|| {
                     missing(
                         &shard,
                         "a weight shard listed in model.safetensors.index.json",
@@ -267,7 +301,7 @@ fn collect_files(
             })
             .collect::<Result<Vec<_>>>()?
     } else {
-        vec![optional(WEIGHTS_FILE).ok_or_else(|| {
+        vec![optional(WEIGHTS_FILE)?.ok_or_else(|| {
             missing(
                 "model.safetensors (or model.safetensors.index.json and its shards)",
                 "the weights",
@@ -277,10 +311,10 @@ fn collect_files(
     Ok(ModelFiles {
         dir: dir.to_path_buf(),
         config,
-        generation_config: optional(GENERATION_CONFIG_FILE),
-        tokenizer: optional(TOKENIZER_FILE),
-        tokenizer_config: optional(TOKENIZER_CONFIG_FILE),
-        chat_template: optional(CHAT_TEMPLATE_FILE),
+        generation_config: optional(GENERATION_CONFIG_FILE)?,
+        tokenizer: optional(TOKENIZER_FILE)?,
+        tokenizer_config: optional(TOKENIZER_CONFIG_FILE)?,
+        chat_template: optional(CHAT_TEMPLATE_FILE)?,
         weights,
         origin,
     })
@@ -543,10 +577,24 @@ mod tests {
         assert_eq!(home.token, None);
         assert!(matches!(opts(&[]), Err(RuntimeError::HubCacheUnknown)));
 
-        for (value, offline) in [("1", true), ("TRUE", true), ("yes", true), ("0", false)] {
+        for (value, offline) in [
+            ("1", true),
+            ("TRUE", true),
+            ("yes", true),
+            ("0", false),
+            ("off", false),
+        ] {
             let o = opts(&[("HOME", "/h"), ("HF_HUB_OFFLINE", value)]).unwrap();
             assert_eq!(o.offline, offline, "HF_HUB_OFFLINE={value}");
         }
+        // Issue 13 item 12: a value that is neither is an error, not "online".
+        let err = opts(&[("HOME", "/h"), ("HF_HUB_OFFLINE", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HF_HUB_OFFLINE") && err.contains("maybe"),
+            "{err}"
+        );
         let o = opts(&[
             ("HOME", "/h"),
             ("HF_ENDPOINT", "http://127.0.0.1:9"),

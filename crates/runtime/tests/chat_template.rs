@@ -216,3 +216,43 @@ fn malformed_tokenizer_config_is_an_error_naming_it() {
     let err = TokenizerConfig::load(dir.path()).unwrap_err();
     assert!(err.to_string().contains("`eos_token`"), "{err}");
 }
+
+/// Issue 13 item 11: a template that loops without end, or that emits gigabytes, fails with a
+/// message naming its file instead of spinning or exhausting memory.
+#[test]
+fn runaway_templates_are_stopped_with_a_clear_error() {
+    let origin = PathBuf::from("/models/x/tokenizer_config.json");
+    let huge = ChatTemplate::new(
+        "{% for i in range(100000) %}{% for m in messages %}{{ m.content }}{% endfor %}{% endfor %}"
+            .into(),
+        origin.clone(),
+        None,
+        None,
+    )
+    .expect("compiles");
+    let long = "x".repeat(4096);
+    let err = huge
+        .render(&[ChatMessage::user(long)], true)
+        .expect_err("400 MB must be refused")
+        .to_string();
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("bytes"),
+        "{err}"
+    );
+
+    let endless = ChatTemplate::new(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(),
+        origin.clone(),
+        None,
+        None,
+    )
+    .expect("compiles");
+    let err = endless
+        .render(&[ChatMessage::user("hi")], true)
+        .expect_err("10^10 steps must be refused")
+        .to_string();
+    assert!(
+        err.contains("tokenizer_config.json") && err.contains("steps"),
+        "{err}"
+    );
+}

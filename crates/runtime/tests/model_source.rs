@@ -277,3 +277,29 @@ fn specs_that_are_neither_path_nor_repo() {
         "{err:?}"
     );
 }
+
+/// Issue 13 item 7: a config.json that cannot be looked at is reported with the OS's reason,
+/// not as missing; a mistyped path under an existing directory is not sent to the hub.
+#[cfg(unix)]
+#[test]
+fn unreadable_files_and_mistyped_local_paths_are_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    // config.json -> loop -> config.json: a symlink loop.
+    std::os::unix::fs::symlink(model.join("loop"), model.join("config.json")).unwrap();
+    std::os::unix::fs::symlink(model.join("config.json"), model.join("loop")).unwrap();
+    let err = local_model(&model).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
+    assert!(!err.contains("is missing"), "{err}");
+
+    let typo = dir.path().join("modle");
+    let spec = format!("{}/{}", dir.path().display(), "modle");
+    let hub =
+        HubOptions::from_vars(|name| (name == "HOME").then(|| "/nonexistent".to_string())).unwrap();
+    let err = resolve_model(&spec, &hub).unwrap_err().to_string();
+    assert!(
+        err.contains(&*typo.to_string_lossy()) && err.contains("local path"),
+        "{err}"
+    );
+}

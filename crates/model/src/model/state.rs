@@ -227,6 +227,17 @@ impl HybridModel {
     /// saved it (the state is canonical).
     pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
         let path = snapshot.origin_path();
+        let architecture = format!("{:?}", self.config.architecture);
+        if snapshot.architecture != architecture {
+            return Err(SnapshotError::ForeignModel {
+                path,
+                detail: format!(
+                    "it is a {} snapshot and this is a {architecture} model",
+                    snapshot.architecture
+                ),
+            }
+            .into());
+        }
         let (saved, ours) = (snapshot.fingerprint, self.fingerprint);
         let differing = |parts: &[(&str, u64, u64)]| {
             parts

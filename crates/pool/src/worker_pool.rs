@@ -17,7 +17,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before parking. Long enough to bridge the gap between two
-/// layers' GDN calls during decode, short enough not to steal a core from the rest of the model.
+/// calls of a decode step (weight GEMVs and GDN layers come back to back), short enough not to
+/// steal a core from whatever runs between tokens.
 const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 
 /// How long an idle worker spins before it starts yielding its core between spins. Yielding is a
@@ -25,7 +26,7 @@ const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
 const SPIN_WITHOUT_YIELD: Duration = Duration::from_micros(50);
 
 /// Tasks per job: one bit each in the claim word. `run` splits larger task counts into jobs.
-const MAX_TASKS_PER_JOB: usize = 32;
+pub const MAX_TASKS_PER_JOB: usize = 32;
 
 /// The job: a borrowed closure with its lifetime erased (see `WorkerPool::run_job` for why it is
 /// sound).
@@ -113,7 +114,7 @@ impl WorkerPool {
         for worker in 1..threads {
             let shared = Arc::clone(&shared);
             let handle = thread::Builder::new()
-                .name(format!("gdn-cpu-{worker}"))
+                .name(format!("hybrid-pool-{worker}"))
                 .spawn(move || worker_loop(&shared, worker))?;
             handles.push(handle);
         }
@@ -267,6 +268,7 @@ fn work_on(shared: &Shared, epoch: u32, me: usize) {
 }
 
 fn worker_loop(shared: &Shared, worker: usize) {
+    crate::shared_pool::mark_pool_thread();
     let slot = &shared.slots[worker];
     shared.started.fetch_add(1, Ordering::Release);
     let mut seen = 0u64;
