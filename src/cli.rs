@@ -66,7 +66,7 @@ pub enum ThreadsError {
         cores: usize,
     },
     /// The hot pool already runs with another size.
-    #[error("--threads: {0}")]
+    #[error("--threads")]
     AlreadyStarted(#[from] hybrid_pool::AlreadyStarted),
 }
 

@@ -199,3 +199,21 @@ fn resume_reads_only_regular_files_and_checks_the_preamble_first() {
     let err = Snapshot::read(&path).unwrap_err().to_string();
     assert!(err.contains("limit"), "{err}");
 }
+
+/// Issue 13, item 7: an OS error is printed once — as the cause under our message — not also
+/// inside the message itself.
+#[test]
+fn an_os_error_is_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.snap");
+    let out = run("generate", &["--resume", missing.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("missing.snap"), "names the file: {err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    let err = Snapshot::read(&missing).unwrap_err();
+    assert!(!err.to_string().contains("No such file"), "{err}");
+    let cause = std::error::Error::source(&err).expect("the OS error as the source");
+    assert!(cause.to_string().contains("No such file"), "{cause}");
+}

@@ -10,7 +10,7 @@ pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum ModelError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -168,7 +168,7 @@ pub enum ModelError {
     NoTokens,
 
     /// The GDN backend failed.
-    #[error("GDN backend error in layer {layer}: {source}")]
+    #[error("GDN backend error in layer {layer}")]
     Gdn {
         /// Model layer index.
         layer: usize,
@@ -196,6 +196,6 @@ pub enum ModelError {
     },
 
     /// A candle tensor operation failed.
-    #[error("tensor operation failed: {0}")]
+    #[error("tensor operation failed")]
     Candle(#[from] candle_core::Error),
 }

@@ -147,7 +147,7 @@ pub enum WriteMode {
 #[non_exhaustive]
 pub enum SnapshotError {
     /// The file system refused.
-    #[error("snapshot {path}: {source}")]
+    #[error("snapshot {path}")]
     Io {
         /// The file.
         path: PathBuf,

@@ -14,7 +14,7 @@ use crate::model::ModelError;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// A file could not be read (or a directory not listed).
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -381,7 +381,7 @@ pub enum RuntimeError {
     },
 
     /// The model's own forward pass or reset failed.
-    #[error("model {stage} failed: {source}")]
+    #[error("model {stage} failed")]
     Model {
         /// `reset`, `prefill` or `decode step N`.
         stage: String,
