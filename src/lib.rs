@@ -22,6 +22,7 @@ pub use hybrid_gdn_xrt as gdn_xrt;
 pub use hybrid_model as model;
 pub use hybrid_pool as pool;
 pub use hybrid_runtime as runtime;
+pub use hybrid_simd as simd;
 
 /// The registry of every GDN backend name; those compiled into this build can be created.
 ///

@@ -269,3 +269,39 @@ fn contradictory_or_ignored_flags_are_refused() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("reference"));
 }
+
+/// HYBRID_SIMD lowers the kernels' tier: every tier this CPU has gives HF's greedy tokens, and
+/// a value that names no tier (or one the CPU lacks) is refused before anything runs.
+#[test]
+fn hybrid_simd_tiers_give_the_same_tokens_and_bad_values_are_refused() {
+    use hybrid_decode::simd::Tier;
+    let fixture = common::fixture("qwen3-next-tiny");
+    let generate = |simd: &str, extra: &[&str]| {
+        let mut args = vec!["--model", fixture.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        std::process::Command::new(common::example_binary("generate"))
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HYBRID_SIMD", simd)
+            .output()
+            .expect("run generate")
+    };
+    for tier in Tier::ALL.into_iter().filter(|t| t.is_supported()) {
+        let out = generate(tier.key(), &["--max-new-tokens", "16"]);
+        assert!(out.status.success(), "{tier}: {}", stderr(&out));
+        assert_eq!(ids(&json(&out)["generated_ids"]), HF_GREEDY, "{tier}");
+    }
+    for (value, expected) in [("avx3", "is not a SIMD tier"), ("", "is not a SIMD tier")] {
+        let out = generate(value, &[]);
+        assert!(!out.status.success(), "HYBRID_SIMD={value:?} was accepted");
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    }
+    if let Some(missing) = Tier::ALL.into_iter().find(|t| !t.is_supported()) {
+        let out = generate(missing.key(), &[]);
+        assert!(
+            stderr(&out).contains("does not support"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}

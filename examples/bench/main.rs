@@ -357,6 +357,8 @@ fn today() -> String {
 }
 
 fn main() -> Result<()> {
+    // A misspelt or unsupported HYBRID_SIMD is an error before anything runs.
+    hybrid_decode::simd::requested()?;
     let options = parse()?;
     let settings = &options.settings;
     if let Some(backend) = &options.worker {

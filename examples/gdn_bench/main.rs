@@ -238,6 +238,8 @@ fn measure(
 }
 
 fn main() -> Result<()> {
+    // A misspelt or unsupported HYBRID_SIMD is an error before anything runs.
+    hybrid_decode::simd::requested()?;
     let options = parse_args()?;
     let spec = options.spec;
     let constants: Vec<LayerConstants> = (0..options.layers)

@@ -101,6 +101,8 @@ impl Run {
 }
 
 fn main() -> Result<()> {
+    // A misspelt or unsupported HYBRID_SIMD is an error before anything runs.
+    hybrid_decode::simd::requested()?;
     let a = parse_args()?;
     if let Some(threads) = a.threads {
         hybrid_decode::cli::set_threads(threads)?;

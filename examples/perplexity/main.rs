@@ -93,6 +93,8 @@ enum KlMode {
 }
 
 fn main() -> Result<()> {
+    // A misspelt or unsupported HYBRID_SIMD is an error before anything runs.
+    hybrid_decode::simd::requested()?;
     let args = Args::parse();
     ensure!(args.ctx >= 2, "--ctx {} must be at least 2", args.ctx);
     let stride = args.stride.unwrap_or(args.ctx);

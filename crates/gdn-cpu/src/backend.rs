@@ -64,16 +64,10 @@ impl CpuBackend {
 
     /// The backend forced onto the portable (non-SIMD-intrinsics) kernels.
     pub fn portable(options: &BackendOptions) -> Result<Self> {
-        Self::with_kernel(Self::PORTABLE_NAME, options, Kernel::Portable)
+        Self::with_kernel(Self::PORTABLE_NAME, options, Kernel::portable())
     }
 
     fn with_kernel(name: &'static str, options: &BackendOptions, kernel: Kernel) -> Result<Self> {
-        if !kernel.is_supported() {
-            return Err(GdnError::Unavailable {
-                name: name.into(),
-                reason: format!("this CPU does not support the {} kernel", kernel.name()),
-            });
-        }
         let threads = match options.threads {
             Some(0) => {
                 return Err(GdnError::Unavailable {

@@ -64,7 +64,7 @@ impl LayerSpec {
                 return Err(GdnError::InvalidSpec(format!("{name} must be at least 1")));
             }
         }
-        if self.num_v_heads % self.num_k_heads != 0 {
+        if !self.num_v_heads.is_multiple_of(self.num_k_heads) {
             return Err(GdnError::InvalidSpec(format!(
                 "num_v_heads ({}) must be a multiple of num_k_heads ({})",
                 self.num_v_heads, self.num_k_heads
@@ -148,7 +148,7 @@ impl LayerConstants {
     pub fn validate(&self, spec: &LayerSpec) -> Result<()> {
         let conv_dim = spec.conv_dim();
         let len = self.conv_weight.len();
-        if len % conv_dim == 0 && len / conv_dim != spec.conv_kernel && len > 0 {
+        if len.is_multiple_of(conv_dim) && len / conv_dim != spec.conv_kernel && len > 0 {
             return Err(GdnError::ConvKernelMismatch {
                 what: "conv_weight",
                 expected: spec.conv_kernel,
@@ -184,7 +184,7 @@ impl TokenInputs<'_> {
     /// Backends call this before touching any state, so a rejected call leaves the slot as it was.
     pub fn validate(&self, spec: &LayerSpec, out: &[f32]) -> Result<usize> {
         let hv = spec.num_v_heads;
-        if self.a.len() % hv != 0 || self.a.is_empty() {
+        if !self.a.len().is_multiple_of(hv) || self.a.is_empty() {
             return Err(GdnError::ShapeMismatch {
                 what: "a",
                 expected: hv * (self.a.len() / hv).max(1),

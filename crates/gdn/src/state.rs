@@ -29,7 +29,7 @@ impl SlotState {
     pub fn validate(&self, spec: &LayerSpec) -> Result<()> {
         let conv_dim = spec.conv_dim();
         let history = spec.conv_kernel - 1;
-        if !self.conv.is_empty() && self.conv.len() % conv_dim == 0 {
+        if !self.conv.is_empty() && self.conv.len().is_multiple_of(conv_dim) {
             let found_history = self.conv.len() / conv_dim;
             if found_history != history {
                 return Err(GdnError::ConvKernelMismatch {

@@ -200,7 +200,7 @@ impl ModelConfig {
         self.moe.as_ref().is_some_and(|moe| {
             !moe.mlp_only_layers.contains(&layer)
                 && moe.num_experts > 0
-                && (layer + 1) % moe.decoder_sparse_step.max(1) == 0
+                && (layer + 1).is_multiple_of(moe.decoder_sparse_step.max(1))
         })
     }
 

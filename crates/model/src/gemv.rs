@@ -1,16 +1,38 @@
 //! Matrix–vector products for decode, where candle's general matmul is slow on one row (and very
-//! slow in bf16). `y = W x` for a row-major `[out, in]` weight in f32 or bf16 and f32 activations:
-//! every weight byte is streamed once, rows are split over the hot thread pool (the one the GDN
-//! backend runs on, see `hybrid_pool`), and the inner loop is AVX2+FMA when the CPU has it (bf16
-//! is widened to f32 in registers), portable Rust otherwise.
+//! slow in bf16). `y = W x` for a row-major `[out, in]` weight in f32, bf16 or f16 and f32
+//! activations: every weight byte is streamed once, rows are split over the hot thread pool (the
+//! one the GDN backend runs on, see `hybrid_pool`), and the inner loop runs at the SIMD tier
+//! `hybrid_simd` chose for this CPU — AVX-512 (16 lanes), AVX2+FMA (8 lanes; bf16 is widened
+//! to f32 in registers) or portable Rust.
 
 use half::{bf16, f16};
+use hybrid_simd::Tier;
 
 use crate::parallel::by_weight_rows;
 use crate::Result;
 
 /// Output rows per piece of work: large enough to amortise the claim, small enough to balance.
 const ROWS_PER_TASK: usize = 64;
+
+/// How many rows ahead of the ones being read the kernels prefetch. Several weight rows are read
+/// side by side (4 here, 8 in the Q8_0 kernel), each a short stream of 1–4 KiB, and the
+/// hardware prefetchers stop at every 4 KiB page: measured with `benches/matvec.rs` on a 2-core
+/// Intel Xeon (AVX-512), prefetching two passes ahead took bf16 from ~14.5 to ~19–23 GiB/s and
+/// Q8_0 from ~12 to ~16 GiB/s (one or four passes ahead: no better).
+pub(crate) const PREFETCH_ROWS: usize = 8;
+
+/// Asks for the two cache lines at `p` (a hint only: it never faults, whatever `p` is).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_two_lines<T>(p: *const T) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let p = p.cast::<i8>();
+    // SAFETY: prefetch is a hint and never faults; SSE is part of x86-64.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+    }
+}
 
 /// Weight storage a GEMV can stream.
 #[derive(Debug, Clone, Copy)]
@@ -26,13 +48,28 @@ pub enum WeightRows<'a> {
 /// `y[r][j] = Σ_i W[j][i] · x[r][i]` for each of the `rows` activation rows in `x` (`rows × in`),
 /// writing `y` (`rows × out`). Fails only if a worker thread panicked.
 pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    gemv_at(hybrid_simd::tier(), weight, in_dim, x, y)
+}
+
+/// [`gemv`] at a given SIMD tier (lowered to what this CPU supports), for tests and benchmarks
+/// that compare the paths.
+pub fn gemv_at(
+    tier: Tier,
+    weight: WeightRows<'_>,
+    in_dim: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
     let rows = x.len() / in_dim.max(1);
     let out_dim = y.len() / rows.max(1);
-    let avx2 = avx2_available();
+    let tier = tier.min(Tier::detect());
+    let (avx2, avx512) = (tier >= Tier::Avx2, tier >= Tier::Avx512);
     // bf16 on AVX2 widens 16 weights with one shift and one mask (the even and the odd halves
     // of 8 u32 lanes) instead of two shuffles and two shifts; x is split to match, once here.
     let split = match weight {
-        WeightRows::Bf16(_) if avx2 && cfg!(target_arch = "x86_64") => split_even_odd(x, in_dim),
+        WeightRows::Bf16(_) if avx2 && !avx512 && cfg!(target_arch = "x86_64") => {
+            split_even_odd(x, in_dim)
+        }
         _ => Vec::new(),
     };
     // Each piece of weight rows serves every activation row, so the weights are read once per
@@ -43,8 +80,8 @@ pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) -> 
             let xr = &x[r * in_dim..(r + 1) * in_dim];
             let mut put = |local: usize, v: f32| out[local * rows + r] = v;
             match weight {
-                WeightRows::F32(w) => dot_rows(w, in_dim, first, count, xr, avx2, &mut put),
-                WeightRows::F16(w) => dot_rows(w, in_dim, first, count, xr, avx2, &mut put),
+                WeightRows::F32(w) => dot_rows(w, in_dim, first, count, xr, tier, &mut put),
+                WeightRows::F16(w) => dot_rows(w, in_dim, first, count, xr, tier, &mut put),
                 #[cfg(target_arch = "x86_64")]
                 WeightRows::Bf16(w) if !split.is_empty() => {
                     let xs = &split[r * in_dim..(r + 1) * in_dim];
@@ -56,7 +93,7 @@ pub fn gemv(weight: WeightRows<'_>, in_dim: usize, x: &[f32], y: &mut [f32]) -> 
                         });
                     }
                 }
-                WeightRows::Bf16(w) => dot_rows(w, in_dim, first, count, xr, avx2, &mut put),
+                WeightRows::Bf16(w) => dot_rows(w, in_dim, first, count, xr, tier, &mut put),
             }
         }
     })
@@ -79,19 +116,33 @@ fn split_even_odd(x: &[f32], in_dim: usize) -> Vec<f32> {
 }
 
 /// Weight rows `first..first + count` of `w` (`in_dim` values each) dotted with `x`, each result
-/// handed to `put(local, value)`. Four rows at a time on AVX2: four weight streams in flight per
-/// thread and one `x` load for all of them.
+/// handed to `put(local, value)`, at `tier` (which the CPU supports). Four rows at a time on
+/// AVX2 and AVX-512: four weight streams in flight per thread and one `x` load for all of them.
 fn dot_rows<W: WeightElement>(
     w: &[W],
     in_dim: usize,
     first: usize,
     count: usize,
     x: &[f32],
-    avx2: bool,
+    tier: Tier,
     put: &mut dyn FnMut(usize, f32),
 ) {
+    let avx2 = tier >= Tier::Avx2;
     let row = |j: usize| &w[j * in_dim..(j + 1) * in_dim];
     let mut local = 0;
+    #[cfg(target_arch = "x86_64")]
+    if tier >= Tier::Avx512 {
+        while local + 4 <= count {
+            let j = first + local;
+            // SAFETY: the AVX-512 tier is only chosen when the CPU supports it (hybrid_simd).
+            let sums =
+                unsafe { crate::avx512::dot4([row(j), row(j + 1), row(j + 2), row(j + 3)], x) };
+            for (g, v) in sums.into_iter().enumerate() {
+                put(local + g, v);
+            }
+            local += 4;
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         while local + 4 <= count {
@@ -110,70 +161,24 @@ fn dot_rows<W: WeightElement>(
 }
 
 /// The CPU kernel paths this process uses, chosen at run time, e.g.
-/// `dense AVX2+FMA+F16C, quantized AVX2` — for printing next to the weight format.
+/// `AVX-512 VNNI (K-quants: candle AVX2)` — for printing next to the weight format.
 ///
-/// Dense weights go through [`gemv`]; quantized weights through candle's quantized matmul, which
-/// picks AVX-512 VNNI, AVX-VNNI or AVX2 repacked kernels by CPU (`MISTRALRS_FORCE_AVX2=1`
-/// forces its AVX2 tier, for measuring the AVX2 path on an AVX-512 machine).
+/// Dense GEMV and Q8_0 run at [`hybrid_simd::tier`] (`HYBRID_SIMD=avx2` forces the AVX2 path on
+/// an AVX-512 machine); the other quantized types run candle's block dot products, which pick
+/// AVX2 or portable code by themselves.
 pub fn kernel_paths() -> String {
-    let dense = if avx2_available() {
-        "AVX2+FMA+F16C"
+    let blocks = if cfg!(target_arch = "x86_64") && hybrid_simd::Tier::Avx2.is_supported() {
+        "AVX2"
+    } else if cfg!(target_arch = "aarch64") {
+        "NEON"
     } else {
         "portable"
     };
-    format!("dense {dense}, quantized {}", quantized_tier())
-}
-
-/// The tier candle's quantized CPU kernels run at (it detects the CPU the same way).
-fn quantized_tier() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let forced_avx2 = std::env::var("MISTRALRS_FORCE_AVX2").as_deref() == Ok("1");
-        if !forced_avx2
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512vnni")
-        {
-            return "AVX-512 VNNI";
-        }
-        if !forced_avx2 && is_x86_feature_detected!("avxvnni") {
-            return "AVX-VNNI";
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return "AVX2";
-        }
-        "portable"
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        "NEON"
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        "portable"
-    }
-}
-
-/// AVX2, FMA and F16C are all present (checked once): the fast path of every dense and Q8_0
-/// kernel here.
-pub(crate) fn avx2_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| {
-            // Every AVX2 CPU also has F16C; it is checked because the f16 loads use it.
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    format!("{} (K-quants: candle {blocks})", hybrid_simd::tier())
 }
 
 /// A weight element the GEMV can widen to f32.
-trait WeightElement: Copy {
+pub(crate) trait WeightElement: Copy {
     /// The value as f32.
     fn widen(self) -> f32;
 
@@ -183,6 +188,13 @@ trait WeightElement: Copy {
     /// The CPU must support AVX2, FMA and F16C, and 8 elements must be readable at `p`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Sixteen consecutive elements at `p`, widened to f32 lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, and 16 elements must be readable at `p`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl WeightElement for f32 {
@@ -196,6 +208,14 @@ impl WeightElement for f32 {
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller guarantees 8 readable f32 at `p`.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller guarantees 16 readable f32 at `p`.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
 }
 
@@ -214,6 +234,16 @@ impl WeightElement for bf16 {
         let raw = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
         _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable bf16 (32 bytes) at `p`.
+        let raw = unsafe { _mm256_loadu_si256(p.cast::<__m256i>()) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+    }
 }
 
 impl WeightElement for f16 {
@@ -229,6 +259,16 @@ impl WeightElement for f16 {
         // SAFETY: the caller guarantees 8 readable f16 (16 bytes) at `p`.
         let raw = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
         _mm256_cvtph_ps(raw)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 16 readable f16 (32 bytes) at `p`.
+        let raw = unsafe { _mm256_loadu_si256(p.cast::<__m256i>()) };
+        _mm512_cvtph_ps(raw)
     }
 }
 
@@ -313,6 +353,7 @@ pub(crate) mod x86 {
         while i + 32 <= n {
             // SAFETY: i + 32 ≤ n ≤ every length; bf16 is 2 bytes, so 16 of them are 32 bytes.
             unsafe {
+                super::prefetch_two_lines(w.as_ptr().add(i).wrapping_add(super::PREFETCH_ROWS * n));
                 let v = _mm256_loadu_si256(w.as_ptr().add(i).cast());
                 let v2 = _mm256_loadu_si256(w.as_ptr().add(i + 16).cast());
                 let xp = x_split.as_ptr().add(i);
@@ -368,7 +409,8 @@ pub(crate) mod x86 {
     }
 
     /// Four rows' dot products with the same `x`: one accumulator per row and eight lanes,
-    /// unrolled twice, so eight FMAs are independent.
+    /// unrolled twice, so eight FMAs are independent; the rows [`super::PREFETCH_ROWS`] on are
+    /// prefetched as these are read.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
@@ -385,6 +427,9 @@ pub(crate) mod x86 {
                 let (x0, x1) = (_mm256_loadu_ps(xp), _mm256_loadu_ps(xp.add(8)));
                 for g in 0..4 {
                     let wp = w[g].as_ptr().add(i);
+                    if i % 32 == 0 {
+                        super::prefetch_two_lines(wp.wrapping_add(super::PREFETCH_ROWS * n));
+                    }
                     lo[g] = _mm256_fmadd_ps(W::load8(wp), x0, lo[g]);
                     hi[g] = _mm256_fmadd_ps(W::load8(wp.add(8)), x1, hi[g]);
                 }
@@ -438,33 +483,47 @@ mod tests {
             let x: Vec<f32> = (0..rows * in_dim)
                 .map(|i| ((i * 13 % 29) as f32 - 14.0) / 16.0)
                 .collect();
-            let mut y = vec![0.0; rows * out];
-            gemv(WeightRows::F32(&w), in_dim, &x, &mut y).unwrap();
-            let want = reference(&w, &x, in_dim);
-            for (a, b) in y.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "f32 {out}x{in_dim}: {a} vs {b}"
-                );
+            for tier in Tier::ALL.into_iter().filter(|t| t.is_supported()) {
+                check_every_format(tier, &w, &x, in_dim, rows, out);
             }
-            // These weights are exact in bf16 (multiples of 1/64 with ≤ 7 significant bits).
-            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            gemv(WeightRows::Bf16(&wb), in_dim, &x, &mut y).unwrap();
-            for (a, b) in y.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "bf16 {out}x{in_dim}: {a} vs {b}"
-                );
-            }
-            // ... and in f16.
-            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            gemv(WeightRows::F16(&wh), in_dim, &x, &mut y).unwrap();
-            for (a, b) in y.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                    "f16 {out}x{in_dim}: {a} vs {b}"
-                );
-            }
+        }
+    }
+
+    /// f32, bf16 and f16 weights (exact in each) at one tier against the f64 reference.
+    fn check_every_format(
+        tier: Tier,
+        w: &[f32],
+        x: &[f32],
+        in_dim: usize,
+        rows: usize,
+        out: usize,
+    ) {
+        let mut y = vec![0.0; rows * out];
+        gemv_at(tier, WeightRows::F32(w), in_dim, x, &mut y).unwrap();
+        let want = reference(w, x, in_dim);
+        for (a, b) in y.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{tier} f32 {out}x{in_dim}: {a} vs {b}"
+            );
+        }
+        // These weights are exact in bf16 (multiples of 1/64 with ≤ 7 significant bits).
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        gemv_at(tier, WeightRows::Bf16(&wb), in_dim, x, &mut y).unwrap();
+        for (a, b) in y.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{tier} bf16 {out}x{in_dim}: {a} vs {b}"
+            );
+        }
+        // ... and in f16.
+        let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        gemv_at(tier, WeightRows::F16(&wh), in_dim, x, &mut y).unwrap();
+        for (a, b) in y.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{tier} f16 {out}x{in_dim}: {a} vs {b}"
+            );
         }
     }
 }

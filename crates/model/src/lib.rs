@@ -17,6 +17,8 @@
 #![warn(missing_docs)]
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod config;
 pub mod error;
 pub mod gdn_mixer;

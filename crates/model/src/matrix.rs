@@ -270,7 +270,7 @@ pub(crate) fn read_matrix(
         fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
     ) -> Result<Vec<T>> {
         let size = std::mem::size_of::<T>();
-        if bytes % size != 0 {
+        if !bytes.is_multiple_of(size) {
             return Err(candle_core::Error::Msg(format!(
                 "{bytes} bytes are not whole elements of {size} bytes"
             ))

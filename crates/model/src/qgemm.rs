@@ -16,10 +16,11 @@
 //! - integer dot products (AVX2 `sign`/`maddubs`/`madd`) accumulate into 8-lane f32 sums that
 //!   are reduced once per output, not once per block.
 //!
-//! The path is chosen at run time (AVX2 with FMA and F16C, else portable Rust); both give the
-//! same integer dot products and differ only in f32 summation order.
+//! The path is chosen at run time from `hybrid_simd`'s tier: AVX-512 VNNI (two blocks per
+//! 512-bit step, `vpdpbusd` for the integer dots, the group's scales widened by one gather per
+//! 16 blocks), AVX2 with FMA and F16C, else portable Rust. All give the same integer dot
+//! products and differ only in f32 summation order.
 
-use crate::gemv::avx2_available;
 use crate::parallel::{by_weight_rows, in_parallel};
 use crate::Result;
 use candle_core::quantized::k_quants::{
@@ -28,6 +29,7 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::quantized::GgmlDType;
 use half::f16;
+use hybrid_simd::Tier;
 
 /// Values per Q8_0 block.
 const BLOCK: usize = 32;
@@ -70,14 +72,27 @@ fn quantize_rows(x: &[f32]) -> QuantizedRows {
 /// blocks) and f32 activations `x` (`m × k`), writing `y` (`m × n`). `k` must be a multiple of
 /// 32 and the slices must have the sizes these imply (checked by the caller).
 pub fn q8_0_matmul(w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    q8_0_matmul_at(hybrid_simd::tier(), w, n, k, x, y)
+}
+
+/// [`q8_0_matmul`] at a given SIMD tier (lowered to what this CPU supports), for tests and
+/// benchmarks that compare the paths.
+pub fn q8_0_matmul_at(
+    tier: Tier,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
     let m = x.len() / k;
     let rows = quantize_rows(x);
     let row_bytes = k / BLOCK * BLOCK_BYTES;
-    let avx2 = avx2_available();
+    let tier = tier.min(Tier::detect());
     by_weight_rows("Q8_0 matmul", y, m, n, ROWS_PER_TASK, &|first, out| {
         let count = out.len() / m;
         let weights = &w[first * row_bytes..(first + count) * row_bytes];
-        rows_task(weights, count, k, &rows, m, out, avx2);
+        rows_task(weights, count, k, &rows, m, out, tier);
     })
 }
 
@@ -90,7 +105,9 @@ trait BlocksOp {
 fn with_blocks(dtype: GgmlDType, bytes: &[u8], op: impl BlocksOp) -> Result<()> {
     fn view<T: GgmlType>(bytes: &[u8]) -> candle_core::Result<&[T]> {
         let size = std::mem::size_of::<T>();
-        if bytes.len() % size != 0 || bytes.as_ptr() as usize % std::mem::align_of::<T>() != 0 {
+        if !bytes.len().is_multiple_of(size)
+            || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
+        {
             candle_core::bail!(
                 "{:?} weights of {} bytes are not whole aligned blocks",
                 T::DTYPE,
@@ -219,7 +236,8 @@ pub fn dequantize_rows(
     with_blocks(dtype, bytes, Dequantize { k, first, out })
 }
 
-/// Computes `count` weight rows (`weights`) against every activation row into `out` (`[count][m]`).
+/// Computes `count` weight rows (`weights`) against every activation row into `out`
+/// (`[count][m]`), at `tier` (which the CPU supports).
 fn rows_task(
     weights: &[u8],
     count: usize,
@@ -227,15 +245,49 @@ fn rows_task(
     rows: &QuantizedRows,
     m: usize,
     out: &mut [f32],
-    avx2: bool,
+    tier: Tier,
 ) {
     let blocks = k / BLOCK;
     let row_bytes = blocks * BLOCK_BYTES;
     let mut scales = vec![0f32; GROUP * blocks];
+    let avx2 = tier >= Tier::Avx2;
+    let avx512 = cfg!(target_arch = "x86_64") && tier >= Tier::Avx512;
+    let mut products = if avx512 {
+        vec![0f32; GROUP * blocks]
+    } else {
+        Vec::new()
+    };
     let mut start = 0;
     while start < count {
         let group = GROUP.min(count - start);
         let group_weights = &weights[start * row_bytes..(start + group) * row_bytes];
+        #[cfg(target_arch = "x86_64")]
+        if avx512 && group == GROUP {
+            // SAFETY: the AVX-512 tier was checked; the group holds GROUP rows of `blocks`
+            // blocks and `scales` GROUP × `blocks` values.
+            unsafe { crate::avx512::widen_q8_0_scales(group_weights, GROUP, blocks, &mut scales) };
+            for r in 0..m {
+                let xq = &rows.q[r * k..(r + 1) * k];
+                let xd = &rows.d[r * blocks..(r + 1) * blocks];
+                for (p, w) in products
+                    .chunks_exact_mut(blocks)
+                    .zip(scales.chunks_exact(blocks))
+                {
+                    for ((p, w), x) in p.iter_mut().zip(w).zip(xd) {
+                        *p = w * x;
+                    }
+                }
+                // SAFETY: as above; `products` holds GROUP × `blocks` scales, `xq` `k` values.
+                let sums = unsafe {
+                    crate::avx512::q8_0_dot_group::<GROUP>(group_weights, &products, blocks, xq)
+                };
+                for (g, v) in sums.into_iter().enumerate() {
+                    out[(start + g) * m + r] = v;
+                }
+            }
+            start += group;
+            continue;
+        }
         let fast = cfg!(target_arch = "x86_64") && avx2 && group == GROUP;
         // With one activation row the scales are widened where the blocks are read (the weights
         // stream through once); with several, once per group for all rows.
@@ -348,8 +400,9 @@ mod x86 {
     }
 
     /// The dot products of GROUP weight rows (`weights`, raw Q8_0 blocks) with one quantized
-    /// activation row. With `STREAMING` each weight block's scale is widened as the block is
-    /// read (one activation row: the weights stream through once with nothing beside them);
+    /// activation row; the next group's blocks are prefetched as these are read (see
+    /// `gemv::PREFETCH_ROWS`). With `STREAMING` each weight block's scale is widened as the
+    /// block is read (one activation row: the weights stream through once with nothing beside them);
     /// without, the scales come widened in `scales` (`[GROUP][blocks]`, reused by every row).
     ///
     /// # Safety
@@ -381,6 +434,9 @@ mod x86 {
                     } else {
                         *scales.get_unchecked(g * blocks + b)
                     };
+                    if b % 2 == 0 {
+                        crate::gemv::prefetch_two_lines(block.wrapping_add(GROUP * row_bytes));
+                    }
                     let wv = _mm256_loadu_si256(block.add(2).cast());
                     let scale = _mm256_set1_ps(dw * dx);
                     *a = _mm256_fmadd_ps(block_dot(wv, x_abs, x), scale, *a);
@@ -452,12 +508,15 @@ mod tests {
     /// activations the same way), at odd sizes and row counts, on both paths.
     #[test]
     fn matches_candles_q8_0_matmul() {
+        // k = 96 and 544 leave an odd block after the AVX-512 path's pairs; 544 also a
+        // 1-block tail after its 16-scale gathers; 130 and 67 rows a partial group.
         for (n, k, m) in [
             (1, 32, 1),
             (7, 64, 3),
             (130, 256, 1),
             (67, 512, 9),
             (256, 96, 65),
+            (16, 544, 2),
         ] {
             let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
             let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
@@ -472,13 +531,15 @@ mod tests {
             let bytes = q.data().unwrap();
             let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut got = vec![0f32; m * n];
-            q8_0_matmul(&bytes, n, k, &xs, &mut got).unwrap();
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * scale.max(1.0),
-                    "{n}x{k} m={m} [{i}]: {a} vs candle {b}"
-                );
+            for tier in Tier::ALL.into_iter().filter(|t| t.is_supported()) {
+                q8_0_matmul_at(tier, &bytes, n, k, &xs, &mut got).unwrap();
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale.max(1.0),
+                        "{tier} {n}x{k} m={m} [{i}]: {a} vs candle {b}"
+                    );
+                }
             }
             // The portable path gives the same integer dots.
             let rows = quantize_rows(&xs);

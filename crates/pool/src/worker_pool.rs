@@ -199,7 +199,7 @@ impl WorkerPool {
         // Only tasks another thread has started remain: wait for them.
         while shared.finished.load(Ordering::Acquire) != tasks {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -294,7 +294,7 @@ fn wait_for_job(shared: &Shared, slot: &WorkerSlot, seen: u64) -> Option<u64> {
             return None;
         }
         spins = spins.wrapping_add(1);
-        if spins % 64 != 0 {
+        if !spins.is_multiple_of(64) {
             std::hint::spin_loop();
             continue;
         }

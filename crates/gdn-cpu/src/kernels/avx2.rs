@@ -1,5 +1,6 @@
 //! AVX2 + FMA inner loops. Every function here is `unsafe` only because it is compiled with
-//! `#[target_feature(enable = "avx2,fma")]`: the caller must have checked [`is_supported`].
+//! `#[target_feature(enable = "avx2,fma")]`: the caller must hold a [`super::Kernel`] of the
+//! AVX2 tier or wider, which is only constructed on a CPU that has it.
 
 use std::arch::x86_64::*;
 
@@ -13,11 +14,6 @@ const COLUMNS: usize = 4;
 /// streams from DRAM (many layers), the hardware prefetcher alone leaves the core waiting;
 /// asking for the lines a few groups ahead overlaps the memory latency with the FMAs.
 const PREFETCH_AHEAD_FLOATS: usize = 2048;
-
-/// True when this CPU has AVX2 and FMA.
-pub fn is_supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-}
 
 /// Horizontal sum of eight lanes.
 #[inline]
@@ -129,7 +125,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn head_update(head: HeadToken<'_>, state: &mut [f32], out: &mut [f32]) {
     let dk = head.k.len();
-    if !head.lengths_agree(state, out) || dk % 8 != 0 {
+    if !head.lengths_agree(state, out) || !dk.is_multiple_of(8) {
         debug_assert!(false, "avx2 head_update called with inconsistent lengths");
         return;
     }

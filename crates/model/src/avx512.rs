@@ -1,0 +1,168 @@
+//! The AVX-512 tier of the decode kernels (F, BW, VL and VNNI; see `hybrid_simd`): 16-lane dense
+//! dot products and a Q8_0 kernel that takes two blocks per 512-bit step with VNNI's `vpdpbusd`.
+//!
+//! Every function is `unsafe` only because of its `#[target_feature]`: callers check
+//! that the tier they pass is supported (`gemv_at` and `q8_0_matmul_at` lower it to `Tier::detect()`).
+
+use std::arch::x86_64::*;
+
+use crate::gemv::{prefetch_two_lines, WeightElement, PREFETCH_ROWS};
+
+/// Values per Q8_0 block.
+const BLOCK: usize = 32;
+/// Bytes per Q8_0 block: an f16 scale and 32 int8 values.
+const BLOCK_BYTES: usize = 34;
+
+/// Four rows' dot products with the same `x`: two 16-lane accumulators per row, so eight FMAs
+/// are independent, and one `x` load for all four rows. Each row's bytes [`PREFETCH_ROWS`] rows
+/// on are prefetched as it is read (the rows of a GEMV are consecutive).
+///
+/// # Safety
+/// The CPU must support the AVX-512 tier (and AVX2, FMA and F16C, which it implies).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn dot4<W: WeightElement>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
+    let n = w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
+    let mut lo = [_mm512_setzero_ps(); 4];
+    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: i + 32 ≤ n ≤ every length.
+        unsafe {
+            let xp = x.as_ptr().add(i);
+            let (x0, x1) = (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16)));
+            for g in 0..4 {
+                let wp = w[g].as_ptr().add(i);
+                prefetch_two_lines(wp.wrapping_add(PREFETCH_ROWS * n));
+                lo[g] = _mm512_fmadd_ps(W::load16(wp), x0, lo[g]);
+                hi[g] = _mm512_fmadd_ps(W::load16(wp.add(16)), x1, hi[g]);
+            }
+        }
+        i += 32;
+    }
+    if i + 16 <= n {
+        // SAFETY: i + 16 ≤ n ≤ every length.
+        unsafe {
+            let x0 = _mm512_loadu_ps(x.as_ptr().add(i));
+            for g in 0..4 {
+                lo[g] = _mm512_fmadd_ps(W::load16(w[g].as_ptr().add(i)), x0, lo[g]);
+            }
+        }
+        i += 16;
+    }
+    let mut sums = [0f32; 4];
+    for g in 0..4 {
+        sums[g] = _mm512_reduce_add_ps(_mm512_add_ps(lo[g], hi[g]));
+        for k in i..n {
+            sums[g] += w[g][k].widen() * x[k];
+        }
+    }
+    sums
+}
+
+/// Each block's f16 scale of `group` rows of Q8_0 blocks (`blocks` per row) as f32, into
+/// `out[g · blocks + b]`: sixteen scales per gather (each 4-byte read starts at a block's scale
+/// and stays inside the block), narrowed to their low 16 bits and widened by `vcvtph2ps`.
+///
+/// # Safety
+/// The CPU must support the AVX-512 tier; `weights` must hold `group` rows of `blocks` blocks
+/// and `out` `group × blocks` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn widen_q8_0_scales(
+    weights: &[u8],
+    group: usize,
+    blocks: usize,
+    out: &mut [f32],
+) {
+    let row_bytes = blocks * BLOCK_BYTES;
+    debug_assert!(weights.len() >= group * row_bytes && out.len() >= group * blocks);
+    let offsets = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(BLOCK_BYTES as i32),
+    );
+    for g in 0..group {
+        let mut b = 0;
+        while b + 16 <= blocks {
+            // SAFETY: blocks b..b + 16 of row g lie inside `weights`, and each 4-byte read at a
+            // block's start stays inside that 34-byte block; out has room for 16 at g·blocks + b.
+            unsafe {
+                let base = weights.as_ptr().add(g * row_bytes + b * BLOCK_BYTES);
+                let raw = _mm512_i32gather_epi32::<1>(offsets, base.cast());
+                let widened = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));
+                _mm512_storeu_ps(out.as_mut_ptr().add(g * blocks + b), widened);
+            }
+            b += 16;
+        }
+        for b in b..blocks {
+            let o = g * row_bytes + b * BLOCK_BYTES;
+            let bits = u16::from_le_bytes([weights[o], weights[o + 1]]);
+            out[g * blocks + b] = half::f16::from_bits(bits).to_f32();
+        }
+    }
+}
+
+/// The dot products of `G` rows of Q8_0 weights (`weights`, raw blocks) with one quantized
+/// activation row (`xq`, int8), two blocks per step: the 64 activation bytes are loaded once
+/// for all rows, `vpdpbusd` multiplies |x| by the weights carrying x's sign (the unsigned ×
+/// signed form it has) into 16 i32 sums, and those are scaled by `scales[g · blocks + b]` —
+/// each block's weight scale already multiplied by the activation block's scale. The next
+/// group's blocks (the `G` rows that follow) are prefetched as these are read.
+///
+/// # Safety
+/// The CPU must support the AVX-512 tier; `weights` must hold `G` rows of `blocks` blocks,
+/// `scales` `G × blocks` values and `xq` `blocks × 32` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8_0_dot_group<const G: usize>(
+    weights: &[u8],
+    scales: &[f32],
+    blocks: usize,
+    xq: &[i8],
+) -> [f32; G] {
+    let row_bytes = blocks * BLOCK_BYTES;
+    debug_assert!(weights.len() >= G * row_bytes && scales.len() >= G * blocks);
+    debug_assert!(xq.len() >= blocks * BLOCK);
+    // Lanes 0–7 take the first block's scale, lanes 8–15 the second's.
+    let pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); G];
+    let w = weights.as_ptr();
+    let mut b = 0;
+    while b + 2 <= blocks {
+        // SAFETY: b + 2 ≤ blocks, so both blocks of every row, their scales and the 64
+        // activation values are inside the slices (see # Safety).
+        unsafe {
+            let x = _mm512_loadu_si512(xq.as_ptr().add(b * BLOCK).cast());
+            let negative = _mm512_movepi8_mask(x);
+            let x_abs = _mm512_abs_epi8(x);
+            for (g, a) in acc.iter_mut().enumerate() {
+                let first = w.add(g * row_bytes + b * BLOCK_BYTES + 2);
+                prefetch_two_lines(first.wrapping_add(G * row_bytes));
+                let lo = _mm256_loadu_si256(first.cast());
+                let hi = _mm256_loadu_si256(first.add(BLOCK_BYTES).cast());
+                let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                let signed = _mm512_mask_sub_epi8(wv, negative, zero, wv);
+                let dots = _mm512_dpbusd_epi32(zero, x_abs, signed);
+                let two = _mm_castpd_ps(_mm_load_sd(scales.as_ptr().add(g * blocks + b).cast()));
+                let scale = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(two));
+                *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, *a);
+            }
+        }
+        b += 2;
+    }
+    let mut sums = acc.map(|a| _mm512_reduce_add_ps(a));
+    if b < blocks {
+        // An odd block count: the last block with 256-bit VNNI.
+        // SAFETY: b < blocks, as above for one block.
+        unsafe {
+            let x = _mm256_loadu_si256(xq.as_ptr().add(b * BLOCK).cast());
+            let x_abs = _mm256_abs_epi8(x);
+            for (g, sum) in sums.iter_mut().enumerate() {
+                let block = w.add(g * row_bytes + b * BLOCK_BYTES + 2);
+                let signed = _mm256_sign_epi8(_mm256_loadu_si256(block.cast()), x);
+                let dots = _mm256_dpbusd_epi32(_mm256_setzero_si256(), x_abs, signed);
+                let lanes = _mm256_cvtepi32_ps(dots);
+                *sum += crate::gemv::x86::hsum(lanes) * *scales.get_unchecked(g * blocks + b);
+            }
+        }
+    }
+    sums
+}

@@ -1,0 +1,157 @@
+//! # hybrid-simd
+//!
+//! The instruction-set tier every hot CPU kernel of hybrid-decode runs at — dense and quantized
+//! GEMV, the Gated DeltaNet step — decided once per process from the CPU, so that one binary
+//! takes the widest path each machine has:
+//!
+//! - [`Tier::Avx512`]: AVX-512 F, BW, VL and VNNI (Intel Ice Lake and later, AMD Zen 4 and later);
+//! - [`Tier::Avx2`]: AVX2, FMA and F16C (every x86-64 CPU since Haswell / Zen 1);
+//! - [`Tier::Portable`]: plain Rust, any CPU.
+//!
+//! The environment variable [`ENV`] (`HYBRID_SIMD=avx2` or `portable`) lowers the tier, to
+//! measure the AVX2 path on an AVX-512 machine; the command-line tools check it with
+//! [`requested`] before they start, so a misspelt value is an error, never ignored.
+
+#![warn(missing_docs)]
+
+use std::sync::OnceLock;
+
+/// The environment variable that lowers the tier: `avx512`, `avx2` or `portable`.
+pub const ENV: &str = "HYBRID_SIMD";
+
+/// A SIMD instruction-set tier, ordered from narrowest to widest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// Plain Rust (the compiler's baseline vectorisation).
+    Portable,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX-512 F/BW/VL/VNNI (with everything [`Tier::Avx2`] needs).
+    Avx512,
+}
+
+impl Tier {
+    /// Every tier, narrowest first.
+    pub const ALL: [Tier; 3] = [Tier::Portable, Tier::Avx2, Tier::Avx512];
+
+    /// The spelling [`ENV`] accepts.
+    pub fn key(self) -> &'static str {
+        match self {
+            Tier::Portable => "portable",
+            Tier::Avx2 => "avx2",
+            Tier::Avx512 => "avx512",
+        }
+    }
+
+    /// A human-readable name, e.g. for `kernels: …` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Portable => "portable",
+            Tier::Avx2 => "AVX2+FMA",
+            Tier::Avx512 => "AVX-512 VNNI",
+        }
+    }
+
+    /// True when this CPU can execute the tier's instructions.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Tier::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Tier::Avx512 => {
+                Tier::Avx2.is_supported()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The widest tier this CPU supports.
+    pub fn detect() -> Tier {
+        Tier::ALL
+            .into_iter()
+            .rev()
+            .find(|t| t.is_supported())
+            .unwrap_or(Tier::Portable)
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why [`ENV`] cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimdError {
+    /// The value names no tier.
+    #[error("{ENV}={value:?} is not a SIMD tier: use avx512, avx2 or portable (or unset it)")]
+    Unknown {
+        /// The value as set.
+        value: String,
+    },
+    /// The value names a tier this CPU lacks.
+    #[error("{ENV}={} asks for {tier}, which this CPU does not support (it has {detected}): use a lower tier or unset it", tier.key())]
+    Unsupported {
+        /// The tier asked for.
+        tier: Tier,
+        /// The widest tier the CPU has.
+        detected: Tier,
+    },
+}
+
+/// The tier [`ENV`] asks for, if it is set: an error for a value that names no tier or a tier
+/// this CPU lacks.
+pub fn requested() -> Result<Option<Tier>, SimdError> {
+    let Some(value) = std::env::var_os(ENV) else {
+        return Ok(None);
+    };
+    let value = value.to_string_lossy();
+    let tier = Tier::ALL
+        .into_iter()
+        .find(|t| t.key() == value.trim().to_ascii_lowercase())
+        .ok_or_else(|| SimdError::Unknown {
+            value: value.to_string(),
+        })?;
+    if !tier.is_supported() {
+        return Err(SimdError::Unsupported {
+            tier,
+            detected: Tier::detect(),
+        });
+    }
+    Ok(Some(tier))
+}
+
+/// The tier the kernels run at: the CPU's widest, or the one [`ENV`] asks for. Decided once per
+/// process. A value of [`ENV`] that [`requested`] refuses is ignored here (the kernels must run
+/// on what the CPU has); the tools report it through [`requested`] before any kernel runs.
+pub fn tier() -> Tier {
+    static TIER: OnceLock<Tier> = OnceLock::new();
+    *TIER.get_or_init(|| requested().ok().flatten().unwrap_or_else(Tier::detect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chosen_tier_runs_on_this_cpu_and_names_round_trip() {
+        assert!(tier().is_supported());
+        assert!(Tier::detect() >= tier() || requested().is_err());
+        for t in Tier::ALL {
+            assert_eq!(Tier::ALL.iter().find(|o| o.key() == t.key()), Some(&t));
+        }
+        assert!(Tier::Portable.is_supported());
+    }
+}
