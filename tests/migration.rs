@@ -152,7 +152,7 @@ fn a_failed_migration_leaves_the_model_on_its_old_backend() {
     let Err(err) = engine.model_mut().migrate_gdn_backend(failing) else {
         panic!("the injected import failure must fail the migration");
     };
-    assert!(err.to_string().contains("injected"), "{err}");
+    assert!(chain(&err).contains("injected"), "{}", chain(&err));
     assert_eq!(engine.model().gdn_backend().info().name, "cpu");
     assert_eq!(engine.model().export_state().unwrap(), before);
     let history = [PROMPT, &first].concat();

@@ -160,3 +160,16 @@ pub fn assert_fails(example: &str, args: &[&str], expected: &str) {
         "{args:?}: expected `{expected}` in: {err}"
     );
 }
+
+/// An error and every cause under it, joined by ": " (as anyhow's `{:#}` prints them): what a
+/// user of the tools reads, for tests that look for a cause's words.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
