@@ -498,32 +498,23 @@ mod tests {
         rows: usize,
         out: usize,
     ) {
-        let mut y = vec![0.0; rows * out];
-        gemv_at(tier, WeightRows::F32(w), in_dim, x, &mut y).unwrap();
-        let want = reference(w, x, in_dim);
-        for (a, b) in y.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "{tier} f32 {out}x{in_dim}: {a} vs {b}"
-            );
-        }
-        // These weights are exact in bf16 (multiples of 1/64 with ≤ 7 significant bits).
+        // These weights are exact in bf16 and f16 (multiples of 1/64 with ≤ 7 significant bits).
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        gemv_at(tier, WeightRows::Bf16(&wb), in_dim, x, &mut y).unwrap();
-        for (a, b) in y.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "{tier} bf16 {out}x{in_dim}: {a} vs {b}"
-            );
-        }
-        // ... and in f16.
         let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-        gemv_at(tier, WeightRows::F16(&wh), in_dim, x, &mut y).unwrap();
-        for (a, b) in y.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                "{tier} f16 {out}x{in_dim}: {a} vs {b}"
-            );
+        let want = reference(w, x, in_dim);
+        let mut y = vec![0.0; rows * out];
+        for (name, weights) in [
+            ("f32", WeightRows::F32(w)),
+            ("bf16", WeightRows::Bf16(&wb)),
+            ("f16", WeightRows::F16(&wh)),
+        ] {
+            gemv_at(tier, weights, in_dim, x, &mut y).unwrap();
+            for (a, b) in y.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{tier} {name} {out}x{in_dim}: {a} vs {b}"
+                );
+            }
         }
     }
 }

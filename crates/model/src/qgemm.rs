@@ -19,8 +19,7 @@
 //! The path is chosen at run time from `hybrid_simd`'s tier: AVX-512 VNNI for several activation
 //! rows (two blocks per 512-bit step, `vpdpbusd` for the integer dots, the group's scales widened
 //! by one gather per 16 blocks), AVX2 with FMA and F16C for one row and on AVX2 CPUs, else
-//! portable Rust. All give the same integer dot
-//! products and differ only in f32 summation order.
+//! portable Rust. All give the same integer dot products and differ only in f32 summation order.
 
 use crate::parallel::{by_weight_rows, in_parallel};
 use crate::Result;
@@ -252,8 +251,13 @@ fn rows_task(
     let row_bytes = blocks * BLOCK_BYTES;
     let mut scales = vec![0f32; GROUP * blocks];
     let avx2 = tier >= Tier::Avx2;
-    let avx512 = cfg!(target_arch = "x86_64") && tier >= Tier::Avx512;
-    let mut products = if avx512 {
+    // One activation row (decode) stays on the AVX2 kernel, which widens each scale where its
+    // block is read: the weights stream through once and memory sets the pace, and the AVX-512
+    // kernel's separate scale pass measured slower there (benches/matvec.rs Q8_0: 14.8 vs 16.1
+    // GiB/s; bench 0.8B Q8_0 decode 17.4–18.1 vs 18.1–19.5 tok/s, 2-core Xeon). Several rows
+    // (prefill chunks) reuse the widened scales and gain from 512-bit dots.
+    let avx512_rows = cfg!(target_arch = "x86_64") && tier >= Tier::Avx512 && m > 1;
+    let mut products = if avx512_rows {
         vec![0f32; GROUP * blocks]
     } else {
         Vec::new()
@@ -262,13 +266,8 @@ fn rows_task(
     while start < count {
         let group = GROUP.min(count - start);
         let group_weights = &weights[start * row_bytes..(start + group) * row_bytes];
-        // One activation row (decode) stays on the AVX2 kernel, which widens each scale where
-        // its block is read: the weights stream through once and memory sets the pace, and the
-        // AVX-512 kernel's separate scale pass measured slower there (benches/matvec.rs Q8_0:
-        // 14.8 vs 16.1 GiB/s; bench 0.8B Q8_0 decode 17.4–18.1 vs 18.1–19.5 tok/s, 2-core Xeon).
-        // Several rows (prefill chunks) reuse the widened scales and gain from 512-bit dots.
         #[cfg(target_arch = "x86_64")]
-        if avx512 && group == GROUP && m > 1 {
+        if avx512_rows && group == GROUP {
             // SAFETY: the AVX-512 tier was checked; the group holds GROUP rows of `blocks`
             // blocks and `scales` GROUP × `blocks` values.
             unsafe { crate::avx512::widen_q8_0_scales(group_weights, GROUP, blocks, &mut scales) };

@@ -75,13 +75,17 @@ impl Tier {
         }
     }
 
-    /// The widest tier this CPU supports.
+    /// The widest tier this CPU supports (detected once per process: kernels call this to
+    /// lower a tier they are given).
     pub fn detect() -> Tier {
-        Tier::ALL
-            .into_iter()
-            .rev()
-            .find(|t| t.is_supported())
-            .unwrap_or(Tier::Portable)
+        static DETECTED: OnceLock<Tier> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            Tier::ALL
+                .into_iter()
+                .rev()
+                .find(|t| t.is_supported())
+                .unwrap_or(Tier::Portable)
+        })
     }
 }
 
@@ -118,9 +122,10 @@ pub fn requested() -> Result<Option<Tier>, SimdError> {
         return Ok(None);
     };
     let value = value.to_string_lossy();
+    let key = value.trim().to_ascii_lowercase();
     let tier = Tier::ALL
         .into_iter()
-        .find(|t| t.key() == value.trim().to_ascii_lowercase())
+        .find(|t| t.key() == key)
         .ok_or_else(|| SimdError::Unknown {
             value: value.to_string(),
         })?;
