@@ -166,3 +166,73 @@ pub(crate) unsafe fn q8_0_dot_group<const G: usize>(
     }
     sums
 }
+
+/// One register tile of the int8 GEMM ([`crate::int8_gemm`]): activation rows `c0..c0 + C`
+/// against the panel's 32 weight rows, into `tile[c][r]`. Per four values: two 512-bit panel
+/// loads (16 rows × 4 bytes each) and, per activation row, one broadcast of its four int8 values
+/// and two `vpdpbusd` (unsigned weight bytes × signed activations, 4 products per i32 lane).
+/// Per sub-block of `LEN` values the i32 sums become f32: `acc += dot · (s · d) + o · (d · Σq)`.
+///
+/// # Safety
+/// The CPU must support the AVX-512 tier (VNNI); `panel` and `acts` must be built for the same
+/// `k` with sub-blocks of `LEN` values, and rows `c0..c0 + C` must exist in `acts`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn int8_tile<const LEN: usize, const C: usize>(
+    panel: &crate::int8_gemm::Panel,
+    acts: &crate::int8_gemm::Activations,
+    c0: usize,
+    tile: &mut [[f32; crate::int8_gemm::PANEL]; crate::int8_gemm::TILE_ROWS],
+) {
+    const { assert!(C <= crate::int8_gemm::TILE_ROWS && LEN.is_multiple_of(4)) };
+    let (k, subblocks) = (acts.k, acts.subblocks);
+    debug_assert!(subblocks * LEN == k && panel.quads.len() >= k / 4 * 32);
+    debug_assert!(panel.scales.len() >= subblocks * 32 && acts.q.len() >= (c0 + C) * k);
+    let quads = panel.quads.as_ptr();
+    let x: [*const i8; C] = std::array::from_fn(|c| acts.q.as_ptr().wrapping_add((c0 + c) * k));
+    let d: [*const f32; C] =
+        std::array::from_fn(|c| acts.d.as_ptr().wrapping_add((c0 + c) * subblocks));
+    let sums: [*const f32; C] =
+        std::array::from_fn(|c| acts.sums.as_ptr().wrapping_add((c0 + c) * subblocks));
+    let mut acc = [[_mm512_setzero_ps(); C]; 2];
+    for b in 0..subblocks {
+        let mut dots = [[_mm512_setzero_si512(); C]; 2];
+        for q in b * LEN / 4..(b + 1) * LEN / 4 {
+            // SAFETY: q < k / 4, so the panel's 32 words at q · 32 and each row's four bytes at
+            // 4q are inside the buffers (see # Safety).
+            unsafe {
+                let w0 = _mm512_loadu_si512(quads.add(q * 32).cast());
+                let w1 = _mm512_loadu_si512(quads.add(q * 32 + 16).cast());
+                for c in 0..C {
+                    let four = x[c].add(4 * q).cast::<i32>().read_unaligned();
+                    let xb = _mm512_set1_epi32(four);
+                    dots[0][c] = _mm512_dpbusd_epi32(dots[0][c], w0, xb);
+                    dots[1][c] = _mm512_dpbusd_epi32(dots[1][c], w1, xb);
+                }
+            }
+        }
+        // SAFETY: b < subblocks: the panel's 32 scales and offsets at b · 32 and each row's
+        // sub-block values at b are inside the buffers.
+        unsafe {
+            let scales = panel.scales.as_ptr().add(b * 32);
+            let offsets = panel.offsets.as_ptr().add(b * 32);
+            let s = [_mm512_loadu_ps(scales), _mm512_loadu_ps(scales.add(16))];
+            let o = [_mm512_loadu_ps(offsets), _mm512_loadu_ps(offsets.add(16))];
+            for c in 0..C {
+                let dx = _mm512_set1_ps(*d[c].add(b));
+                let dxs = _mm512_set1_ps(*sums[c].add(b));
+                for p in 0..2 {
+                    let scale = _mm512_mul_ps(s[p], dx);
+                    acc[p][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots[p][c]), scale, acc[p][c]);
+                    acc[p][c] = _mm512_fmadd_ps(o[p], dxs, acc[p][c]);
+                }
+            }
+        }
+    }
+    for c in 0..C {
+        // SAFETY: each tile row holds 32 f32s.
+        unsafe {
+            _mm512_storeu_ps(tile[c].as_mut_ptr(), acc[0][c]);
+            _mm512_storeu_ps(tile[c].as_mut_ptr().add(16), acc[1][c]);
+        }
+    }
+}

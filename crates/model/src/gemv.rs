@@ -78,7 +78,7 @@ pub fn gemv_at(
         let count = out.len() / rows;
         for r in 0..rows {
             let xr = &x[r * in_dim..(r + 1) * in_dim];
-            let mut put = |local: usize, v: f32| out[local * rows + r] = v;
+            let mut put = |local: usize, v: f32| out[r * count + local] = v;
             match weight {
                 WeightRows::F32(w) => dot_rows(w, in_dim, first, count, xr, tier, &mut put),
                 WeightRows::F16(w) => dot_rows(w, in_dim, first, count, xr, tier, &mut put),

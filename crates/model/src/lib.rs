@@ -24,6 +24,8 @@ pub mod error;
 pub mod gdn_mixer;
 pub mod gemv;
 pub mod gguf;
+pub mod int8_gemm;
+mod int8_unpack;
 pub mod matrix;
 pub mod model;
 pub mod moe;

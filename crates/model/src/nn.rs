@@ -94,9 +94,25 @@ const DEQUANTIZED_GEMM_ROWS: usize = 32;
 /// Weight rows widened per chunk: 4 MiB of f32 at k = 1024, so the chunk stays in cache.
 const DEQUANTIZED_CHUNK_ELEMENTS: usize = 1 << 20;
 
+/// Rows from which quantized weights of the types [`crate::int8_gemm`] takes go through its
+/// tiled int8 GEMM on AVX-512 CPUs (below, each row is one more pass of the decode kernels).
+const INT8_GEMM_ROWS: usize = 4;
+
 /// `x Wᵀ` for contiguous f32 `x` `[T, in]`.
 fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
     match weight {
+        Matrix::Quantized(q)
+            if x.device().is_cpu()
+                && x.dim(0)? >= INT8_GEMM_ROWS
+                && crate::int8_gemm::supports(q.dtype()) =>
+        {
+            let (rows, k) = x.dims2()?;
+            let (n, _) = q.shape().dims2()?;
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let mut y = vec![0f32; rows * n];
+            crate::int8_gemm::int8_matmul(q.dtype(), &q.data()?, n, k, &xs, &mut y)?;
+            Ok(Tensor::from_vec(y, (rows, n), x.device())?)
+        }
         Matrix::Quantized(q) if x.device().is_cpu() && x.dim(0)? >= DEQUANTIZED_GEMM_ROWS => {
             dequantized_gemm(x, q)
         }

@@ -6,9 +6,10 @@ use hybrid_pool::hot_pool;
 use crate::{ModelError, Result};
 
 /// `y = x Wᵀ` (`y` is `m × n`, row-major) computed in pieces of `rows_per_task` weight rows:
-/// `f(first, out)` fills `out`, laid out `[count][m]` (weight-row-major, so each piece owns a
-/// contiguous slice), for weight rows `first..first + count`. With one activation row that
-/// layout is `y`'s own and is written in place; otherwise it is transposed into `y` at the end.
+/// `f(first, out)` fills `out` for weight rows `first..first + count`, laid out `[m][count]`
+/// (each activation row's outputs of the piece side by side, so each piece owns a contiguous
+/// slice). With one activation row that layout is `y`'s own and is written in place; otherwise
+/// each piece's rows are copied into `y` at the end, `count` values at a time.
 pub(crate) fn by_weight_rows(
     kernel: &'static str,
     y: &mut [f32],
@@ -22,13 +23,14 @@ pub(crate) fn by_weight_rows(
             f(piece * rows_per_task, out)
         });
     }
-    let mut transposed = vec![0f32; n * m];
-    in_parallel(kernel, &mut transposed, rows_per_task * m, &|piece, out| {
+    let mut pieces = vec![0f32; n * m];
+    in_parallel(kernel, &mut pieces, rows_per_task * m, &|piece, out| {
         f(piece * rows_per_task, out)
     })?;
-    for j in 0..n {
-        for r in 0..m {
-            y[r * n + j] = transposed[j * m + r];
+    for (p, piece) in pieces.chunks(rows_per_task * m).enumerate() {
+        let (first, count) = (p * rows_per_task, piece.len() / m);
+        for (r, values) in piece.chunks_exact(count).enumerate() {
+            y[r * n + first..r * n + first + count].copy_from_slice(values);
         }
     }
     Ok(())

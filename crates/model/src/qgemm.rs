@@ -41,14 +41,14 @@ const GROUP: usize = 8;
 const ROWS_PER_TASK: usize = 64;
 
 /// Activation rows quantized to Q8_0: `q[r·k + i]` and one f32 scale per block.
-struct QuantizedRows {
-    q: Vec<i8>,
-    d: Vec<f32>,
+pub(crate) struct QuantizedRows {
+    pub(crate) q: Vec<i8>,
+    pub(crate) d: Vec<f32>,
 }
 
 /// llama.cpp's `quantize_row_q8_0`: per block, `d = amax / 127` (stored as f16 in a block, so
 /// rounded through f16 here too) and `q = round(x / d)`.
-fn quantize_rows(x: &[f32]) -> QuantizedRows {
+pub(crate) fn quantize_rows(x: &[f32]) -> QuantizedRows {
     let blocks = x.len() / BLOCK;
     let mut q = vec![0i8; x.len()];
     let mut d = vec![0f32; blocks];
@@ -190,12 +190,12 @@ fn block_dots<T: GgmlType + Sync>(
                 let w = first + j;
                 let (a, b, c, d) = T::vec_dot_4(k, row(w), row(w + 1), row(w + 2), row(w + 3), xr);
                 for (g, v) in [a, b, c, d].into_iter().enumerate() {
-                    out[(j + g) * m + r] = v;
+                    out[r * count + j + g] = v;
                 }
                 j += 4;
             }
             for j in j..count {
-                out[j * m + r] = T::vec_dot(k, row(first + j), xr);
+                out[r * count + j] = T::vec_dot(k, row(first + j), xr);
             }
         }
     })
@@ -237,7 +237,7 @@ pub fn dequantize_rows(
 }
 
 /// Computes `count` weight rows (`weights`) against every activation row into `out`
-/// (`[count][m]`), at `tier` (which the CPU supports).
+/// (`[m][count]`), at `tier` (which the CPU supports).
 fn rows_task(
     weights: &[u8],
     count: usize,
@@ -287,7 +287,7 @@ fn rows_task(
                     crate::avx512::q8_0_dot_group::<GROUP>(group_weights, &products, blocks, xq)
                 };
                 for (g, v) in sums.into_iter().enumerate() {
-                    out[(start + g) * m + r] = v;
+                    out[r * count + start + g] = v;
                 }
             }
             start += group;
@@ -319,7 +319,7 @@ fn rows_task(
                 portable_group(group_weights, group, &scales, blocks, xq, xd, &mut sums);
             }
             for g in 0..group {
-                out[(start + g) * m + r] = sums[g];
+                out[r * count + start + g] = sums[g];
             }
         }
         start += group;

@@ -1,0 +1,360 @@
+//! The prefill GEMM for quantized weights, `y = x Wᵀ` over a chunk of tokens, in 8-bit integer
+//! arithmetic with AVX-512 VNNI (`vpdpbusd`: 64 multiply-adds per instruction, four times the
+//! f32 FMAs of the AVX2 GEMM that widened weights otherwise go through).
+//!
+//! - The activation rows are quantized once per call to int8 in blocks of 32 (as llama.cpp's
+//!   Q8_0: `d = amax/127`), and each sub-block's `d` and `d·Σq` are kept for the corrections.
+//! - Weights are unpacked panel by panel ([`PANEL`] rows) into unsigned bytes with one affine
+//!   scale and offset per sub-block ([`crate::int8_unpack`]), interleaved four bytes per row so
+//!   one 512-bit load holds the next four values of 16 rows. A panel (32 × k bytes) stays in
+//!   L2 while every activation row passes by, so each weight byte comes from memory once per call.
+//! - The tile kernel keeps [`TILE_ROWS`] activation rows × 32 weight rows in registers: per four
+//!   values one broadcast of each activation row and one `vpdpbusd` per 16 weight rows; per
+//!   sub-block the integer sums are scaled and the offset correction added in f32.
+//!
+//! Only the AVX-512 tier runs this in the model ([`supports`]): with AVX2 the same integer
+//! products cost three instructions per 32 (`maddubs`, `madd`, add) and Q8_0's `q + 128`
+//! overflows `maddubs`' 16-bit pairs, so AVX2 CPUs keep the widened-f32 GEMM. The portable
+//! tile computes the same numbers (the same integer sums, the same f32 operations in the same
+//! order, bit for bit) and is the tests' reference.
+
+use candle_core::quantized::GgmlDType;
+use hybrid_simd::Tier;
+
+use crate::int8_unpack::{subblock_len, unpack_row};
+use crate::parallel::by_weight_rows;
+use crate::qgemm::quantize_rows;
+use crate::Result;
+
+/// Weight rows per packed panel: two 16-lane vectors.
+pub(crate) const PANEL: usize = 32;
+/// Activation rows per register tile.
+pub(crate) const TILE_ROWS: usize = 4;
+/// Weight rows per parallel task (whole panels).
+const ROWS_PER_TASK: usize = 64;
+
+/// True when [`int8_matmul`] takes `dtype` weights on this CPU (and `HYBRID_SIMD`).
+pub fn supports(dtype: GgmlDType) -> bool {
+    hybrid_simd::tier() >= Tier::Avx512 && subblock_len(dtype).is_some()
+}
+
+/// `y[r][j] = Σ_i W[j][i] x[r][i]` for GGML weights `w` of `dtype` (`n` rows of `k` values, raw
+/// blocks) and f32 activations `x` (`m × k`), writing `y` (`m × n`).
+pub fn int8_matmul(
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    int8_matmul_at(hybrid_simd::tier(), dtype, w, n, k, x, y)
+}
+
+/// [`int8_matmul`] at a given SIMD tier (lowered to what this CPU supports): the AVX-512 tile
+/// kernel, or below that the portable tile (the same numbers, for tests).
+pub fn int8_matmul_at(
+    tier: Tier,
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let bad = |why: String| -> Result<()> {
+        Err(candle_core::Error::Msg(format!("int8 GEMM of {dtype:?} weights: {why}")).into())
+    };
+    let Some(len) = subblock_len(dtype) else {
+        return bad("type not supported (see int8_gemm::supports)".into());
+    };
+    let block = dtype.block_size();
+    if k == 0 || !k.is_multiple_of(block) || !x.len().is_multiple_of(k) {
+        return bad(format!(
+            "{k} columns are not whole {block}-value blocks, or x ({} values) not whole rows",
+            x.len()
+        ));
+    }
+    let m = x.len() / k;
+    let row_bytes = k / block * dtype.type_size();
+    if w.len() < n * row_bytes || y.len() != m * n {
+        return bad(format!(
+            "[{m}, {k}] × [{n}, {k}]ᵀ does not fit {} weight bytes and {} outputs",
+            w.len(),
+            y.len()
+        ));
+    }
+    let acts = Activations::new(x, k, len);
+    let tier = tier.min(Tier::detect());
+    by_weight_rows("int8 GEMM", y, m, n, ROWS_PER_TASK, &|first, out| {
+        let count = out.len() / m;
+        let mut panel = Panel::new(k, len);
+        let mut start = 0;
+        while start < count {
+            let rows = PANEL.min(count - start);
+            let at = (first + start) * row_bytes;
+            panel.pack(dtype, &w[at..at + rows * row_bytes], row_bytes, rows);
+            let mut c0 = 0;
+            while c0 < m {
+                let c = TILE_ROWS.min(m - c0);
+                let mut tile = [[0f32; PANEL]; TILE_ROWS];
+                compute_tile(tier, &panel, &acts, c0, c, &mut tile);
+                for (ci, values) in tile.iter().enumerate().take(c) {
+                    let at = (c0 + ci) * count + start;
+                    out[at..at + rows].copy_from_slice(&values[..rows]);
+                }
+                c0 += c;
+            }
+            start += rows;
+        }
+    })
+}
+
+/// Activation rows quantized to int8 in blocks of 32, with per sub-block (of the weight type's
+/// length) the block scale `d` and `d · Σq` (for the weights' offsets).
+pub(crate) struct Activations {
+    /// `m × k` int8 values.
+    pub(crate) q: Vec<i8>,
+    /// `m × subblocks` scales.
+    pub(crate) d: Vec<f32>,
+    /// `m × subblocks` values of `d · Σq`.
+    pub(crate) sums: Vec<f32>,
+    /// Values per row.
+    pub(crate) k: usize,
+    /// Sub-blocks per row.
+    pub(crate) subblocks: usize,
+}
+
+impl Activations {
+    fn new(x: &[f32], k: usize, len: usize) -> Self {
+        let rows = quantize_rows(x);
+        let m = x.len() / k;
+        let subblocks = k / len;
+        let mut d = Vec::with_capacity(m * subblocks);
+        let mut sums = Vec::with_capacity(m * subblocks);
+        for (row, scales) in rows.q.chunks_exact(k).zip(rows.d.chunks_exact(k / 32)) {
+            for (b, values) in row.chunks_exact(len).enumerate() {
+                let scale = scales[b * len / 32];
+                let sum: i32 = values.iter().map(|&v| i32::from(v)).sum();
+                d.push(scale);
+                sums.push(scale * sum as f32);
+            }
+        }
+        Activations {
+            q: rows.q,
+            d,
+            sums,
+            k,
+            subblocks,
+        }
+    }
+
+    /// Row `r`'s values, scales and sums.
+    fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
+        let s = self.subblocks;
+        (
+            &self.q[r * self.k..(r + 1) * self.k],
+            &self.d[r * s..(r + 1) * s],
+            &self.sums[r * s..(r + 1) * s],
+        )
+    }
+}
+
+/// [`PANEL`] weight rows unpacked and interleaved: `quads[q · PANEL + r]` holds values
+/// `4q..4q + 4` of row `r` (little-endian bytes), `scales`/`offsets[b · PANEL + r]` sub-block
+/// `b`'s. Rows past the matrix are zero (their outputs are dropped).
+pub(crate) struct Panel {
+    pub(crate) quads: Vec<u32>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) offsets: Vec<f32>,
+    pub(crate) len: usize,
+    row: Vec<u8>,
+    row_scales: Vec<f32>,
+    row_offsets: Vec<f32>,
+}
+
+impl Panel {
+    fn new(k: usize, len: usize) -> Self {
+        let subblocks = k / len;
+        Panel {
+            quads: vec![0; k / 4 * PANEL],
+            scales: vec![0.0; subblocks * PANEL],
+            offsets: vec![0.0; subblocks * PANEL],
+            len,
+            row: vec![0; k],
+            row_scales: vec![0.0; subblocks],
+            row_offsets: vec![0.0; subblocks],
+        }
+    }
+
+    /// Unpacks `rows` (≤ [`PANEL`]) rows of `row_bytes` raw bytes each from `weights`.
+    fn pack(&mut self, dtype: GgmlDType, weights: &[u8], row_bytes: usize, rows: usize) {
+        for r in 0..PANEL {
+            if r < rows {
+                let bytes = &weights[r * row_bytes..(r + 1) * row_bytes];
+                unpack_row(
+                    dtype,
+                    bytes,
+                    &mut self.row,
+                    &mut self.row_scales,
+                    &mut self.row_offsets,
+                );
+            } else {
+                self.row.fill(0);
+                self.row_scales.fill(0.0);
+                self.row_offsets.fill(0.0);
+            }
+            for (q, four) in self.row.chunks_exact(4).enumerate() {
+                self.quads[q * PANEL + r] =
+                    u32::from_le_bytes([four[0], four[1], four[2], four[3]]);
+            }
+            for (b, (&s, &o)) in self.row_scales.iter().zip(&self.row_offsets).enumerate() {
+                self.scales[b * PANEL + r] = s;
+                self.offsets[b * PANEL + r] = o;
+            }
+        }
+    }
+}
+
+/// Activation rows `c0..c0 + c` (`c` ≤ [`TILE_ROWS`]) against the panel into `tile[ci][r]`.
+fn compute_tile(
+    tier: Tier,
+    panel: &Panel,
+    acts: &Activations,
+    c0: usize,
+    c: usize,
+    tile: &mut [[f32; PANEL]; TILE_ROWS],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if tier >= Tier::Avx512 {
+        // SAFETY: the AVX-512 tier (with VNNI) was checked against the CPU by the caller
+        // (`int8_matmul_at` lowers the tier to `Tier::detect()`); the panel and activation rows
+        // were built for the same `k` and sub-block length.
+        unsafe {
+            match (panel.len, c) {
+                (32, 4) => crate::avx512::int8_tile::<32, 4>(panel, acts, c0, tile),
+                (32, 3) => crate::avx512::int8_tile::<32, 3>(panel, acts, c0, tile),
+                (32, 2) => crate::avx512::int8_tile::<32, 2>(panel, acts, c0, tile),
+                (32, _) => crate::avx512::int8_tile::<32, 1>(panel, acts, c0, tile),
+                (_, 4) => crate::avx512::int8_tile::<16, 4>(panel, acts, c0, tile),
+                (_, 3) => crate::avx512::int8_tile::<16, 3>(panel, acts, c0, tile),
+                (_, 2) => crate::avx512::int8_tile::<16, 2>(panel, acts, c0, tile),
+                (_, _) => crate::avx512::int8_tile::<16, 1>(panel, acts, c0, tile),
+            }
+        }
+        return;
+    }
+    let _ = tier;
+    portable_tile(panel, acts, c0, c, tile);
+}
+
+/// The tile in portable Rust, with the AVX-512 kernel's operations in its order (`mul_add` is
+/// its fused multiply-add), so both give the same bits.
+fn portable_tile(
+    panel: &Panel,
+    acts: &Activations,
+    c0: usize,
+    c: usize,
+    tile: &mut [[f32; PANEL]; TILE_ROWS],
+) {
+    let quads_per_subblock = panel.len / 4;
+    for (ci, out) in tile.iter_mut().enumerate().take(c) {
+        let (x, d, sums) = acts.row(c0 + ci);
+        for (r, value) in out.iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for b in 0..acts.subblocks {
+                let mut dot = 0i32;
+                for q in b * quads_per_subblock..(b + 1) * quads_per_subblock {
+                    let w = panel.quads[q * PANEL + r].to_le_bytes();
+                    for (t, &wt) in w.iter().enumerate() {
+                        dot += i32::from(wt) * i32::from(x[4 * q + t]);
+                    }
+                }
+                let scale = panel.scales[b * PANEL + r] * d[b];
+                acc = (dot as f32).mul_add(scale, acc);
+                acc = panel.offsets[b * PANEL + r].mul_add(sums[b], acc);
+            }
+            *value = acc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+
+    /// Every type at every tier: bit-identical to the portable tile, and within the activation
+    /// quantization's error of the f32 product with candle's dequantized weights; Q8_0 also
+    /// against candle's own Q8_0 matmul (which quantizes activations the same way).
+    #[test]
+    fn int8_gemm_matches_the_portable_tile_and_candle() {
+        // 70 weight rows: a partial panel and a partial task; 7 activation rows: a partial
+        // tile; 512 columns: two K-quant super-blocks.
+        let (n, k, m) = (70, 512, 7);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for dtype in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let bytes = q.data().unwrap();
+            let mut reference = vec![0f32; m * n];
+            int8_matmul_at(Tier::Portable, dtype, &bytes, n, k, &xs, &mut reference).unwrap();
+            for tier in Tier::ALL.into_iter().filter(|t| t.is_supported()) {
+                let mut got = vec![0f32; m * n];
+                int8_matmul_at(tier, dtype, &bytes, n, k, &xs, &mut got).unwrap();
+                assert_eq!(got, reference, "{dtype:?} at {tier}");
+            }
+            let dense = q.dequantize(&Device::Cpu).unwrap();
+            let want = x.matmul(&dense.t().unwrap()).unwrap();
+            let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (i, (a, b)) in reference.iter().zip(&want).enumerate() {
+                // int8 activations: ≤ 0.5/127 of each block's largest value per element.
+                assert!(
+                    (a - b).abs() <= 0.02 * scale,
+                    "{dtype:?} [{i}]: {a} vs dequantized f32 {b}"
+                );
+            }
+            if dtype == GgmlDType::Q8_0 {
+                let candle = x.apply_op1_no_bwd(&q).unwrap();
+                let candle = candle.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (i, (a, b)) in reference.iter().zip(&candle).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale.max(1.0),
+                        "Q8_0 [{i}]: {a} vs candle's Q8_0 matmul {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Shapes the kernel refuses are errors naming the problem, not panics.
+    #[test]
+    fn bad_shapes_are_errors() {
+        /// The error and its causes, one line.
+        fn chain(err: &dyn std::error::Error) -> String {
+            let mut text = err.to_string();
+            let mut cause = err.source();
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            text
+        }
+        let w = vec![0u8; 34 * 4];
+        let mut y = vec![0f32; 4];
+        let err = int8_matmul(GgmlDType::Q8_0, &w, 4, 48, &[0.0; 48], &mut y).unwrap_err();
+        assert!(chain(&err).contains("48 columns"), "{}", chain(&err));
+        let err = int8_matmul(GgmlDType::Q5K, &w, 1, 256, &[0.0; 256], &mut y[..1]).unwrap_err();
+        assert!(chain(&err).contains("not supported"), "{}", chain(&err));
+        let err = int8_matmul(GgmlDType::Q8_0, &w, 8, 32, &[0.0; 32], &mut y).unwrap_err();
+        assert!(chain(&err).contains("does not fit"), "{}", chain(&err));
+    }
+}
