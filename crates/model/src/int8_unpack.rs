@@ -29,6 +29,15 @@ pub(crate) fn subblock_len(dtype: GgmlDType) -> Option<usize> {
     }
 }
 
+/// The largest unpacked value `u` of `dtype` (the AVX2 kernel's 16-bit sums must not overflow).
+pub(crate) fn max_value(dtype: GgmlDType) -> u8 {
+    match dtype {
+        GgmlDType::Q4_0 | GgmlDType::Q4K => 15,
+        GgmlDType::Q6K => 63,
+        _ => 255,
+    }
+}
+
 /// One row of `dtype` blocks (`row`, raw GGML bytes of `u.len()` values) unpacked into `u`,
 /// and one scale and offset per sub-block into `s` and `o` (`u.len() / subblock_len` each).
 /// The caller passes a type [`subblock_len`] accepts and a row of whole blocks.

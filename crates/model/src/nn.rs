@@ -95,7 +95,8 @@ const DEQUANTIZED_GEMM_ROWS: usize = 32;
 const DEQUANTIZED_CHUNK_ELEMENTS: usize = 1 << 20;
 
 /// Rows from which quantized weights of the types [`crate::int8_gemm`] takes go through its
-/// tiled int8 GEMM on AVX-512 CPUs (below, each row is one more pass of the decode kernels).
+/// tiled int8 GEMM on AVX2 and AVX-512 CPUs (below, each row is one more pass of the decode
+/// kernels).
 const INT8_GEMM_ROWS: usize = 4;
 
 /// `x Wᵀ` for contiguous f32 `x` `[T, in]`.
