@@ -1,6 +1,6 @@
 //! Decode matrix–vector kernels in weight bytes per second: one activation row against a weight
 //! matrix larger than the last-level cache, for every weight format the model streams (f32,
-//! bf16, Q8_0 with our kernel, Q4_K and Q6_K through candle's block dots). Decode speed is bound
+//! bf16, Q8_0 with our kernel, Q4_K and Q6_K with ours and through candle's block dots). Decode speed is bound
 //! by these numbers; compare them with the machine's memory bandwidth.
 //!
 //! Dense and Q8_0 kernels are measured at every SIMD tier this CPU has (`avx512`, `avx2`,
@@ -13,6 +13,7 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use hybrid_model::gemv::{gemv_at, WeightRows};
+use hybrid_model::kquant_gemv::kquant_matmul_at;
 use hybrid_model::qgemm::{blocks_matmul, q8_0_matmul_at};
 use hybrid_simd::Tier;
 
@@ -69,6 +70,15 @@ fn matvec(c: &mut Criterion) {
                 });
             }
         } else {
+            // Our K-quant kernel (AVX2, used on both x86 tiers) beside candle's block dots.
+            if Tier::Avx2.is_supported() {
+                group.bench_function(BenchmarkId::new(&name, "avx2"), |b| {
+                    b.iter(|| {
+                        kquant_matmul_at(Tier::Avx2, dtype, &bytes, N, K, &x, &mut y)
+                            .expect("k-quant")
+                    })
+                });
+            }
             group.bench_function(BenchmarkId::new(&name, "candle"), |b| {
                 b.iter(|| blocks_matmul(dtype, &bytes, (1, K, N), &x, &mut y).expect("blocks"))
             });

@@ -26,6 +26,7 @@ pub mod gemv;
 pub mod gguf;
 pub mod int8_gemm;
 mod int8_unpack;
+pub mod kquant_gemv;
 pub mod matrix;
 pub mod model;
 pub mod moe;

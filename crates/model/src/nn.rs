@@ -125,6 +125,9 @@ fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
             let weights = q.data()?;
             match q.dtype() {
                 GgmlDType::Q8_0 => crate::qgemm::q8_0_matmul(&weights, n, k, &xs, &mut y)?,
+                dtype if crate::kquant_gemv::supports(dtype) => {
+                    crate::kquant_gemv::kquant_matmul(dtype, &weights, n, k, &xs, &mut y)?
+                }
                 // candle's block dot products for the other types: the activation rows are
                 // quantized to the weight type's dot-product partner (Q8_0 / Q8_K).
                 dtype => crate::qgemm::blocks_matmul(dtype, &weights, (rows, k, n), &xs, &mut y)?,

@@ -380,7 +380,7 @@ fn portable_group(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, BLOCK_BYTES, GROUP};
@@ -389,7 +389,7 @@ mod x86 {
     /// One f16 (raw bits) as f32.
     #[inline]
     #[target_feature(enable = "f16c")]
-    pub fn widen_f16(bits: u16) -> f32 {
+    pub(crate) fn widen_f16(bits: u16) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
 

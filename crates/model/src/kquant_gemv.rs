@@ -1,0 +1,450 @@
+//! Decode kernels for the K-quants of llama.cpp's `_K_M` files, Q4_K and Q6_K, for one to a
+//! few activation rows (more rows go through [`crate::int8_gemm`]).
+//!
+//! In a Q4_K_M file of the Qwen3.5-0.8B shape Q4_K holds most projections and Q6_K the tied
+//! embedding / output head (40 % of the bytes read per token). candle's block dot products
+//! (`vec_dot_4`) reached 11.7 GiB/s for Q4_K here (benches/matvec.rs, 2-core Xeon), where our
+//! Q8_0 kernel streams 16; the difference is how many rows are in flight and whether the next
+//! ones are on their way. These kernels:
+//! - quantize each activation row once to int8 with one f32 scale per 256 values (llama.cpp's
+//!   Q8_K granularity, so a super-block's integer sub-block scales can multiply integer sums),
+//!   keeping the sums of every 16 and 32 values for the weights' minimums and offsets;
+//! - compute [`GROUP`] weight rows at a time, prefetching the next group's bytes as each
+//!   super-block is read (rows of a GEMV are consecutive; see `gemv::PREFETCH_ROWS`);
+//! - unpack nibbles / 6-bit values in registers, `maddubs` them with the activations, multiply
+//!   by the integer sub-block scales with `madd`, and convert to f32 once per super-block.
+//!
+//! AVX2 (FMA, F16C) on both x86 tiers; the portable tier keeps candle's block dot products.
+
+use candle_core::quantized::GgmlDType;
+use hybrid_simd::Tier;
+
+use crate::parallel::by_weight_rows;
+use crate::Result;
+
+/// Values per K-quant super-block.
+const SUPER: usize = 256;
+/// Weight rows computed together.
+const GROUP: usize = 4;
+/// Weight rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// True when [`kquant_matmul`] has its own kernel for `dtype` on this CPU (and `HYBRID_SIMD`).
+pub fn supports(dtype: GgmlDType) -> bool {
+    hybrid_simd::tier() >= Tier::Avx2 && matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
+}
+
+/// `y[r][j] = Σ_i W[j][i] x[r][i]` for Q4_K or Q6_K weights `w` (`n` rows of `k` values, raw
+/// blocks) and f32 activations `x` (`m × k`), writing `y` (`m × n`).
+pub fn kquant_matmul(
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    kquant_matmul_at(hybrid_simd::tier(), dtype, w, n, k, x, y)
+}
+
+/// [`kquant_matmul`] at a given SIMD tier (lowered to what this CPU supports); below AVX2,
+/// candle's block dot products ([`crate::qgemm::blocks_matmul`]).
+pub fn kquant_matmul_at(
+    tier: Tier,
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    let bad = |why: String| -> Result<()> {
+        Err(candle_core::Error::Msg(format!("K-quant GEMV of {dtype:?} weights: {why}")).into())
+    };
+    if !matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
+        return bad("only Q4_K and Q6_K have this kernel".into());
+    }
+    if k == 0 || !k.is_multiple_of(SUPER) || !x.len().is_multiple_of(k) {
+        return bad(format!(
+            "{k} columns are not whole {SUPER}-value super-blocks, or x ({} values) not whole rows",
+            x.len()
+        ));
+    }
+    let m = x.len() / k;
+    let row_bytes = k / SUPER * dtype.type_size();
+    if w.len() < n * row_bytes || y.len() != m * n {
+        return bad(format!(
+            "[{m}, {k}] × [{n}, {k}]ᵀ does not fit {} weight bytes and {} outputs",
+            w.len(),
+            y.len()
+        ));
+    }
+    if tier.min(Tier::detect()) < Tier::Avx2 || !cfg!(target_arch = "x86_64") {
+        return crate::qgemm::blocks_matmul(dtype, w, (m, k, n), x, y);
+    }
+    let rows = SuperRows::new(x, k);
+    by_weight_rows("K-quant GEMV", y, m, n, ROWS_PER_TASK, &|first, out| {
+        let count = out.len() / m;
+        let weights = &w[first * row_bytes..(first + count) * row_bytes];
+        #[cfg(target_arch = "x86_64")]
+        for r in 0..m {
+            let mut start = 0;
+            while start < count {
+                let group = GROUP.min(count - start);
+                let at = &weights[start * row_bytes..(start + group) * row_bytes];
+                let mut sums = [0f32; GROUP];
+                // SAFETY: AVX2, FMA and F16C were checked above (the tier is at least AVX2 on
+                // this CPU); `at` holds `group` rows of `row_bytes` bytes and `rows` row r's
+                // `k` values with their scales and sums.
+                unsafe {
+                    match (dtype, group) {
+                        (GgmlDType::Q4K, GROUP) => {
+                            sums = x86::q4_k_group::<GROUP>(at, row_bytes, &rows, r);
+                        }
+                        (GgmlDType::Q4K, _) => {
+                            for g in 0..group {
+                                let one = &at[g * row_bytes..(g + 1) * row_bytes];
+                                sums[g] = x86::q4_k_group::<1>(one, row_bytes, &rows, r)[0];
+                            }
+                        }
+                        (_, GROUP) => sums = x86::q6_k_group::<GROUP>(at, row_bytes, &rows, r),
+                        _ => {
+                            for g in 0..group {
+                                let one = &at[g * row_bytes..(g + 1) * row_bytes];
+                                sums[g] = x86::q6_k_group::<1>(one, row_bytes, &rows, r)[0];
+                            }
+                        }
+                    }
+                }
+                out[r * count + start..r * count + start + group].copy_from_slice(&sums[..group]);
+                start += group;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (weights, count, &rows);
+    })
+}
+
+/// Activation rows quantized to int8 with one scale per 256 values: `q` (`m × k`), `d` (one
+/// per super-block), and the sums of every 16 (`sums16`) and 32 (`sums32`) quantized values.
+struct SuperRows {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    sums16: Vec<i16>,
+    sums32: Vec<i16>,
+    k: usize,
+}
+
+impl SuperRows {
+    fn new(x: &[f32], k: usize) -> Self {
+        let supers = x.len() / SUPER;
+        let mut q = vec![0i8; x.len()];
+        let mut d = Vec::with_capacity(supers);
+        let mut sums16 = Vec::with_capacity(supers * 16);
+        for (values, out) in x.chunks_exact(SUPER).zip(q.chunks_exact_mut(SUPER)) {
+            let amax = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            for (o, v) in out.iter_mut().zip(values) {
+                // `as` saturates, so a value rounding past ±127 stays in range.
+                *o = (v * inverse).round().clamp(-127.0, 127.0) as i8;
+            }
+            d.push(scale);
+            for sixteen in out.chunks_exact(16) {
+                sums16.push(sixteen.iter().map(|&v| i16::from(v)).sum());
+            }
+        }
+        let sums32 = sums16.chunks_exact(2).map(|p| p[0] + p[1]).collect();
+        SuperRows {
+            q,
+            d,
+            sums16,
+            sums32,
+            k,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{SuperRows, SUPER};
+    use crate::gemv::prefetch_two_lines;
+    use crate::gemv::x86::hsum;
+    use crate::qgemm::x86::widen_f16;
+
+    /// Bytes of a Q4_K super-block: f16 d, f16 dmin, 12 bytes of scales/mins, 128 of nibbles.
+    const Q4K_BYTES: usize = 144;
+    /// Bytes of a Q6_K super-block: 128 of low nibbles, 64 of high bits, 16 scales, f16 d.
+    const Q6K_BYTES: usize = 210;
+
+    /// The little-endian f16 at `p` as f32.
+    ///
+    /// # Safety
+    /// `p` must be readable for two bytes; the CPU must support F16C.
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn f16_at(p: *const u8) -> f32 {
+        // SAFETY: see # Safety.
+        widen_f16(u16::from_le(unsafe { p.cast::<u16>().read_unaligned() }))
+    }
+
+    /// The eight 6-bit scales and eight 6-bit mins of a Q4_K super-block from its 12 packed
+    /// bytes: the first four of each keep their 6 bits in bytes 0–3 (scales) and 4–7 (mins);
+    /// the last four take their low 4 bits from bytes 8–11 (scales low nibbles, mins high) and
+    /// their top 2 bits from the top bits of bytes 0–3 (scales) or 4–7 (mins). Four at a time
+    /// in 32-bit words.
+    #[inline]
+    fn q4_k_scales_mins(packed: [u8; 12]) -> ([u8; 8], [u8; 8]) {
+        let word =
+            |i: usize| u32::from_le_bytes([packed[i], packed[i + 1], packed[i + 2], packed[i + 3]]);
+        let (w0, w1, w2) = (word(0), word(4), word(8));
+        let six = 0x3f3f_3f3f;
+        let nibble = 0x0f0f_0f0f;
+        let two = 0x0303_0303;
+        let scales_low = w0 & six;
+        let mins_low = w1 & six;
+        let scales_high = (w2 & nibble) | (((w0 >> 6) & two) << 4);
+        let mins_high = ((w2 >> 4) & nibble) | (((w1 >> 6) & two) << 4);
+        let join = |a: u32, b: u32| {
+            let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+            [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]]
+        };
+        (join(scales_low, scales_high), join(mins_low, mins_high))
+    }
+
+    /// The dot products of `G` rows of Q4_K weights (`weights`, `row_bytes` each) with
+    /// activation row `r` of `rows`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `weights` must hold `G` rows of `row_bytes`
+    /// bytes, which are `rows.k / 256` super-blocks, and row `r` must exist in `rows`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q4_k_group<const G: usize>(
+        weights: &[u8],
+        row_bytes: usize,
+        rows: &SuperRows,
+        r: usize,
+    ) -> [f32; G] {
+        let supers = rows.k / SUPER;
+        debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q4K_BYTES);
+        debug_assert!(rows.q.len() >= (r + 1) * rows.k);
+        let low = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); G];
+        let mut mins = [0f32; G];
+        let w = weights.as_ptr();
+        for s in 0..supers {
+            let at = r * supers + s;
+            // SAFETY: s < supers and row r exists: the 256 values, the scale and the eight
+            // sums of 32 of this super-block are inside `rows`; each row's block at
+            // g · row_bytes + s · 144 is inside `weights` (see # Safety).
+            unsafe {
+                let x = rows.q.as_ptr().add(at * SUPER);
+                let dx = *rows.d.get_unchecked(at);
+                let sums32 = _mm_loadu_si128(rows.sums32.as_ptr().add(at * 8).cast());
+                for g in 0..G {
+                    let block = w.add(g * row_bytes + s * Q4K_BYTES);
+                    let ahead = block.wrapping_add(G * row_bytes);
+                    prefetch_two_lines(ahead);
+                    prefetch_two_lines(ahead.wrapping_add(128));
+                    let d = f16_at(block);
+                    let dmin = f16_at(block.add(2));
+                    let (scales, mins_of) =
+                        q4_k_scales_mins(block.add(4).cast::<[u8; 12]>().read_unaligned());
+                    let mut isum = _mm256_setzero_si256();
+                    for j in 0..4 {
+                        let q = _mm256_loadu_si256(block.add(16 + 32 * j).cast());
+                        let lo = _mm256_and_si256(q, low);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+                        let xlo = _mm256_loadu_si256(x.add(64 * j).cast());
+                        let xhi = _mm256_loadu_si256(x.add(64 * j + 32).cast());
+                        let plo = _mm256_maddubs_epi16(lo, xlo);
+                        let phi = _mm256_maddubs_epi16(hi, xhi);
+                        let slo = _mm256_set1_epi16(i16::from(scales[2 * j]));
+                        let shi = _mm256_set1_epi16(i16::from(scales[2 * j + 1]));
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, slo));
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, shi));
+                    }
+                    acc[g] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), acc[g]);
+                    // Σ_j min_j · Σ x over sub-block j, eight products in one madd.
+                    let m = _mm_cvtepu8_epi16(_mm_loadl_epi64(mins_of.as_ptr().cast()));
+                    let four = _mm_madd_epi16(m, sums32);
+                    let two = _mm_add_epi32(four, _mm_unpackhi_epi64(four, four));
+                    let one = _mm_add_epi32(two, _mm_shuffle_epi32::<0b01>(two));
+                    mins[g] += dmin * dx * _mm_cvtsi128_si32(one) as f32;
+                }
+            }
+        }
+        std::array::from_fn(|g| hsum(acc[g]) - mins[g])
+    }
+
+    /// The dot products of `G` rows of Q6_K weights (`weights`, `row_bytes` each) with
+    /// activation row `r` of `rows`: `Σ_j sc_j·(Σ q·x − 32·Σ x)` over the 16 sub-blocks of 16.
+    ///
+    /// # Safety
+    /// As [`q4_k_group`], with 210-byte Q6_K super-blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn q6_k_group<const G: usize>(
+        weights: &[u8],
+        row_bytes: usize,
+        rows: &SuperRows,
+        r: usize,
+    ) -> [f32; G] {
+        let supers = rows.k / SUPER;
+        debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q6K_BYTES);
+        debug_assert!(rows.q.len() >= (r + 1) * rows.k);
+        let low = _mm256_set1_epi8(0x0F);
+        let two_bits = _mm256_set1_epi8(3);
+        let mut acc = [_mm256_setzero_ps(); G];
+        let w = weights.as_ptr();
+        for s in 0..supers {
+            let at = r * supers + s;
+            // SAFETY: as in q4_k_group, for 210-byte blocks and the 16 sums of 16.
+            unsafe {
+                let x = rows.q.as_ptr().add(at * SUPER);
+                let dx = *rows.d.get_unchecked(at);
+                let sums16 = _mm256_loadu_si256(rows.sums16.as_ptr().add(at * 16).cast());
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let block = w.add(g * row_bytes + s * Q6K_BYTES);
+                    let ahead = block.wrapping_add(G * row_bytes);
+                    prefetch_two_lines(ahead);
+                    prefetch_two_lines(ahead.wrapping_add(128));
+                    let scale_bytes = block.add(192).cast::<i8>();
+                    let d = f16_at(block.add(208));
+                    let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scale_bytes.cast()));
+                    // The −32 of every value: 32 · Σ_j sc_j · Σ x over sub-block j.
+                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, sums16), 5);
+                    let mut isum = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
+                    for half in 0..2 {
+                        let ql = block.add(64 * half);
+                        let h = _mm256_loadu_si256(block.add(128 + 32 * half).cast());
+                        let l0 = _mm256_loadu_si256(ql.cast());
+                        let l1 = _mm256_loadu_si256(ql.add(32).cast());
+                        // Bits 2i..2i + 2 of the high byte are bits 4–5 of value set i.
+                        let shifted = [
+                            h,
+                            _mm256_srli_epi16(h, 2),
+                            _mm256_srli_epi16(h, 4),
+                            _mm256_srli_epi16(h, 6),
+                        ];
+                        let high =
+                            shifted.map(|b| _mm256_slli_epi16(_mm256_and_si256(b, two_bits), 4));
+                        let values = [
+                            _mm256_or_si256(_mm256_and_si256(l0, low), high[0]),
+                            _mm256_or_si256(_mm256_and_si256(l1, low), high[1]),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
+                                high[2],
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
+                                high[3],
+                            ),
+                        ];
+                        for (i, v) in values.into_iter().enumerate() {
+                            let xs = _mm256_loadu_si256(x.add(128 * half + 32 * i).cast());
+                            let pairs = _mm256_maddubs_epi16(v, xs);
+                            let j = 8 * half + 2 * i;
+                            let first = _mm_set1_epi16(i16::from(*scale_bytes.add(j)));
+                            let second = _mm_set1_epi16(i16::from(*scale_bytes.add(j + 1)));
+                            let sc = _mm256_set_m128i(second, first);
+                            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, sc));
+                        }
+                    }
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), *acc);
+                }
+            }
+        }
+        acc.map(|a| hsum(a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+
+    /// At every tier, against the exact dot products of candle's dequantized weights with the
+    /// kernel's own quantized activations (f64), and within the activation quantization's error
+    /// of the f32 product; odd row counts leave partial groups and tasks.
+    #[test]
+    fn k_quant_gemv_matches_dequantized_weights() {
+        let (n, k) = (70, 768);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        for m in [1, 3] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+            let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let rows = SuperRows::new(&xs, k);
+            for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let bytes = q.data().unwrap();
+                let dense = q.dequantize(&Device::Cpu).unwrap();
+                let dense = dense.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let mut exact = vec![0f64; m * n];
+                for r in 0..m {
+                    for j in 0..n {
+                        exact[r * n + j] = (0..k)
+                            .map(|i| {
+                                let xq = f64::from(rows.q[r * k + i])
+                                    * f64::from(rows.d[(r * k + i) / SUPER]);
+                                f64::from(dense[j * k + i]) * xq
+                            })
+                            .sum();
+                    }
+                }
+                let want = x
+                    .matmul(&q.dequantize(&Device::Cpu).unwrap().t().unwrap())
+                    .unwrap();
+                let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for tier in Tier::ALL
+                    .into_iter()
+                    .filter(|t| t.is_supported() && *t >= Tier::Avx2)
+                {
+                    let mut got = vec![0f32; m * n];
+                    kquant_matmul_at(tier, dtype, &bytes, n, k, &xs, &mut got).unwrap();
+                    for i in 0..m * n {
+                        assert!(
+                            (f64::from(got[i]) - exact[i]).abs() <= 1e-5 * f64::from(scale),
+                            "{dtype:?} at {tier}, m={m} [{i}]: {} vs exact {}",
+                            got[i],
+                            exact[i]
+                        );
+                        assert!(
+                            (got[i] - want[i]).abs() <= 0.02 * scale,
+                            "{dtype:?} at {tier}, m={m} [{i}]: {} vs f32 {}",
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+                // The portable tier is candle's own block product.
+                let mut got = vec![0f32; m * n];
+                kquant_matmul_at(Tier::Portable, dtype, &bytes, n, k, &xs, &mut got).unwrap();
+                for i in 0..m * n {
+                    assert!(
+                        (got[i] - want[i]).abs() <= 0.02 * scale,
+                        "{dtype:?} portable [{i}]"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Types and shapes the kernel refuses are errors naming the problem.
+    #[test]
+    fn bad_input_is_an_error() {
+        let mut y = vec![0f32; 1];
+        let err = kquant_matmul(GgmlDType::Q8_0, &[0; 34], 1, 32, &[0.0; 32], &mut y).unwrap_err();
+        assert!(format!("{err:?}").contains("only Q4_K and Q6_K"), "{err:?}");
+        let err =
+            kquant_matmul(GgmlDType::Q4K, &[0; 144], 1, 128, &[0.0; 128], &mut y).unwrap_err();
+        assert!(format!("{err:?}").contains("128 columns"), "{err:?}");
+        let err =
+            kquant_matmul(GgmlDType::Q4K, &[0; 100], 1, 256, &[0.0; 256], &mut y).unwrap_err();
+        assert!(format!("{err:?}").contains("does not fit"), "{err:?}");
+    }
+}
