@@ -236,3 +236,43 @@ pub(crate) unsafe fn int8_tile<const LEN: usize, const C: usize>(
         }
     }
 }
+
+/// One register tile of the dense GEMM ([`crate::dense_gemm`]): 12 packed activation rows
+/// (`x[i · 12 + c]`) against 32 packed weight rows (`panel[i · 32 + r]`) over `k` columns, into
+/// `tile[c][r]`. Per column: two weight loads, twelve broadcasts and 24 independent FMAs, which
+/// keeps both FMA ports busy past their latency.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `panel` must hold `k × 32` values and `x` `k × 12`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn dense_tile(
+    panel: &[f32],
+    x: &[f32],
+    k: usize,
+    tile: &mut [[f32; crate::dense_gemm::PANEL]; crate::dense_gemm::TILE_ROWS],
+) {
+    const ROWS: usize = crate::dense_gemm::TILE_ROWS;
+    debug_assert!(panel.len() >= k * 32 && x.len() >= k * ROWS);
+    let mut lo = [_mm512_setzero_ps(); ROWS];
+    let mut hi = [_mm512_setzero_ps(); ROWS];
+    let (w, xs) = (panel.as_ptr(), x.as_ptr());
+    for i in 0..k {
+        // SAFETY: i < k, so the 32 weights at 32i and the 12 activations at 12i are inside.
+        unsafe {
+            let w0 = _mm512_loadu_ps(w.add(32 * i));
+            let w1 = _mm512_loadu_ps(w.add(32 * i + 16));
+            for c in 0..ROWS {
+                let xb = _mm512_set1_ps(*xs.add(ROWS * i + c));
+                lo[c] = _mm512_fmadd_ps(w0, xb, lo[c]);
+                hi[c] = _mm512_fmadd_ps(w1, xb, hi[c]);
+            }
+        }
+    }
+    for c in 0..ROWS {
+        // SAFETY: each tile row holds 32 f32s.
+        unsafe {
+            _mm512_storeu_ps(tile[c].as_mut_ptr(), lo[c]);
+            _mm512_storeu_ps(tile[c].as_mut_ptr().add(16), hi[c]);
+        }
+    }
+}

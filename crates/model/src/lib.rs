@@ -20,6 +20,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod config;
+pub mod dense_gemm;
 pub mod error;
 pub mod gdn_mixer;
 pub mod gemv;

@@ -162,11 +162,13 @@ fn dequantized_gemm(x: &Tensor, q: &candle_core::quantized::QTensor) -> Result<T
     Ok(Tensor::cat(&outputs, 1)?)
 }
 
-/// The decode path: a few rows against dense weights on the CPU go through [`crate::gemv`],
-/// which streams the weights once; `None` when it does not apply.
+/// Dense weights on the CPU: a few rows (decode) go through [`crate::gemv`], which streams the
+/// weights once, more through [`crate::dense_gemm`] on AVX-512 CPUs; `None` when neither
+/// applies (candle's matmul runs).
 fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     let (rows, in_dim) = x.dims2()?;
-    if rows > GEMV_MAX_ROWS || !x.device().is_cpu() {
+    let gemm = rows > GEMV_MAX_ROWS;
+    if (gemm && !crate::dense_gemm::supported()) || !x.device().is_cpu() {
         return Ok(None);
     }
     let out_dim = weight.dim(0)?;
@@ -182,7 +184,11 @@ fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         DType::F16 => WeightRows::F16(&cpu.as_slice::<half::f16>()?[start..end]),
         _ => return Ok(None),
     };
-    gemv(rows_of, in_dim, &x, &mut y)?;
+    if gemm {
+        crate::dense_gemm::dense_matmul(rows_of, in_dim, &x, &mut y)?;
+    } else {
+        gemv(rows_of, in_dim, &x, &mut y)?;
+    }
     drop(storage);
     Ok(Some(Tensor::from_vec(y, (rows, out_dim), weight.device())?))
 }
