@@ -70,12 +70,11 @@ fn matvec(c: &mut Criterion) {
                 });
             }
         } else {
-            // Our K-quant kernel (AVX2, used on both x86 tiers) beside candle's block dots.
-            if Tier::Avx2.is_supported() {
-                group.bench_function(BenchmarkId::new(&name, "avx2"), |b| {
+            // Our K-quant kernels (AVX-512 and AVX2) beside candle's block dots.
+            for &tier in tiers.iter().filter(|t| **t >= Tier::Avx2) {
+                group.bench_function(BenchmarkId::new(&name, tier.key()), |b| {
                     b.iter(|| {
-                        kquant_matmul_at(Tier::Avx2, dtype, &bytes, N, K, &x, &mut y)
-                            .expect("k-quant")
+                        kquant_matmul_at(tier, dtype, &bytes, N, K, &x, &mut y).expect("k-quant")
                     })
                 });
             }

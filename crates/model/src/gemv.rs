@@ -160,12 +160,13 @@ fn dot_rows<W: WeightElement>(
     }
 }
 
-/// The CPU kernel paths this process uses, chosen at run time, e.g.
-/// `AVX-512 VNNI (K-quants: candle AVX2)` — for printing next to the weight format.
+/// The kernel path of this process, e.g. `AVX-512 VNNI (other quants: candle AVX2)` — for
+/// printing next to the weight format.
 ///
-/// Dense GEMV and Q8_0 run at [`hybrid_simd::tier`] (`HYBRID_SIMD=avx2` forces the AVX2 path on
-/// an AVX-512 machine); the other quantized types run candle's block dot products, which pick
-/// AVX2 or portable code by themselves.
+/// Our kernels run at [`hybrid_simd::tier`] (`HYBRID_SIMD=avx2` forces the AVX2 path on an
+/// AVX-512 machine): dense GEMV/GEMM, Q8_0, Q4_K and Q6_K, and Q4_0 prefill. The other quantized
+/// types (Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q5_K, and Q4_0 decode) run candle's block dot products,
+/// which pick AVX2 or portable code by themselves.
 pub fn kernel_paths() -> String {
     let blocks = if cfg!(target_arch = "x86_64") && hybrid_simd::Tier::Avx2.is_supported() {
         "AVX2"
@@ -174,7 +175,7 @@ pub fn kernel_paths() -> String {
     } else {
         "portable"
     };
-    format!("{} (K-quants: candle {blocks})", hybrid_simd::tier())
+    format!("{} (other quants: candle {blocks})", hybrid_simd::tier())
 }
 
 /// A weight element the GEMV can widen to f32.

@@ -84,11 +84,12 @@ impl Linear {
     }
 }
 
-/// Rows from which a quantized weight is widened to f32 chunk by chunk and multiplied with
-/// candle's f32 GEMM: a prefill chunk has enough rows that the GEMM's register tiling beats
-/// block dot products, and the widening costs one pass over the weights per call. Measured on
-/// the 2-core AMD EPYC (AVX2) host, Qwen3.5-0.8B shape, 512-token prefill: Q4_K_M 45 → 64
-/// tok/s (candle's block dots → this), Q8_0 56 → 58 (our Q8_0 GEMM → this).
+/// Rows from which a quantized weight the int8 GEMM does not take (or any, on the portable
+/// tier) is widened to f32 chunk by chunk and multiplied with candle's f32 GEMM: a prefill chunk
+/// has enough rows that the GEMM's register tiling beats block dot products, and the widening
+/// costs one pass over the weights per call. Measured on the 2-core AMD EPYC (AVX2) host,
+/// Qwen3.5-0.8B shape, 512-token prefill: Q4_K_M 45 → 64 tok/s (candle's block dots → this),
+/// Q8_0 56 → 58 (our Q8_0 GEMM → this), before the int8 GEMM took those types.
 const DEQUANTIZED_GEMM_ROWS: usize = 32;
 
 /// Weight rows widened per chunk: 4 MiB of f32 at k = 1024, so the chunk stays in cache.

@@ -1,6 +1,9 @@
-//! Quantized matrix multiplies, `y = x Wᵀ`: our own Q8_0 kernel for decode (below 32 rows; more
-//! rows go through [`dequantize_rows`] and candle's f32 GEMM, see `nn.rs`), and the other GGML
-//! types through candle's block dot products called on the blocks directly ([`blocks_matmul`]).
+//! Quantized matrix multiplies, `y = x Wᵀ`: our own Q8_0 kernel for decode, and the GGML types
+//! without a kernel of ours through candle's block dot products called on the blocks directly
+//! ([`blocks_matmul`]). Which kernel takes which call is decided in `nn.rs`: on AVX2 and AVX-512
+//! CPUs chunks of 4+ rows go through `crate::int8_gemm` (Q8_0, Q4_0, Q4_K, Q6_K) and Q4_K/Q6_K
+//! decode through `crate::kquant_gemv`; 32+ rows of the other types are widened to f32 with
+//! [`dequantize_rows`] for candle's GEMM.
 //!
 //! candle's Q8_0 kernel converts each block's f16 scale with a function call and reduces every
 //! block horizontally; on a 2-core AVX2 host it reached ~10 GMAC/s, so a 512-token prefill of
