@@ -139,7 +139,8 @@ impl CpuBackend {
             };
             self.threads
                 .pool()
-                .run(tasks, &|task| batch.run_task(task))
+                // SAFETY: the pool runs each task index below `tasks` exactly once per call.
+                .run(tasks, &|task| unsafe { batch.run_task(task) })
                 .map_err(|_| GdnError::Device {
                     backend: self.name.into(),
                     message: format!(

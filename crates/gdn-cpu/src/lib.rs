@@ -19,7 +19,7 @@
 //!   splits key-head groups over threads, so conv channels, state rows and outputs of different
 //!   threads are disjoint and one token is one dispatch without barriers. Nothing is allocated
 //!   per token.
-//! - **Prefill** ([`token_batch`]): chunks of 64 tokens; within a chunk each value head runs its
+//! - **Prefill** (`token_batch.rs`): chunks of 64 tokens; within a chunk each value head runs its
 //!   tokens back to back with its 64 KiB state resident in L1/L2 ("state-stationary"), and the
 //!   arithmetic per token is exactly the decode step's, so prefill leaves bit-for-bit the state
 //!   that T steps leave. The WY/chunkwise form that GPUs use is not used here: at dk = dv = 128
@@ -35,7 +35,7 @@ pub mod backend;
 pub mod bandwidth;
 pub mod kernels;
 pub mod state;
-pub mod token_batch;
+mod token_batch;
 
 /// The worker pools (re-exported: benchmarks build their own for roofline loops).
 pub use hybrid_pool as pool;

@@ -8,6 +8,8 @@
 //! barrier. Within a task each value head runs all the batch's tokens back to back, so its state
 //! (64 KiB at dk = dv = 128) stays in L1/L2 across a prefill chunk.
 
+use std::marker::PhantomData;
+
 use hybrid_gdn::math::{l2_normalize, query_scale, sigmoid, softplus};
 use hybrid_gdn::LayerSpec;
 
@@ -15,7 +17,7 @@ use crate::kernels::{HeadToken, Kernel};
 use crate::state::{ring_row, CpuConstants};
 
 /// Tokens per dispatch in prefill (bounds the activation scratch).
-pub const PREFILL_CHUNK: usize = 64;
+pub(crate) const PREFILL_CHUNK: usize = 64;
 
 /// Value columns per state block: as many as fit in 16 KiB (a third of L1d), in whole groups
 /// of four (the AVX2 kernel's unroll), at least four.
@@ -24,25 +26,29 @@ fn block_columns(dk: usize) -> usize {
     (BLOCK_BYTES / (dk * std::mem::size_of::<f32>()) / 4 * 4).max(4)
 }
 
-/// A slice that several threads write at provably disjoint ranges.
+/// A slice that several threads write at provably disjoint ranges. It borrows the slice for
+/// `'a`, so it cannot outlive it; the ranges' disjointness is what [`SharedSlice::range`]'s
+/// callers promise. Crate-private: outside code has no way to reach the raw pointer.
 #[derive(Clone, Copy)]
-pub struct SharedSlice {
+pub(crate) struct SharedSlice<'a> {
     ptr: *mut f32,
     len: usize,
+    borrow: PhantomData<&'a mut [f32]>,
 }
 
 // SAFETY: `SharedSlice` is only handed to pool tasks that each touch their own disjoint ranges
 // (see `TokenBatch::run_task`), while the owner of the slice is blocked in `WorkerPool::run`.
-unsafe impl Send for SharedSlice {}
+unsafe impl Send for SharedSlice<'_> {}
 // SAFETY: as above.
-unsafe impl Sync for SharedSlice {}
+unsafe impl Sync for SharedSlice<'_> {}
 
-impl SharedSlice {
-    /// Wraps a slice for the duration of one dispatch.
-    pub fn new(slice: &mut [f32]) -> Self {
+impl<'a> SharedSlice<'a> {
+    /// Wraps a slice for the duration of one dispatch (the borrow lasts as long as the wrapper).
+    pub(crate) fn new(slice: &'a mut [f32]) -> Self {
         SharedSlice {
             ptr: slice.as_mut_ptr(),
             len: slice.len(),
+            borrow: PhantomData,
         }
     }
 
@@ -69,7 +75,7 @@ impl SharedSlice {
 }
 
 /// Everything one dispatch needs; tasks read the shared parts and write only what they own.
-pub struct TokenBatch<'a> {
+pub(crate) struct TokenBatch<'a> {
     /// Layer geometry.
     pub spec: &'a LayerSpec,
     /// Layer constants.
@@ -89,18 +95,23 @@ pub struct TokenBatch<'a> {
     /// `tokens × Hv` raw `b`.
     pub b: &'a [f32],
     /// The slot's conv ring, `(K − 1) × conv_dim`.
-    pub conv_ring: SharedSlice,
+    pub conv_ring: SharedSlice<'a>,
     /// The slot's value-major recurrent state.
-    pub recurrent: SharedSlice,
+    pub recurrent: SharedSlice<'a>,
     /// Scratch for activated channels, at least `tokens × conv_dim`.
-    pub activated: SharedSlice,
+    pub activated: SharedSlice<'a>,
     /// `tokens × Hv × dv` output.
-    pub out: SharedSlice,
+    pub out: SharedSlice<'a>,
 }
 
 impl TokenBatch<'_> {
     /// Runs task `task` of `self.tasks`.
-    pub fn run_task(&self, task: usize) {
+    ///
+    /// # Safety
+    /// No other call with the same `task` may run at the same time (tasks own disjoint parts
+    /// of the shared slices; two runs of one task would write the same ones), and `task` must be
+    /// below `self.tasks`.
+    pub(crate) unsafe fn run_task(&self, task: usize) {
         let spec = self.spec;
         let (dk, dv, ratio) = (spec.head_k_dim, spec.head_v_dim, spec.gva_ratio());
         let (conv_dim, key_dim, hv) = (spec.conv_dim(), spec.key_dim(), spec.num_v_heads);
