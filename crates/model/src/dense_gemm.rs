@@ -6,9 +6,9 @@
 //! 512-token prefill in `gemm_f32::microkernel::fma::f32::x2x6`), half the multiply-adds per
 //! instruction an AVX-512 CPU has, and bf16 weights were first widened to an f32 copy of the whole
 //! matrix per call. Here:
-//! - weights are widened panel by panel ([`PANEL`] rows, transposed so one 512-bit load holds
+//! - weights are widened panel by panel (32 rows, transposed so one 512-bit load holds
 //!   one column of 16 rows) into a buffer that stays in L2 while every activation row passes by;
-//! - activation rows are repacked once per call into tiles of [`TILE_ROWS`] rows, interleaved
+//! - activation rows are repacked once per call into tiles of 12 rows, interleaved
 //!   by column, so the kernel's broadcasts read consecutive memory (the last tile zero-padded);
 //! - the register tile is 12 activation rows × 32 weight rows: 24 accumulators, per column two
 //!   weight loads, twelve broadcasts and 24 FMAs.
@@ -92,7 +92,7 @@ fn matmul<W: WeightElement + Sync>(w: &[W], k: usize, x: &[f32], y: &mut [f32]) 
     })
 }
 
-/// `x` (`m × k`) as tiles of [`TILE_ROWS`] rows, each `[k][TILE_ROWS]` (column-interleaved),
+/// `x` (`m × k`) as tiles of 12 rows, each `[k][TILE_ROWS]` (column-interleaved),
 /// the last padded with zero rows.
 fn pack_activations(x: &[f32], k: usize) -> Vec<f32> {
     let m = x.len() / k;

@@ -4,20 +4,20 @@
 //!
 //! - The activation rows are quantized once per call to int8 in blocks of 32 (as llama.cpp's
 //!   Q8_0: `d = amax/127`), and each sub-block's `d` and `d·Σq` are kept for the corrections.
-//! - Weights are unpacked panel by panel ([`PANEL`] rows) into unsigned bytes with one affine
-//!   scale and offset per sub-block ([`crate::int8_unpack`]), interleaved four bytes per row so
+//! - Weights are unpacked panel by panel (32 rows) into unsigned bytes with one affine
+//!   scale and offset per sub-block (`int8_unpack.rs`), interleaved four bytes per row so
 //!   one 512-bit load holds the next four values of 16 rows. A panel (32 × k bytes) stays in
 //!   L2 while every activation row passes by, so each weight byte comes from memory once per call.
-//! - The tile kernel keeps [`TILE_ROWS`] activation rows × 32 weight rows in registers: per four
+//! - The tile kernel keeps 4 activation rows × 32 weight rows in registers: per four
 //!   values one broadcast of each activation row and one `vpdpbusd` per 16 weight rows; per
 //!   sub-block the integer sums are scaled and the offset correction added in f32.
 //!
-//! AVX2 CPUs run the same tiles on `maddubs` ([`avx2`]), 16 weight rows at a time: three
+//! AVX2 CPUs run the same tiles on `maddubs` (its `avx2` module), 16 weight rows at a time: three
 //! instructions per 32 products instead of one per 64, still ahead of widening the weights to
 //! f32 for candle's GEMM (bench, Qwen3.5-0.8B shape, 512-token prefill, `HYBRID_SIMD=avx2` on
 //! the 2-core Xeon, two alternating runs: Q8_0 61/54 → 64/86 tok/s, Q4_K_M 57/60 → 74/105).
 //! The portable tile computes the same numbers (the same integer sums and f32 operations in
-//! the same order, bit for bit, except Q8_0 on AVX2: see [`avx2`]) and is the tests' reference.
+//! the same order, bit for bit, except Q8_0 on AVX2, see the `avx2` module) and is the tests' reference.
 
 use candle_core::quantized::GgmlDType;
 use hybrid_simd::Tier;

@@ -9,7 +9,7 @@
 //! - quantize each activation row once to int8 with one f32 scale per 256 values (llama.cpp's
 //!   Q8_K granularity, so a super-block's integer sub-block scales can multiply integer sums),
 //!   keeping the sums of every 16 and 32 values for the weights' minimums and offsets;
-//! - compute [`GROUP`] weight rows at a time, prefetching the next group's bytes as each
+//! - compute 4 weight rows at a time, prefetching the next group's bytes as each
 //!   super-block is read (rows of a GEMV are consecutive; see `gemv::PREFETCH_ROWS`);
 //! - unpack nibbles / 6-bit values in registers, `maddubs` them with the activations, multiply
 //!   by the integer sub-block scales with `madd`, and convert to f32 once per super-block.
