@@ -276,3 +276,70 @@ pub(crate) unsafe fn dense_tile(
         }
     }
 }
+
+/// Widens 16 × 16 blocks of up to 32 weight rows (`w`, `k` values each) into the dense GEMM's
+/// transposed panel (`panel[i · 32 + r]`), transposing each block in registers: 16 loads, three
+/// rounds of 16 shuffles and 16 stores per 256 values. Columns past the last multiple of 16 and
+/// rows past `w`'s are left to the caller (who zeroes or writes them).
+///
+/// # Safety
+/// The CPU must support AVX-512 F; `w` must hold whole rows of `k` values (at most 32 rows) and
+/// `panel` `k × 32` values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn pack_panel<W: WeightElement>(w: &[W], k: usize, panel: &mut [f32]) {
+    let rows = w.len() / k;
+    debug_assert!(rows <= 32 && panel.len() >= k * 32);
+    for r0 in (0..rows).step_by(16) {
+        let mut i0 = 0;
+        while i0 + 16 <= k {
+            // SAFETY: rows r0 + j < rows exist with k ≥ i0 + 16 values; the 16 stores land at
+            // columns i0..i0 + 16 of the panel, rows r0..r0 + 16 (r0 + 16 ≤ 32).
+            unsafe {
+                let v: [__m512; 16] = std::array::from_fn(|j| {
+                    if r0 + j < rows {
+                        W::load16(w.as_ptr().add((r0 + j) * k + i0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                // Round 1: pairs of rows interleaved within each 128-bit lane.
+                let t: [__m512; 16] = std::array::from_fn(|j| {
+                    let (a, b) = (v[j & !1], v[j | 1]);
+                    if j % 2 == 0 {
+                        _mm512_unpacklo_ps(a, b)
+                    } else {
+                        _mm512_unpackhi_ps(a, b)
+                    }
+                });
+                // Round 2: u[4q + c] holds, in lane L, column 4L + c of rows 4q..4q + 4.
+                let u: [__m512; 16] = std::array::from_fn(|j| {
+                    let (q, c) = (j / 4, j % 4);
+                    let (a, b) = (t[4 * q + c / 2], t[4 * q + 2 + c / 2]);
+                    if c % 2 == 0 {
+                        _mm512_shuffle_ps::<0x44>(a, b)
+                    } else {
+                        _mm512_shuffle_ps::<0xEE>(a, b)
+                    }
+                });
+                // Round 3: gather lane L of u[c], u[4 + c], u[8 + c], u[12 + c] = column 4L + c.
+                for c in 0..4 {
+                    let s0 = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+                    let s1 = _mm512_shuffle_f32x4::<0xEE>(u[c], u[4 + c]);
+                    let s2 = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+                    let s3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + c], u[12 + c]);
+                    let columns = [
+                        _mm512_shuffle_f32x4::<0x88>(s0, s2),
+                        _mm512_shuffle_f32x4::<0xDD>(s0, s2),
+                        _mm512_shuffle_f32x4::<0x88>(s1, s3),
+                        _mm512_shuffle_f32x4::<0xDD>(s1, s3),
+                    ];
+                    for (lane, column) in columns.into_iter().enumerate() {
+                        let i = i0 + 4 * lane + c;
+                        _mm512_storeu_ps(panel.as_mut_ptr().add(i * 32 + r0), column);
+                    }
+                }
+            }
+            i0 += 16;
+        }
+    }
+}
