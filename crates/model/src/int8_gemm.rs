@@ -24,7 +24,7 @@ use hybrid_simd::Tier;
 
 use crate::int8_unpack::{max_value, subblock_len, unpack_row};
 use crate::parallel::by_weight_rows;
-use crate::qgemm::quantize_rows;
+use crate::qgemm::{check_shapes, quantize_rows};
 use crate::Result;
 
 /// Weight rows per packed panel: two 16-lane vectors.
@@ -63,28 +63,13 @@ pub fn int8_matmul_at(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
-    let bad = |why: String| -> Result<()> {
-        Err(candle_core::Error::Msg(format!("int8 GEMM of {dtype:?} weights: {why}")).into())
-    };
     let Some(len) = subblock_len(dtype) else {
-        return bad("type not supported (see int8_gemm::supports)".into());
+        return Err(candle_core::Error::Msg(format!(
+            "int8 GEMM of {dtype:?} weights: type not supported (see int8_gemm::supports)"
+        ))
+        .into());
     };
-    let block = dtype.block_size();
-    if k == 0 || !k.is_multiple_of(block) || !x.len().is_multiple_of(k) {
-        return bad(format!(
-            "{k} columns are not whole {block}-value blocks, or x ({} values) not whole rows",
-            x.len()
-        ));
-    }
-    let m = x.len() / k;
-    let row_bytes = k / block * dtype.type_size();
-    if w.len() < n * row_bytes || y.len() != m * n {
-        return bad(format!(
-            "[{m}, {k}] × [{n}, {k}]ᵀ does not fit {} weight bytes and {} outputs",
-            w.len(),
-            y.len()
-        ));
-    }
+    let (m, row_bytes) = check_shapes("int8 GEMM", dtype, w, n, k, x, y)?;
     let acts = Activations::new(x, k, len);
     let tier = tier.min(Tier::detect());
     by_weight_rows("int8 GEMM", y, m, n, ROWS_PER_TASK, &|first, out| {

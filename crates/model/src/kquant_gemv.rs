@@ -23,6 +23,7 @@ use candle_core::quantized::GgmlDType;
 use hybrid_simd::Tier;
 
 use crate::parallel::by_weight_rows;
+use crate::qgemm::check_shapes;
 use crate::Result;
 
 /// Values per K-quant super-block.
@@ -61,27 +62,13 @@ pub fn kquant_matmul_at(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
-    let bad = |why: String| -> Result<()> {
-        Err(candle_core::Error::Msg(format!("K-quant GEMV of {dtype:?} weights: {why}")).into())
-    };
     if !matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
-        return bad("only Q4_K and Q6_K have this kernel".into());
+        return Err(candle_core::Error::Msg(format!(
+            "K-quant GEMV of {dtype:?} weights: only Q4_K and Q6_K have this kernel"
+        ))
+        .into());
     }
-    if k == 0 || !k.is_multiple_of(SUPER) || !x.len().is_multiple_of(k) {
-        return bad(format!(
-            "{k} columns are not whole {SUPER}-value super-blocks, or x ({} values) not whole rows",
-            x.len()
-        ));
-    }
-    let m = x.len() / k;
-    let row_bytes = k / SUPER * dtype.type_size();
-    if w.len() < n * row_bytes || y.len() != m * n {
-        return bad(format!(
-            "[{m}, {k}] × [{n}, {k}]ᵀ does not fit {} weight bytes and {} outputs",
-            w.len(),
-            y.len()
-        ));
-    }
+    let (m, row_bytes) = check_shapes("K-quant GEMV", dtype, w, n, k, x, y)?;
     if tier.min(Tier::detect()) < Tier::Avx2 || !cfg!(target_arch = "x86_64") {
         return crate::qgemm::blocks_matmul(dtype, w, (m, k, n), x, y);
     }
@@ -208,6 +195,14 @@ mod x86 {
     /// Bytes of a Q6_K super-block: 128 of low nibbles, 64 of high bits, 16 scales, f16 d.
     const Q6K_BYTES: usize = 210;
 
+    /// Asks for the four cache lines from `p`: a whole super-block (144 or 210 bytes) of the
+    /// row the next group reads at this position (a hint only: it never faults).
+    #[inline(always)]
+    fn prefetch_super_block(p: *const u8) {
+        prefetch_two_lines(p);
+        prefetch_two_lines(p.wrapping_add(128));
+    }
+
     /// The little-endian f16 at `p` as f32.
     ///
     /// # Safety
@@ -274,9 +269,7 @@ mod x86 {
                 let sums32 = _mm_loadu_si128(rows.sums32.as_ptr().add(at * 8).cast());
                 for g in 0..G {
                     let block = w.add(g * row_bytes + s * Q4K_BYTES);
-                    let ahead = block.wrapping_add(G * row_bytes);
-                    prefetch_two_lines(ahead);
-                    prefetch_two_lines(ahead.wrapping_add(128));
+                    prefetch_super_block(block.wrapping_add(G * row_bytes));
                     let d = f16_at(block);
                     let dmin = f16_at(block.add(2));
                     let (scales, mins_of) =
@@ -332,9 +325,7 @@ mod x86 {
                 let sums16 = _mm256_loadu_si256(rows.sums16.as_ptr().add(at * 16).cast());
                 for (g, acc) in acc.iter_mut().enumerate() {
                     let block = w.add(g * row_bytes + s * Q6K_BYTES);
-                    let ahead = block.wrapping_add(G * row_bytes);
-                    prefetch_two_lines(ahead);
-                    prefetch_two_lines(ahead.wrapping_add(128));
+                    prefetch_super_block(block.wrapping_add(G * row_bytes));
                     let scale_bytes = block.add(192).cast::<i8>();
                     let d = f16_at(block.add(208));
                     let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scale_bytes.cast()));
@@ -446,9 +437,7 @@ mod x86 {
                 let sums32 = _mm_loadu_si128(rows.sums32.as_ptr().add(at * 8).cast());
                 for (g, acc) in acc.iter_mut().enumerate() {
                     let block = w.add(g * row_bytes + s * Q4K_BYTES);
-                    let ahead = block.wrapping_add(G * row_bytes);
-                    prefetch_two_lines(ahead);
-                    prefetch_two_lines(ahead.wrapping_add(128));
+                    prefetch_super_block(block.wrapping_add(G * row_bytes));
                     let d = f16_at(block);
                     let dmin = f16_at(block.add(2));
                     let (scales, mins_of) =
@@ -540,9 +529,7 @@ mod x86 {
                 let sums16 = _mm256_loadu_si256(rows.sums16.as_ptr().add(at * 16).cast());
                 for (g, acc) in acc.iter_mut().enumerate() {
                     let block = w.add(g * row_bytes + s * Q6K_BYTES);
-                    let ahead = block.wrapping_add(G * row_bytes);
-                    prefetch_two_lines(ahead);
-                    prefetch_two_lines(ahead.wrapping_add(128));
+                    prefetch_super_block(block.wrapping_add(G * row_bytes));
                     let scale_bytes = _mm_loadu_si128(block.add(192).cast());
                     let d = f16_at(block.add(208));
                     let dd = d * dx;

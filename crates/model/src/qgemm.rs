@@ -99,6 +99,40 @@ pub fn q8_0_matmul_at(
     })
 }
 
+/// The shape rules every kernel over raw GGML rows shares: `k` whole blocks of `dtype` per row,
+/// `x` whole rows of `k`, `w` at least `n` rows, `y` exactly `m × n`. Returns `(m, row_bytes)`,
+/// or an error that names `kernel`, the type and what does not fit.
+pub(crate) fn check_shapes(
+    kernel: &str,
+    dtype: GgmlDType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &[f32],
+) -> Result<(usize, usize)> {
+    let bad = |why: String| {
+        Err(candle_core::Error::Msg(format!("{kernel} of {dtype:?} weights: {why}")).into())
+    };
+    let block = dtype.block_size();
+    if k == 0 || !k.is_multiple_of(block) || !x.len().is_multiple_of(k) {
+        return bad(format!(
+            "{k} columns are not whole {block}-value blocks, or x ({} values) not whole rows",
+            x.len()
+        ));
+    }
+    let m = x.len() / k;
+    let row_bytes = k / block * dtype.type_size();
+    if w.len() < n * row_bytes || y.len() != m * n {
+        return bad(format!(
+            "[{m}, {k}] × [{n}, {k}]ᵀ does not fit {} weight bytes and {} outputs",
+            w.len(),
+            y.len()
+        ));
+    }
+    Ok((m, row_bytes))
+}
+
 /// One operation on the weights' blocks, whatever their GGML type ([`with_blocks`]).
 trait BlocksOp {
     fn run<T: GgmlType + Sync>(self, blocks: &[T]) -> Result<()>;
