@@ -4,8 +4,10 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
+use crate::cached_attention::{attend, AttentionShape};
 use crate::config::ModelConfig;
 use crate::error::Result;
+use crate::kv_cache::KvCache;
 use crate::nn::{sigmoid, Linear, RmsNorm};
 use crate::weights::WeightStore;
 
@@ -88,8 +90,7 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    /// `[kv_heads, cached, head_dim]` each, or `None` before the first token.
-    cache: Option<(Tensor, Tensor)>,
+    cache: KvCache,
 }
 
 impl Attention {
@@ -112,20 +113,18 @@ impl Attention {
             heads,
             kv_heads: kv,
             head_dim: hd,
-            cache: None,
+            cache: KvCache::new(kv, hd),
         })
     }
 
     /// Drops the KV cache.
     pub fn reset(&mut self) {
-        self.cache = None;
+        self.cache.clear();
     }
 
     /// Tokens cached so far.
     pub fn cached(&self) -> usize {
-        self.cache
-            .as_ref()
-            .map_or(0, |(k, _)| k.dim(1).unwrap_or(0))
+        self.cache.len()
     }
 
     /// `(kv_heads, head_dim)`: the cache holds `[kv_heads, cached, head_dim]` keys and values.
@@ -136,33 +135,22 @@ impl Attention {
     /// A copy of the KV cache as f32 `(keys, values)`, each `[kv_heads, cached, head_dim]`
     /// row-major; both empty before the first token. For snapshots and migration.
     pub fn export_cache(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        let flat = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-        };
-        match &self.cache {
-            Some((k, v)) => Ok((flat(k)?, flat(v)?)),
-            None => Ok((Vec::new(), Vec::new())),
-        }
+        Ok(self.cache.export())
     }
 
     /// Replaces the KV cache with `cached` positions of f32 keys and values (layout as in
-    /// [`export_cache`](Self::export_cache)) on `device`; `cached == 0` empties it. The caller
-    /// checks the lengths (a wrong length is a candle shape error here, never a panic).
-    pub fn import_cache(
-        &mut self,
-        cached: usize,
-        keys: &[f32],
-        values: &[f32],
-        device: &Device,
-    ) -> Result<()> {
-        if cached == 0 {
-            self.cache = None;
-            return Ok(());
+    /// [`export_cache`](Self::export_cache)); `cached == 0` empties it. A length that does not
+    /// match is an error naming both, never a panic.
+    pub fn import_cache(&mut self, cached: usize, keys: &[f32], values: &[f32]) -> Result<()> {
+        let want = self.kv_heads * cached * self.head_dim;
+        if keys.len() != want || values.len() != want {
+            return Err(crate::ModelError::IncompatibleState(format!(
+                "KV cache of {cached} positions needs {want} keys and values, got {} and {}",
+                keys.len(),
+                values.len()
+            )));
         }
-        let shape = (self.kv_heads, cached, self.head_dim);
-        let keys = Tensor::from_slice(keys, shape, device)?;
-        let values = Tensor::from_slice(values, shape, device)?;
-        self.cache = Some((keys, values));
+        self.cache.import(cached, keys, values);
         Ok(())
     }
 
@@ -185,62 +173,29 @@ impl Attention {
         let (cos, sin) = rope.tables(start, tokens, x.device())?;
         let query = rope.apply(&query, &cos, &sin)?;
         let key = rope.apply(&key, &cos, &sin)?;
-        // 3. Append to the cache: [kv_heads, cached + T, hd].
-        let key = key.transpose(0, 1)?.contiguous()?;
-        let value = value.transpose(0, 1)?.contiguous()?;
-        let (key, value) = match self.cache.take() {
-            Some((k, v)) => (Tensor::cat(&[&k, &key], 1)?, Tensor::cat(&[&v, &value], 1)?),
-            None => (key, value),
+        if self.cache.len() != start {
+            return Err(crate::ModelError::IncompatibleState(format!(
+                "attention called for position {start} with {} positions cached",
+                self.cache.len()
+            )));
+        }
+        // 3. Append to the cache, then attend over it (positions up to each token's own).
+        let flat = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        self.cache = Some((key.clone(), value.clone()));
-        let total = key.dim(1)?;
-        // 4. GQA: query head h uses kv head ⌊h / r⌋, so group the query heads per kv head.
-        let ratio = heads / kv_heads;
-        let query = query
-            .transpose(0, 1)? // [heads, T, hd]
-            .reshape((kv_heads, ratio * tokens, hd))?
-            .to_dtype(DType::F32)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (query.matmul(&key.to_dtype(DType::F32)?.t()?)? * scale)?;
-        let scores = scores.reshape((kv_heads, ratio, tokens, total))?;
-        let scores = if tokens > 1 {
-            scores.broadcast_add(&causal_mask(tokens, total, x.device())?)?
-        } else {
-            scores
+        self.cache.append(&flat(key)?, &flat(value)?);
+        let query = flat(query)?;
+        let mut attended = vec![0f32; tokens * heads * hd];
+        let shape = AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: hd,
         };
-        let probs = softmax_last_dim(&scores)?.reshape((kv_heads, ratio * tokens, total))?;
-        let attended = probs
-            .matmul(&value.to_dtype(DType::F32)?)?
-            .reshape((heads, tokens, hd))?
-            .transpose(0, 1)?
-            .reshape((tokens, heads * hd))?
-            .to_dtype(x.dtype())?;
+        attend(&query, &self.cache, start, shape, &mut attended)?;
+        let attended =
+            Tensor::from_vec(attended, (tokens, heads * hd), x.device())?.to_dtype(x.dtype())?;
         // 5. Output gate, then o_proj.
         let gated = (attended * sigmoid(&gate)?)?;
         self.o_proj.forward(&gated)
     }
-}
-
-/// `[T, total]` additive mask: query t (at position total − T + t) sees keys ≤ its position.
-fn causal_mask(tokens: usize, total: usize, device: &Device) -> Result<Tensor> {
-    let offset = total - tokens;
-    let mask: Vec<f32> = (0..tokens)
-        .flat_map(|t| {
-            (0..total).map(move |s| {
-                if s <= offset + t {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Ok(Tensor::from_vec(mask, (tokens, total), device)?)
-}
-
-/// Numerically stable softmax over the last dimension.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?;
-    let exp = x.broadcast_sub(&max)?.exp()?;
-    Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
 }

@@ -275,7 +275,7 @@ impl WeightElement for f16 {
 
 /// `Σ w[i]·x[i]` with f32 accumulation.
 #[inline]
-fn dot<W: WeightElement>(w: &[W], x: &[f32], avx2: bool) -> f32 {
+pub(crate) fn dot<W: WeightElement>(w: &[W], x: &[f32], avx2: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.

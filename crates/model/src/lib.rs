@@ -19,6 +19,7 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod cached_attention;
 pub mod config;
 pub mod dense_gemm;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod gguf;
 pub mod int8_gemm;
 mod int8_unpack;
 pub mod kquant_gemv;
+pub mod kv_cache;
 pub mod matrix;
 pub mod model;
 pub mod moe;

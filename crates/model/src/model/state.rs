@@ -179,7 +179,6 @@ impl HybridModel {
     }
 
     fn apply_state(&mut self, state: &ModelState) -> Result<()> {
-        let device = self.embed.device();
         for (i, (layer, saved)) in self.layers.iter_mut().zip(&state.layers).enumerate() {
             match (&mut layer.mixer, saved) {
                 (Mixer::Gdn { .. }, LayerState::Gdn { state, .. }) => self
@@ -187,7 +186,7 @@ impl HybridModel {
                     .import_state(i, self.slot, state)
                     .map_err(|source| ModelError::Gdn { layer: i, source })?,
                 (Mixer::Attention(attention), LayerState::Attention(kv)) => {
-                    attention.import_cache(kv.cached, &kv.keys, &kv.values, &device)?
+                    attention.import_cache(kv.cached, &kv.keys, &kv.values)?
                 }
                 _ => {
                     return Err(ModelError::IncompatibleState(format!(
