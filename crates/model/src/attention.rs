@@ -35,12 +35,13 @@ impl Rope {
         }
     }
 
-    /// `(cos, sin)`, each `[T, rotary_dim]` f32, for positions `start..start + len`.
-    fn tables(&self, start: usize, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// `(cos, sin)`, each `[T, rotary_dim]` f32, for the T `positions`.
+    fn tables(&self, positions: &[usize], device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
+        let len = positions.len();
         let mut cos = Vec::with_capacity(len * self.rotary_dim);
         let mut sin = Vec::with_capacity(len * self.rotary_dim);
-        for p in start..start + len {
+        for &p in positions {
             // HF: freqs = position (f32) · inv_freq (f32); emb = cat(freqs, freqs).
             let angles: Vec<f32> = self.inv_freq.iter().map(|f| p as f32 * f).collect();
             for _ in 0..2 {
@@ -78,7 +79,7 @@ impl Rope {
     }
 }
 
-/// One full-attention layer with its KV cache.
+/// One full-attention layer's weights (each sequence keeps its own [`KvCache`]).
 #[derive(Debug, Clone)]
 pub struct Attention {
     q_proj: Linear,
@@ -90,7 +91,6 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-    cache: KvCache,
 }
 
 impl Attention {
@@ -113,50 +113,41 @@ impl Attention {
             heads,
             kv_heads: kv,
             head_dim: hd,
-            cache: KvCache::new(kv, hd),
         })
     }
 
-    /// Drops the KV cache.
-    pub fn reset(&mut self) {
-        self.cache.clear();
-    }
-
-    /// Tokens cached so far.
-    pub fn cached(&self) -> usize {
-        self.cache.len()
-    }
-
-    /// `(kv_heads, head_dim)`: the cache holds `[kv_heads, cached, head_dim]` keys and values.
+    /// `(kv_heads, head_dim)`: the geometry of this layer's KV caches.
     pub fn kv_geometry(&self) -> (usize, usize) {
         (self.kv_heads, self.head_dim)
     }
 
-    /// A copy of the KV cache as f32 `(keys, values)`, each `[kv_heads, cached, head_dim]`
-    /// row-major; both empty before the first token. For snapshots and migration.
-    pub fn export_cache(&self) -> Result<(Vec<f32>, Vec<f32>)> {
-        Ok(self.cache.export())
+    /// An empty KV cache of this layer's geometry, for a new sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.kv_heads, self.head_dim)
     }
 
-    /// Replaces the KV cache with `cached` positions of f32 keys and values (layout as in
-    /// [`export_cache`](Self::export_cache)); `cached == 0` empties it. A length that does not
-    /// match is an error naming both, never a panic.
-    pub fn import_cache(&mut self, cached: usize, keys: &[f32], values: &[f32]) -> Result<()> {
-        let want = self.kv_heads * cached * self.head_dim;
-        if keys.len() != want || values.len() != want {
-            return Err(crate::ModelError::IncompatibleState(format!(
-                "KV cache of {cached} positions needs {want} keys and values, got {} and {}",
-                keys.len(),
-                values.len()
+    /// `x` is `[T, hidden]`: the rows of several sequences one after the other, `counts[i]`
+    /// rows continuing the sequence whose cache is `caches[i]` (its next positions). Appends
+    /// each sequence's keys and values to its cache and returns `[T, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        caches: &mut [&mut KvCache],
+        counts: &[usize],
+        rope: &Rope,
+    ) -> Result<Tensor> {
+        let (tokens, _) = x.dims2()?;
+        if caches.len() != counts.len() || counts.iter().sum::<usize>() != tokens {
+            return Err(crate::ModelError::InvalidOption(format!(
+                "attention over {tokens} rows split as {counts:?} among {} caches",
+                caches.len()
             )));
         }
-        self.cache.import(cached, keys, values);
-        Ok(())
-    }
-
-    /// `x` is `[T, hidden]` for positions `start..start + T`; returns `[T, hidden]`.
-    pub fn forward(&mut self, x: &Tensor, start: usize, rope: &Rope) -> Result<Tensor> {
-        let (tokens, _) = x.dims2()?;
+        let positions: Vec<usize> = caches
+            .iter()
+            .zip(counts)
+            .flat_map(|(cache, &count)| cache.len()..cache.len() + count)
+            .collect();
         let (heads, kv_heads, hd) = (self.heads, self.kv_heads, self.head_dim);
         // 1. q carries a per-head output gate: [T, heads, 2·hd] = [query | gate] per head.
         let q_and_gate = self.q_proj.forward(x)?.reshape((tokens, heads, 2 * hd))?;
@@ -170,30 +161,41 @@ impl Attention {
             .k_norm
             .forward(&self.k_proj.forward(x)?.reshape((tokens, kv_heads, hd))?)?;
         let value = self.v_proj.forward(x)?.reshape((tokens, kv_heads, hd))?;
-        let (cos, sin) = rope.tables(start, tokens, x.device())?;
+        let (cos, sin) = rope.tables(&positions, x.device())?;
         let query = rope.apply(&query, &cos, &sin)?;
         let key = rope.apply(&key, &cos, &sin)?;
-        if self.cache.len() != start {
-            return Err(crate::ModelError::IncompatibleState(format!(
-                "attention called for position {start} with {} positions cached",
-                self.cache.len()
-            )));
-        }
-        // 3. Append to the cache, then attend over it (positions up to each token's own).
+        // 3. Each sequence appends its rows to its cache, then attends over it (positions up
+        //    to each token's own).
         let flat = |t: Tensor| -> Result<Vec<f32>> {
             Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        self.cache.append(&flat(key)?, &flat(value)?);
-        let query = flat(query)?;
-        let mut attended = vec![0f32; tokens * heads * hd];
+        let (key, value, query) = (flat(key)?, flat(value)?, flat(query)?);
+        let (kv_row, q_row) = (kv_heads * hd, heads * hd);
+        let mut attended = vec![0f32; tokens * q_row];
         let shape = AttentionShape {
             heads,
             kv_heads,
             head_dim: hd,
         };
-        attend(&query, &self.cache, start, shape, &mut attended)?;
+        let mut first = 0;
+        for (cache, &count) in caches.iter_mut().zip(counts) {
+            let start = cache.len();
+            let rows = first..first + count;
+            cache.append(
+                &key[rows.start * kv_row..rows.end * kv_row],
+                &value[rows.start * kv_row..rows.end * kv_row],
+            );
+            attend(
+                &query[rows.start * q_row..rows.end * q_row],
+                cache,
+                start,
+                shape,
+                &mut attended[rows.start * q_row..rows.end * q_row],
+            )?;
+            first = rows.end;
+        }
         let attended =
-            Tensor::from_vec(attended, (tokens, heads * hd), x.device())?.to_dtype(x.dtype())?;
+            Tensor::from_vec(attended, (tokens, q_row), x.device())?.to_dtype(x.dtype())?;
         // 5. Output gate, then o_proj.
         let gated = (attended * sigmoid(&gate)?)?;
         self.o_proj.forward(&gated)

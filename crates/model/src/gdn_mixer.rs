@@ -113,14 +113,16 @@ impl GdnMixer {
         Ok((mixer, constants))
     }
 
-    /// `x` is `[T, hidden]`; runs the core on `backend` for (`layer`, `slot`) and returns
-    /// `[T, hidden]` and the time spent in the backend.
+    /// `x` is `[T, hidden]`: the rows of several sequences one after the other, `spans[i] =
+    /// (slot, count)` meaning `count` rows that continue the sequence in `slot`. Runs the core
+    /// on `backend` for `layer` (a step for one row, a prefill for more) and returns
+    /// `[T, hidden]` and the time spent in the backend. The projections run once for all rows.
     pub fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         backend: &mut dyn GdnBackend,
-        slot: SlotId,
+        spans: &[(SlotId, usize)],
     ) -> Result<(Tensor, Duration)> {
         let (tokens, _) = x.dims2()?;
         let spec = &self.spec;
@@ -139,20 +141,32 @@ impl GdnMixer {
         let a = column(conv_dim + value_dim + hv, hv)?;
         let z = projected.narrow(1, conv_dim, value_dim)?;
 
+        if spans.iter().map(|&(_, count)| count).sum::<usize>() != tokens {
+            return Err(ModelError::InvalidOption(format!(
+                "GDN layer {layer}: {tokens} rows split as {spans:?}"
+            )));
+        }
         let mut out = vec![0.0f32; tokens * value_dim];
-        let inputs = TokenInputs {
-            mixed_qkv: &mixed_qkv,
-            a: &a,
-            b: &b,
-        };
+        let hidden_out = hv * spec.head_v_dim;
         let started = Instant::now();
-        let result = if tokens == 1 {
-            backend.step(layer, slot, inputs, &mut out)
-        } else {
-            backend.prefill(layer, slot, inputs, &mut out)
-        };
+        let mut first = 0;
+        for &(slot, count) in spans {
+            let rows = first..first + count;
+            let inputs = TokenInputs {
+                mixed_qkv: &mixed_qkv[rows.start * conv_dim..rows.end * conv_dim],
+                a: &a[rows.start * hv..rows.end * hv],
+                b: &b[rows.start * hv..rows.end * hv],
+            };
+            let out = &mut out[rows.start * hidden_out..rows.end * hidden_out];
+            let result = if count == 1 {
+                backend.step(layer, slot, inputs, out)
+            } else {
+                backend.prefill(layer, slot, inputs, out)
+            };
+            result.map_err(|source| ModelError::Gdn { layer, source })?;
+            first = rows.end;
+        }
         let gdn_time = started.elapsed();
-        result.map_err(|source| ModelError::Gdn { layer, source })?;
 
         let core = Tensor::from_vec(out, (tokens, hv, spec.head_v_dim), x.device())?;
         let z = z.reshape((tokens, hv, spec.head_v_dim))?;

@@ -6,6 +6,8 @@
 //! allocation and its page faults). Memory is bounded by the positions held, rounded up to a
 //! page. Storage is f32, the precision the attention computes in.
 
+use crate::error::{ModelError, Result};
+
 /// Positions per page: 1 MiB of keys and values per page at the 0.8B shape (2 KV heads × 256
 /// dims), few enough pages at long context that the per-page loop costs nothing.
 pub const PAGE: usize = 256;
@@ -133,8 +135,19 @@ impl KvCache {
     }
 
     /// Replaces the contents with `len` positions laid out as [`export`](Self::export) returns
-    /// them. The caller checks `keys.len() == values.len() == kv_heads · len · head_dim`.
-    pub(crate) fn import(&mut self, len: usize, keys: &[f32], values: &[f32]) {
+    /// them; `len == 0` empties it. Lengths that do not match are an error naming both, and
+    /// leave the cache as it was.
+    pub fn import(&mut self, len: usize, keys: &[f32], values: &[f32]) -> Result<()> {
+        let want = self.kv_heads * len * self.head_dim;
+        if keys.len() != want || values.len() != want {
+            return Err(ModelError::IncompatibleState(format!(
+                "a KV cache of {len} positions × {} heads × {} dims needs {want} keys and                  values, got {} and {}",
+                self.kv_heads,
+                self.head_dim,
+                keys.len(),
+                values.len()
+            )));
+        }
         self.clear();
         let hd = self.head_dim;
         let row = self.kv_heads * hd;
@@ -149,6 +162,7 @@ impl KvCache {
             }
             self.append(&k, &v);
         }
+        Ok(())
     }
 }
 
@@ -188,7 +202,8 @@ mod tests {
             }
         }
         let mut copy = KvCache::new(heads, hd);
-        copy.import(len, &keys, &values);
+        copy.import(len, &keys, &values).unwrap();
+        assert!(copy.import(len, &keys[1..], &values).is_err());
         assert_eq!(copy.export(), (keys, values));
         // A prefix view stops inside the last page it reaches.
         let rows: Vec<usize> = cache

@@ -44,6 +44,6 @@ pub use error::{ModelError, Result};
 pub use gemv::kernel_paths;
 pub use gguf::GgufCheckpoint;
 pub use matrix::{Matrix, WeightFormat, WEIGHT_FORMATS};
-pub use model::{HybridModel, LoadOptions};
+pub use model::{HybridModel, LoadOptions, Sequence};
 pub use snapshot::{Fingerprint, ModelState, Snapshot, SnapshotError, WriteMode};
 pub use weights::WeightStore;

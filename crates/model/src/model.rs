@@ -1,8 +1,15 @@
 //! The whole hybrid model: embeddings, decoder layers (GDN or gated attention, then MoE or dense
 //! MLP, each behind a zero-centred RMSNorm and a residual), final norm and lm_head, with one
 //! sequence's hybrid cache (KV caches in the attention layers, a slot in the GDN backend).
+//!
+//! The weights and the GDN backend are shared by every [`Sequence`]; a sequence holds only its
+//! state (GDN slot, position, KV caches). [`HybridModel`] keeps one built-in sequence for the
+//! single-sequence API ([`HybridModel::forward`], snapshots), and runs any number of others:
+//! [`HybridModel::prefill`] for one and [`HybridModel::step`] for a batch, one token each, whose
+//! projections read every weight once for the whole batch.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use candle_core::quantized::GgmlDType;
@@ -14,6 +21,7 @@ use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gdn_mixer::GdnMixer;
 use crate::gguf::GgufCheckpoint;
+use crate::kv_cache::KvCache;
 use crate::matrix::Matrix;
 use crate::moe::SparseMoe;
 use crate::nn::{Linear, Mlp, RmsNorm};
@@ -71,8 +79,43 @@ struct DecoderLayer {
     feed_forward: FeedForward,
 }
 
-/// A loaded Qwen3-Next / Qwen3.5 model and the state of one sequence.
-pub struct HybridModel {
+/// Distinguishes models (and GDN backends after a migration) so that a [`Sequence`] is only ever
+/// run by the model, on the backend, that allocated its slot.
+static NEXT_MODEL_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which model and which of its GDN backends a sequence belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    model: u64,
+    backend_generation: u64,
+}
+
+/// One sequence's state: its slot in the GDN backend, its position, and a paged KV cache per
+/// attention layer. Made by [`HybridModel::new_sequence`]; hand it back with
+/// [`HybridModel::free_sequence`] to free its GDN slot (dropping it frees only the KV caches).
+#[derive(Debug)]
+pub struct Sequence {
+    owner: Owner,
+    slot: SlotId,
+    position: usize,
+    /// Per layer: `Some` for attention layers, `None` for GDN layers.
+    kv: Vec<Option<KvCache>>,
+}
+
+impl Sequence {
+    /// Tokens of this sequence processed so far.
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    /// Bytes the KV caches hold (whole pages).
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.iter().flatten().map(KvCache::allocated_bytes).sum()
+    }
+}
+
+/// Everything the sequences share: weights, the GDN backend and the model's identity.
+struct Network {
     config: ModelConfig,
     embed: Matrix,
     layers: Vec<DecoderLayer>,
@@ -80,8 +123,7 @@ pub struct HybridModel {
     lm_head: Linear,
     rope: Rope,
     gdn: Box<dyn GdnBackend>,
-    slot: SlotId,
-    position: usize,
+    owner: Owner,
     gdn_time: Duration,
     /// The weight format's identifier (recorded in snapshots) and display name.
     format_id: String,
@@ -89,13 +131,19 @@ pub struct HybridModel {
     fingerprint: Fingerprint,
 }
 
+/// A loaded Qwen3-Next / Qwen3.5 model and its built-in sequence.
+pub struct HybridModel {
+    net: Network,
+    primary: Sequence,
+}
+
 impl std::fmt::Debug for HybridModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HybridModel")
-            .field("architecture", &self.config.architecture)
-            .field("layers", &self.layers.len())
-            .field("gdn_backend", &self.gdn.info().name)
-            .field("position", &self.position)
+            .field("architecture", &self.net.config.architecture)
+            .field("layers", &self.net.layers.len())
+            .field("gdn_backend", &self.net.gdn.info().name)
+            .field("position", &self.primary.position)
             .finish()
     }
 }
@@ -215,11 +263,8 @@ impl HybridModel {
         } else {
             Linear::load(store, "lm_head", hidden, vocab, false)?
         };
-        let slot = gdn
-            .alloc_slot()
-            .map_err(|source| ModelError::Gdn { layer: 0, source })?;
         let fingerprint = state::fingerprint(&config, &layers, &embed, &lm_head)?;
-        Ok(HybridModel {
+        let mut net = Network {
             rope: Rope::new(&config),
             config,
             embed,
@@ -227,57 +272,163 @@ impl HybridModel {
             norm,
             lm_head,
             gdn,
-            slot,
-            position: 0,
+            owner: Owner {
+                model: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+                backend_generation: 0,
+            },
             gdn_time: Duration::ZERO,
             format_id: store.format_id(),
             format_name: store.format_name(),
             fingerprint,
-        })
+        };
+        let primary = net.new_sequence()?;
+        Ok(HybridModel { net, primary })
     }
 
     /// The normalised config.
     pub fn config(&self) -> &ModelConfig {
-        &self.config
+        &self.net.config
     }
 
     /// How the weight matrices are stored (`BF16`, `Q8_0 (quantized on load)`, `GGUF Q4_K_M`).
     pub fn weight_format(&self) -> &str {
-        &self.format_name
+        &self.net.format_name
     }
 
     /// The GDN backend the linear-attention layers run on.
     pub fn gdn_backend(&self) -> &dyn GdnBackend {
-        self.gdn.as_ref()
+        self.net.gdn.as_ref()
     }
 
-    /// Tokens of the current sequence processed so far.
+    /// Tokens of the built-in sequence processed so far.
     pub fn position(&self) -> usize {
-        self.position
+        self.primary.position
     }
 
-    /// Cumulative wall time inside the GDN backend.
+    /// Cumulative wall time inside the GDN backend (every sequence).
     pub fn gdn_time(&self) -> Duration {
-        self.gdn_time
+        self.net.gdn_time
     }
 
-    /// Starts a new sequence: empties the KV caches and zeroes the GDN slot.
+    /// Starts the built-in sequence again: empties its KV caches and zeroes its GDN slot.
     pub fn reset(&mut self) -> Result<()> {
-        for layer in &mut self.layers {
-            if let Mixer::Attention(attention) = &mut layer.mixer {
-                attention.reset();
-            }
+        self.net.reset_sequence(&mut self.primary)
+    }
+
+    /// Feeds `tokens` after the built-in sequence so far and returns the last position's logits
+    /// (f32).
+    pub fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        self.net.prefill(&mut self.primary, tokens)
+    }
+
+    /// Feeds `tokens` to the built-in sequence and returns the logits of every position,
+    /// `[T, vocab]` f32.
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let hidden = self
+            .net
+            .forward_rows(&mut [&mut self.primary], &[tokens.len()], tokens)?;
+        Ok(self.net.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// A new, empty sequence (a fresh GDN slot) that this model can run beside its built-in one.
+    pub fn new_sequence(&mut self) -> Result<Sequence> {
+        self.net.new_sequence()
+    }
+
+    /// Frees `sequence`'s GDN slot.
+    pub fn free_sequence(&mut self, sequence: Sequence) -> Result<()> {
+        self.net.check_owner(&sequence)?;
+        self.net
+            .gdn
+            .free_slot(sequence.slot)
+            .map_err(|source| ModelError::Gdn { layer: 0, source })
+    }
+
+    /// Starts `sequence` again from position 0.
+    pub fn reset_sequence(&mut self, sequence: &mut Sequence) -> Result<()> {
+        self.net.reset_sequence(sequence)
+    }
+
+    /// Feeds `tokens` after what `sequence` has seen and returns the last position's logits
+    /// (f32, `[vocab]`).
+    pub fn prefill(&mut self, sequence: &mut Sequence, tokens: &[u32]) -> Result<Tensor> {
+        self.net.prefill(sequence, tokens)
+    }
+
+    /// One decode step for a batch: `tokens[i]` continues `sequences[i]`. Returns the next-token
+    /// logits `[B, vocab]` (f32), row i for sequence i. The projections, MLPs and lm_head run
+    /// once over the B rows (each weight read once for the batch); attention and the GDN
+    /// recurrence run per sequence. Row i equals what `prefill(sequences[i], &[tokens[i]])`
+    /// returns alone, up to the summation order of the batched kernels.
+    pub fn step(&mut self, sequences: &mut [&mut Sequence], tokens: &[u32]) -> Result<Tensor> {
+        if sequences.len() != tokens.len() {
+            return Err(ModelError::InvalidOption(format!(
+                "a batch step takes one token per sequence: {} sequences, {} tokens",
+                sequences.len(),
+                tokens.len()
+            )));
         }
-        self.gdn
-            .reset_slot(self.slot)
+        let counts = vec![1; tokens.len()];
+        let hidden = self.net.forward_rows(sequences, &counts, tokens)?;
+        Ok(self.net.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
+    }
+}
+
+impl Network {
+    fn new_sequence(&mut self) -> Result<Sequence> {
+        let slot = self
+            .gdn
+            .alloc_slot()
             .map_err(|source| ModelError::Gdn { layer: 0, source })?;
-        self.position = 0;
+        let kv = self
+            .layers
+            .iter()
+            .map(|layer| match &layer.mixer {
+                Mixer::Attention(attention) => Some(attention.new_cache()),
+                Mixer::Gdn { .. } => None,
+            })
+            .collect();
+        Ok(Sequence {
+            owner: self.owner,
+            slot,
+            position: 0,
+            kv,
+        })
+    }
+
+    /// A sequence made by another model, or before this model's GDN backend was replaced,
+    /// holds a slot id that means nothing (or another sequence's state) here.
+    fn check_owner(&self, sequence: &Sequence) -> Result<()> {
+        if sequence.owner.model != self.owner.model {
+            return Err(ModelError::InvalidOption(
+                "this sequence was made by another model; sequences run only on the model \
+                 whose new_sequence made them"
+                    .into(),
+            ));
+        }
+        if sequence.owner != self.owner {
+            return Err(ModelError::InvalidOption(
+                "this sequence's GDN slot belongs to the backend this model ran before \
+                 migrate_gdn_backend; export its state before migrating and import it into a \
+                 new sequence after"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
-    /// Feeds `tokens` after the sequence so far and returns the last position's logits (f32).
-    pub fn forward(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let hidden = self.forward_hidden(tokens)?;
+    fn reset_sequence(&mut self, sequence: &mut Sequence) -> Result<()> {
+        self.check_owner(sequence)?;
+        self.gdn
+            .reset_slot(sequence.slot)
+            .map_err(|source| ModelError::Gdn { layer: 0, source })?;
+        sequence.kv.iter_mut().flatten().for_each(KvCache::clear);
+        sequence.position = 0;
+        Ok(())
+    }
+
+    fn prefill(&mut self, sequence: &mut Sequence, tokens: &[u32]) -> Result<Tensor> {
+        let hidden = self.forward_rows(&mut [sequence], &[tokens.len()], tokens)?;
         let last = hidden.narrow(0, tokens.len() - 1, 1)?;
         Ok(self
             .lm_head
@@ -286,17 +437,19 @@ impl HybridModel {
             .to_dtype(DType::F32)?)
     }
 
-    /// Feeds `tokens` and returns the logits of every position, `[T, vocab]` f32.
-    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        let hidden = self.forward_hidden(tokens)?;
-        Ok(self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?)
-    }
-
-    /// Embeds and runs every layer; returns the final-normed hidden states `[T, hidden]`.
-    fn forward_hidden(&mut self, tokens: &[u32]) -> Result<Tensor> {
-        if tokens.is_empty() {
+    /// Embeds `tokens` and runs every layer; `counts[i]` consecutive tokens continue
+    /// `sequences[i]`. Everything is checked before any state changes. Returns the final-normed
+    /// hidden states `[T, hidden]`.
+    fn forward_rows(
+        &mut self,
+        sequences: &mut [&mut Sequence],
+        counts: &[usize],
+        tokens: &[u32],
+    ) -> Result<Tensor> {
+        if tokens.is_empty() || counts.contains(&0) {
             return Err(ModelError::NoTokens);
         }
+        debug_assert_eq!(counts.iter().sum::<usize>(), tokens.len());
         let vocab = self.config.vocab_size;
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(ModelError::TokenOutOfRange {
@@ -304,25 +457,45 @@ impl HybridModel {
                 vocab_size: vocab,
             });
         }
-        let end = self.position + tokens.len();
-        if end > self.config.max_position_embeddings {
-            return Err(ModelError::ContextOverflow {
-                length: end,
-                max: self.config.max_position_embeddings,
-            });
+        for (sequence, &count) in sequences.iter().zip(counts) {
+            self.check_owner(sequence)?;
+            let end = sequence.position + count;
+            if end > self.config.max_position_embeddings {
+                return Err(ModelError::ContextOverflow {
+                    length: end,
+                    max: self.config.max_position_embeddings,
+                });
+            }
         }
+        let spans: Vec<(SlotId, usize)> = sequences
+            .iter()
+            .zip(counts)
+            .map(|(sequence, &count)| (sequence.slot, count))
+            .collect();
         let mut x = self.embed.rows_f32(tokens)?;
-        let start = self.position;
         for (i, layer) in self.layers.iter_mut().enumerate() {
             // 1. Token mixer with residual.
             let normed = layer.input_norm.forward(&x)?;
             let mixed = match &mut layer.mixer {
                 Mixer::Gdn { mixer, .. } => {
-                    let (y, spent) = mixer.forward(&normed, i, self.gdn.as_mut(), self.slot)?;
+                    let (y, spent) = mixer.forward(&normed, i, self.gdn.as_mut(), &spans)?;
                     self.gdn_time += spent;
                     y
                 }
-                Mixer::Attention(attention) => attention.forward(&normed, start, &self.rope)?,
+                Mixer::Attention(attention) => {
+                    let mut caches = sequences
+                        .iter_mut()
+                        .map(|sequence| {
+                            sequence.kv[i].as_mut().ok_or_else(|| {
+                                ModelError::IncompatibleState(format!(
+                                    "layer {i} is an attention layer but the sequence has no \
+                                     KV cache for it"
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    attention.forward(&normed, &mut caches, counts, &self.rope)?
+                }
             };
             x = (x + mixed)?;
             // 2. Feed-forward with residual.
@@ -333,7 +506,9 @@ impl HybridModel {
             };
             x = (x + ff)?;
         }
-        self.position = end;
+        for (sequence, &count) in sequences.iter_mut().zip(counts) {
+            sequence.position += count;
+        }
         self.norm.forward(&x)
     }
 }

@@ -5,7 +5,7 @@
 use hybrid_gdn::GdnBackend;
 use serde_json::Value;
 
-use super::{DecoderLayer, HybridModel, Mixer};
+use super::{DecoderLayer, HybridModel, Mixer, Network, Sequence};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::matrix::Matrix;
@@ -52,14 +52,9 @@ pub(super) fn fingerprint(
     })
 }
 
-impl HybridModel {
-    /// What identifies this model in snapshots.
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
-    }
-
-    /// A copy of the current sequence's whole state: KV caches and canonical GDN state.
-    pub fn export_state(&self) -> Result<ModelState> {
+impl Network {
+    fn export(&self, sequence: &Sequence) -> Result<ModelState> {
+        self.check_owner(sequence)?;
         let spec = self.config.gdn_spec();
         let layers = self
             .layers
@@ -70,16 +65,19 @@ impl HybridModel {
                     spec,
                     state: self
                         .gdn
-                        .export_state(i, self.slot)
+                        .export_state(i, sequence.slot)
                         .map_err(|source| ModelError::Gdn { layer: i, source })?,
                 }),
                 Mixer::Attention(attention) => {
                     let (kv_heads, head_dim) = attention.kv_geometry();
-                    let (keys, values) = attention.export_cache()?;
+                    let cache = sequence.kv[i].as_ref().ok_or_else(|| {
+                        ModelError::IncompatibleState(format!("layer {i} has no KV cache"))
+                    })?;
+                    let (keys, values) = cache.export();
                     Ok(LayerState::Attention(KvState {
                         kv_heads,
                         head_dim,
-                        cached: attention.cached(),
+                        cached: cache.len(),
                         keys,
                         values,
                     }))
@@ -87,19 +85,17 @@ impl HybridModel {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(ModelState {
-            position: self.position,
+            position: sequence.position,
             layers,
         })
     }
 
-    /// Replaces the current sequence's state with `state`. Everything is checked against the
-    /// model first, so a state that does not fit changes nothing; should the backend still fail
-    /// half-way (a device error), the sequence is reset rather than left half-imported.
-    pub fn import_state(&mut self, state: &ModelState) -> Result<()> {
+    fn import(&mut self, sequence: &mut Sequence, state: &ModelState) -> Result<()> {
+        self.check_owner(sequence)?;
         self.check_state(state)?;
-        let result = self.apply_state(state);
+        let result = self.apply_state(sequence, state);
         if result.is_err() {
-            let _ = self.reset();
+            let _ = self.reset_sequence(sequence);
         }
         result
     }
@@ -178,16 +174,19 @@ impl HybridModel {
         Ok(())
     }
 
-    fn apply_state(&mut self, state: &ModelState) -> Result<()> {
+    fn apply_state(&mut self, sequence: &mut Sequence, state: &ModelState) -> Result<()> {
         for (i, (layer, saved)) in self.layers.iter_mut().zip(&state.layers).enumerate() {
             match (&mut layer.mixer, saved) {
                 (Mixer::Gdn { .. }, LayerState::Gdn { state, .. }) => self
                     .gdn
-                    .import_state(i, self.slot, state)
+                    .import_state(i, sequence.slot, state)
                     .map_err(|source| ModelError::Gdn { layer: i, source })?,
-                (Mixer::Attention(attention), LayerState::Attention(kv)) => {
-                    attention.import_cache(kv.cached, &kv.keys, &kv.values)?
-                }
+                (Mixer::Attention(_), LayerState::Attention(kv)) => sequence.kv[i]
+                    .as_mut()
+                    .ok_or_else(|| {
+                        ModelError::IncompatibleState(format!("layer {i} has no KV cache"))
+                    })?
+                    .import(kv.cached, &kv.keys, &kv.values)?,
                 _ => {
                     return Err(ModelError::IncompatibleState(format!(
                         "layer {i} changed kind while importing"
@@ -195,17 +194,15 @@ impl HybridModel {
                 }
             }
         }
-        self.position = state.position;
+        sequence.position = state.position;
         Ok(())
     }
 
-    /// The current state as a [`Snapshot`] of the sequence `tokens` (the tokens fed so far plus
-    /// any chosen but not yet fed); `app` is free-form data for the caller (e.g. sampler state).
-    pub fn snapshot(&self, tokens: &[u32], app: Value) -> Result<Snapshot> {
-        if tokens.len() < self.position {
+    fn snapshot(&self, sequence: &Sequence, tokens: &[u32], app: Value) -> Result<Snapshot> {
+        if tokens.len() < sequence.position {
             return Err(ModelError::IncompatibleState(format!(
                 "a snapshot at position {} needs at least that many tokens, got {}",
-                self.position,
+                sequence.position,
                 tokens.len()
             )));
         }
@@ -215,16 +212,13 @@ impl HybridModel {
             fingerprint: self.fingerprint,
             gdn_backend: self.gdn.info().name,
             tokens: tokens.to_vec(),
-            state: self.export_state()?,
+            state: self.export(sequence)?,
             app,
             origin: None,
         })
     }
 
-    /// Continues the sequence of `snapshot`: checks that this is the model (and weight dtype)
-    /// that made it, then imports its state. The GDN backend may differ from the one that
-    /// saved it (the state is canonical).
-    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+    fn restore(&mut self, sequence: &mut Sequence, snapshot: &Snapshot) -> Result<()> {
         let path = snapshot.origin_path();
         let architecture = format!("{:?}", self.config.architecture);
         if snapshot.architecture != architecture {
@@ -285,25 +279,86 @@ impl HybridModel {
         if !differs.is_empty() {
             return Err(foreign(differs).into());
         }
-        self.import_state(&snapshot.state).map_err(|e| match e {
+        self.import(sequence, &snapshot.state).map_err(|e| match e {
             ModelError::IncompatibleState(detail) => {
                 SnapshotError::Incompatible { path, detail }.into()
             }
             other => other,
         })
     }
+}
 
-    /// Moves the live GDN state to backend `to` (live migration): loads every GDN layer's
-    /// constants into it, allocates a slot, and copies every layer's state across in the
-    /// canonical layout. On success `to` runs the model from the next token on and the old
-    /// backend is returned (drop it to free its memory); on failure nothing changed and the old
-    /// backend keeps running the model.
+impl HybridModel {
+    /// What identifies this model in snapshots.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.net.fingerprint
+    }
+
+    /// A copy of the built-in sequence's whole state: KV caches and canonical GDN state.
+    pub fn export_state(&self) -> Result<ModelState> {
+        self.net.export(&self.primary)
+    }
+
+    /// Replaces the built-in sequence's state with `state`. Everything is checked against the
+    /// model first, so a state that does not fit changes nothing; should the backend still fail
+    /// half-way (a device error), the sequence is reset rather than left half-imported.
+    pub fn import_state(&mut self, state: &ModelState) -> Result<()> {
+        self.net.import(&mut self.primary, state)
+    }
+
+    /// The built-in sequence's state as a [`Snapshot`] of the sequence `tokens` (the tokens fed
+    /// so far plus any chosen but not yet fed); `app` is free-form data for the caller (e.g.
+    /// sampler state).
+    pub fn snapshot(&self, tokens: &[u32], app: Value) -> Result<Snapshot> {
+        self.net.snapshot(&self.primary, tokens, app)
+    }
+
+    /// Continues the sequence of `snapshot` in the built-in sequence: checks that this is the
+    /// model (and weight dtype) that made it, then imports its state. The GDN backend may
+    /// differ from the one that saved it (the state is canonical).
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.net.restore(&mut self.primary, snapshot)
+    }
+
+    /// [`export_state`](Self::export_state) of another sequence of this model.
+    pub fn export_sequence(&self, sequence: &Sequence) -> Result<ModelState> {
+        self.net.export(sequence)
+    }
+
+    /// [`import_state`](Self::import_state) into another sequence of this model.
+    pub fn import_sequence(&mut self, sequence: &mut Sequence, state: &ModelState) -> Result<()> {
+        self.net.import(sequence, state)
+    }
+
+    /// [`snapshot`](Self::snapshot) of another sequence of this model.
+    pub fn snapshot_sequence(
+        &self,
+        sequence: &Sequence,
+        tokens: &[u32],
+        app: Value,
+    ) -> Result<Snapshot> {
+        self.net.snapshot(sequence, tokens, app)
+    }
+
+    /// [`restore`](Self::restore) into another sequence of this model.
+    pub fn restore_sequence(&mut self, sequence: &mut Sequence, snapshot: &Snapshot) -> Result<()> {
+        self.net.restore(sequence, snapshot)
+    }
+
+    /// Moves the live GDN state of the built-in sequence to backend `to` (live migration): loads
+    /// every GDN layer's constants into it, allocates a slot, and copies every layer's state
+    /// across in the canonical layout. On success `to` runs the model from the next token on and
+    /// the old backend is returned (drop it to free its memory); on failure nothing changed and
+    /// the old backend keeps running the model. Sequences made with
+    /// [`new_sequence`](Self::new_sequence) before a migration are refused afterwards (their
+    /// slots were in the old backend): export their states first and import them after.
     pub fn migrate_gdn_backend(
         &mut self,
         mut to: Box<dyn GdnBackend>,
     ) -> Result<Box<dyn GdnBackend>> {
-        let spec = self.config.gdn_spec();
-        for (i, layer) in self.layers.iter().enumerate() {
+        let net = &mut self.net;
+        let spec = net.config.gdn_spec();
+        for (i, layer) in net.layers.iter().enumerate() {
             if let Mixer::Gdn { constants, .. } = &layer.mixer {
                 to.load_layer(i, spec, constants)
                     .map_err(|source| ModelError::Gdn { layer: i, source })?;
@@ -312,23 +367,26 @@ impl HybridModel {
         let slot = to
             .alloc_slot()
             .map_err(|source| ModelError::Gdn { layer: 0, source })?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in net.layers.iter().enumerate() {
             if let Mixer::Gdn { .. } = layer.mixer {
-                let state = self
+                let state = net
                     .gdn
-                    .export_state(i, self.slot)
+                    .export_state(i, self.primary.slot)
                     .map_err(|source| ModelError::Gdn { layer: i, source })?;
                 to.import_state(i, slot, &state)
                     .map_err(|source| ModelError::Gdn { layer: i, source })?;
             }
         }
-        self.slot = slot;
-        Ok(std::mem::replace(&mut self.gdn, to))
+        self.primary.slot = slot;
+        net.owner.backend_generation += 1;
+        self.primary.owner = net.owner;
+        Ok(std::mem::replace(&mut net.gdn, to))
     }
 
     /// Number of GDN (linear-attention) layers.
     pub fn gdn_layers(&self) -> usize {
-        self.layers
+        self.net
+            .layers
             .iter()
             .filter(|l| matches!(l.mixer, Mixer::Gdn { .. }))
             .count()
