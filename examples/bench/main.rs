@@ -70,6 +70,7 @@ fn parse() -> Result<Options> {
     let mut threads = None;
     let mut gdn_options = BackendOptions::default();
     let (mut prompt_tokens, mut gen_tokens, mut repeats, mut warmup) = (128, 32, 3, 1);
+    let mut batch = 1;
     let mut backends = vec!["all".to_string()];
     let (mut json, mut svg, mut in_process) = (false, None, false);
     let (mut expect_tokens, mut worker) = (None, None);
@@ -96,6 +97,7 @@ fn parse() -> Result<Options> {
             "--gen-tokens",
             "--repeats",
             "--warmup",
+            "--batch",
             "--svg",
             "--expect-tokens",
             "--worker",
@@ -128,6 +130,7 @@ fn parse() -> Result<Options> {
             "--gen-tokens" => gen_tokens = number(&flag, &value, count)?,
             "--repeats" => repeats = number(&flag, &value, count)?,
             "--warmup" => warmup = number(&flag, &value, count)?,
+            "--batch" => batch = number(&flag, &value, count)?,
             "--json" => json = true,
             "--svg" => svg = Some(PathBuf::from(value)),
             "--in-process" => in_process = true,
@@ -151,6 +154,7 @@ fn parse() -> Result<Options> {
         ("--prompt-tokens", prompt_tokens),
         ("--gen-tokens", gen_tokens),
         ("--repeats", repeats),
+        ("--batch", batch),
     ] {
         if value == 0 {
             bail!("{flag} must be at least 1");
@@ -228,6 +232,7 @@ fn parse() -> Result<Options> {
             gen_tokens,
             repeats,
             warmup,
+            batch,
         },
         backends,
         json,
@@ -398,9 +403,16 @@ fn main() -> Result<()> {
             Outcome::Failed(_) => None,
         })
         .unwrap_or_default();
+    let batch = match settings.batch {
+        1 => String::new(),
+        b => format!(
+            "batch of {b} sequences (decode tok/s: all {b} together; one sequence's is 1/{b} of \
+             it) · "
+        ),
+    };
     let context = format!(
-        "{} · weights {weights} · {} prompt tokens, {} greedy tokens, {} warm-up + {} timed runs · \
-         {date}, {cores} cores of {}",
+        "{} · weights {weights} · {batch}{} prompt tokens, {} greedy tokens, {} warm-up + {} timed \
+         runs · {date}, {cores} cores of {}",
         options.model_label,
         settings.prompt_tokens,
         settings.gen_tokens,
@@ -428,6 +440,13 @@ fn main() -> Result<()> {
             value["prompt_tokens"] = json!(settings.prompt_tokens);
             value["gen_tokens"] = json!(settings.gen_tokens);
             value["repeats"] = json!(settings.repeats);
+            value["batch"] = json!(settings.batch);
+            value["decode_tok_s_per_sequence"] = match outcome {
+                Outcome::Measured { result, .. } => {
+                    json!(result.decode_tok_s.median / settings.batch as f64)
+                }
+                Outcome::Failed(_) => json!(null),
+            };
             value["date"] = json!(date);
             value["rss_scope"] = json!(if options.in_process {
                 "cumulative"

@@ -32,6 +32,9 @@ pub struct Settings {
     pub gen_tokens: usize,
     pub repeats: usize,
     pub warmup: usize,
+    /// Sequences decoded together (`--batch`): each gets its own prompt and prefill, then every
+    /// decode step is one batched step of all of them. 1 runs the model's built-in sequence.
+    pub batch: usize,
 }
 
 fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
@@ -63,8 +66,14 @@ fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
 /// The bench prompt: fixed pseudo-random ids (a multiplicative hash of the position), so every
 /// backend and every run sees the same tokens without a tokenizer.
 pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
+    prompt_of(0, len, vocab)
+}
+
+/// Sequence `index`'s prompt in a batch (index 0 is [`prompt`]): a different offset per
+/// sequence, so that the sequences of a batch diverge.
+fn prompt_of(index: u64, len: usize, vocab: usize) -> Vec<u32> {
     (0..len as u64)
-        .map(|i| ((i * 2_654_435_761 + 12_345) % vocab as u64) as u32)
+        .map(|i| ((i * 2_654_435_761 + 12_345 + index * 7_919) % vocab as u64) as u32)
         .collect()
 }
 
@@ -84,6 +93,59 @@ struct Sample {
     gdn_share: f64,
     bytes_moved_per_token: f64,
     tokens: Vec<u32>,
+}
+
+/// One timed run of `batch` sequences: every prompt prefilled one after the other, then
+/// `gen_tokens` batched decode steps. Tokens and decode tok/s are those of the whole batch
+/// (sequence 0's tokens first); one sequence's rate is the aggregate over `batch`.
+fn run_batch(
+    model: &mut HybridModel,
+    prompt_len: usize,
+    gen_tokens: usize,
+    batch: usize,
+) -> Result<Sample> {
+    let vocab = model.config().vocab_size;
+    let mut sequences = (0..batch)
+        .map(|_| model.new_sequence())
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut greedy = Sampler::new(SamplingParams::greedy())?;
+    let started = Instant::now();
+    let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(batch);
+    for (i, sequence) in sequences.iter_mut().enumerate() {
+        let prompt = prompt_of(i as u64, prompt_len, vocab);
+        let logits = model.prefill(sequence, &prompt)?.to_vec1::<f32>()?;
+        tokens.push(vec![greedy.sample(&logits, &[])?]);
+    }
+    let prefill = started.elapsed().as_secs_f64();
+    let counters = model.gdn_backend().counters();
+    let gdn_before = model.gdn_time();
+    let started = Instant::now();
+    for _ in 0..gen_tokens {
+        let last: Vec<u32> = tokens.iter().map(|t| t[t.len() - 1]).collect();
+        let mut batch_refs: Vec<_> = sequences.iter_mut().collect();
+        let logits = model.step(&mut batch_refs, &last)?.to_vec2::<f32>()?;
+        for (row, sequence_tokens) in logits.iter().zip(tokens.iter_mut()) {
+            sequence_tokens.push(greedy.sample(row, &[])?);
+        }
+    }
+    let decode = started.elapsed().as_secs_f64();
+    let gdn = (model.gdn_time() - gdn_before).as_secs_f64();
+    let after = model.gdn_backend().counters();
+    for sequence in sequences {
+        model.free_sequence(sequence)?;
+    }
+    let moved = (after.bytes_to_device - counters.bytes_to_device)
+        + (after.bytes_from_device - counters.bytes_from_device);
+    let layers = model.gdn_layers().max(1);
+    let decoded = (gen_tokens * batch) as f64;
+    Ok(Sample {
+        prefill_tok_s: (prompt_len * batch) as f64 / prefill,
+        decode_tok_s: decoded / decode,
+        gdn_us_per_layer_token: gdn * 1e6 / (decoded * layers as f64),
+        gdn_share: gdn / decode,
+        bytes_moved_per_token: moved as f64 / decoded,
+        tokens: tokens.concat(),
+    })
 }
 
 fn run_once(model: &mut HybridModel, prompt: &[u32], gen_tokens: usize) -> Result<Sample> {
@@ -139,11 +201,15 @@ pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
         );
     }
     let prompt = prompt(settings.prompt_tokens, model.config().vocab_size);
+    let run = |model: &mut HybridModel| match settings.batch {
+        1 => run_once(model, &prompt, settings.gen_tokens),
+        b => run_batch(model, settings.prompt_tokens, settings.gen_tokens, b),
+    };
     for _ in 0..settings.warmup {
-        run_once(&mut model, &prompt, settings.gen_tokens)?;
+        run(&mut model)?;
     }
     let samples = (0..settings.repeats)
-        .map(|_| run_once(&mut model, &prompt, settings.gen_tokens))
+        .map(|_| run(&mut model))
         .collect::<Result<Vec<_>>>()?;
     // Read before the bandwidth test allocates its buffer: the peak is the model's.
     let peak_rss_bytes = peak_rss_bytes();

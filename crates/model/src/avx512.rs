@@ -13,47 +13,65 @@ const BLOCK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale and 32 int8 values.
 const BLOCK_BYTES: usize = 34;
 
-/// Four rows' dot products with the same `x`: two 16-lane accumulators per row, so eight FMAs
-/// are independent, and one `x` load for all four rows. Each row's bytes [`PREFETCH_ROWS`] rows
-/// on are prefetched as it is read (the rows of a GEMV are consecutive).
+/// Four rows' dot products with the same `x`: [`dot4xr`] with one activation row.
 ///
 /// # Safety
 /// The CPU must support the AVX-512 tier (and AVX2, FMA and F16C, which it implies).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) unsafe fn dot4<W: WeightElement>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
-    let n = w.iter().map(|r| r.len()).min().unwrap_or(0).min(x.len());
-    let mut lo = [_mm512_setzero_ps(); 4];
-    let mut hi = [_mm512_setzero_ps(); 4];
+    // SAFETY: same contract as this function's.
+    unsafe { dot_tile(w, [x]) }.map(|row| row[0])
+}
+
+/// `G` weight rows against `R` activation rows (one decode token, or a batch of them): one
+/// 16-lane accumulator per (weight row, activation row) pair, so each weight vector is widened
+/// once for all `R` rows and each `x` vector serves `G` weight rows. A pair's sum does not
+/// depend on `G` or `R`, so a row of a batch gets bit for bit what it gets alone. Each weight row's
+/// bytes [`PREFETCH_ROWS`] rows on are prefetched as it is read (the rows of a GEMV are
+/// consecutive).
+///
+/// # Safety
+/// The CPU must support the AVX-512 tier (and AVX2, FMA and F16C, which it implies).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(crate) unsafe fn dot_tile<W: WeightElement, const G: usize, const R: usize>(
+    w: [&[W]; G],
+    x: [&[f32]; R],
+) -> [[f32; R]; G] {
+    let n = w
+        .iter()
+        .map(|r| r.len())
+        .chain(x.iter().map(|r| r.len()))
+        .min()
+        .unwrap_or(0);
+    let mut acc = [[_mm512_setzero_ps(); R]; G];
     let mut i = 0;
-    while i + 32 <= n {
-        // SAFETY: i + 32 ≤ n ≤ every length.
-        unsafe {
-            let xp = x.as_ptr().add(i);
-            let (x0, x1) = (_mm512_loadu_ps(xp), _mm512_loadu_ps(xp.add(16)));
-            for g in 0..4 {
-                let wp = w[g].as_ptr().add(i);
-                prefetch_two_lines(wp.wrapping_add(PREFETCH_ROWS * n));
-                lo[g] = _mm512_fmadd_ps(W::load16(wp), x0, lo[g]);
-                hi[g] = _mm512_fmadd_ps(W::load16(wp.add(16)), x1, hi[g]);
-            }
-        }
-        i += 32;
-    }
-    if i + 16 <= n {
+    while i + 16 <= n {
         // SAFETY: i + 16 ≤ n ≤ every length.
         unsafe {
-            let x0 = _mm512_loadu_ps(x.as_ptr().add(i));
-            for g in 0..4 {
-                lo[g] = _mm512_fmadd_ps(W::load16(w[g].as_ptr().add(i)), x0, lo[g]);
+            let mut wv = [_mm512_setzero_ps(); G];
+            for g in 0..G {
+                let wp = w[g].as_ptr().add(i);
+                if i % 32 == 0 {
+                    prefetch_two_lines(wp.wrapping_add(PREFETCH_ROWS * n));
+                }
+                wv[g] = W::load16(wp);
+            }
+            for r in 0..R {
+                let xv = _mm512_loadu_ps(x[r].as_ptr().add(i));
+                for g in 0..G {
+                    acc[g][r] = _mm512_fmadd_ps(wv[g], xv, acc[g][r]);
+                }
             }
         }
         i += 16;
     }
-    let mut sums = [0f32; 4];
-    for g in 0..4 {
-        sums[g] = _mm512_reduce_add_ps(_mm512_add_ps(lo[g], hi[g]));
-        for k in i..n {
-            sums[g] += w[g][k].widen() * x[k];
+    let mut sums = [[0f32; R]; G];
+    for g in 0..G {
+        for r in 0..R {
+            sums[g][r] = _mm512_reduce_add_ps(acc[g][r]);
+            for k in i..n {
+                sums[g][r] += w[g][k].widen() * x[r][k];
+            }
         }
     }
     sums

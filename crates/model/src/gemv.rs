@@ -76,6 +76,15 @@ pub fn gemv_at(
     // call however many rows there are.
     by_weight_rows("GEMV", y, rows, out_dim, ROWS_PER_TASK, &|first, out| {
         let count = out.len() / rows;
+        #[cfg(target_arch = "x86_64")]
+        if avx512 && rows > 1 {
+            match weight {
+                WeightRows::F32(w) => dot_rows_batch(w, in_dim, first, count, x, out),
+                WeightRows::Bf16(w) => dot_rows_batch(w, in_dim, first, count, x, out),
+                WeightRows::F16(w) => dot_rows_batch(w, in_dim, first, count, x, out),
+            }
+            return;
+        }
         for r in 0..rows {
             let xr = &x[r * in_dim..(r + 1) * in_dim];
             let mut put = |local: usize, v: f32| out[r * count + local] = v;
@@ -157,6 +166,81 @@ fn dot_rows<W: WeightElement>(
     }
     for local in local..count {
         put(local, dot(row(first + local), x, avx2));
+    }
+}
+
+/// [`dot_rows`] on the AVX-512 tier for every row of `x` (several activation rows, `[rows][in]`),
+/// into `out` laid out `[rows][count]`, in one pass over the weights: up to four activation
+/// rows against four weight rows at a time, five to eight against two
+/// ([`crate::avx512::dot_tile`], 16 accumulators either way), each weight vector widened once
+/// for all of them. Bit for bit what [`dot_rows`] gives each row alone (the same arithmetic per
+/// pair; the weight rows past the last four `dot_rows` sums with `dot`, and so does this).
+#[cfg(target_arch = "x86_64")]
+fn dot_rows_batch<W: WeightElement>(
+    w: &[W],
+    in_dim: usize,
+    first: usize,
+    count: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    let rows = x.len() / in_dim.max(1);
+    let row = |j: usize| &w[j * in_dim..(j + 1) * in_dim];
+    let xr = |r: usize| &x[r * in_dim..(r + 1) * in_dim];
+    let grouped = count / 4 * 4;
+    let mut r = 0;
+    while r < rows {
+        let take = (rows - r).min(8);
+        let g = if take <= 4 { 4 } else { 2 };
+        for local in (0..grouped).step_by(g) {
+            let j = first + local;
+            let mut put = |gi: usize, k: usize, v: f32| out[(r + k) * count + local + gi] = v;
+            let x = |k: usize| xr(r + k);
+            // SAFETY: the caller runs this on the AVX-512 tier only, which the CPU supports.
+            unsafe {
+                use crate::avx512::dot_tile;
+                let quad = || [row(j), row(j + 1), row(j + 2), row(j + 3)];
+                let pair = || [row(j), row(j + 1)];
+                match take {
+                    1 => scatter(&dot_tile(quad(), [x(0)]), &mut put),
+                    2 => scatter(&dot_tile(quad(), [x(0), x(1)]), &mut put),
+                    3 => scatter(&dot_tile(quad(), [x(0), x(1), x(2)]), &mut put),
+                    4 => scatter(&dot_tile(quad(), [x(0), x(1), x(2), x(3)]), &mut put),
+                    5 => scatter(&dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4)]), &mut put),
+                    6 => scatter(
+                        &dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4), x(5)]),
+                        &mut put,
+                    ),
+                    7 => scatter(
+                        &dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4), x(5), x(6)]),
+                        &mut put,
+                    ),
+                    _ => scatter(
+                        &dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4), x(5), x(6), x(7)]),
+                        &mut put,
+                    ),
+                }
+            }
+        }
+        r += take;
+    }
+    for local in grouped..count {
+        for r in 0..rows {
+            out[r * count + local] = dot(row(first + local), xr(r), true);
+        }
+    }
+}
+
+/// Hands each `sums[g][k]` (weight row g, activation row k) to `put(g, k, value)`.
+#[cfg(target_arch = "x86_64")]
+fn scatter<const G: usize, const R: usize>(
+    sums: &[[f32; R]; G],
+    put: &mut dyn FnMut(usize, usize, f32),
+) {
+    for (g, row) in sums.iter().enumerate() {
+        for (k, &v) in row.iter().enumerate() {
+            put(g, k, v);
+        }
     }
 }
 
@@ -515,6 +599,50 @@ mod tests {
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
                     "{tier} {name} {out}x{in_dim}: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    /// A row of a multi-row call gets bit for bit what it gets alone at every tier (a batched
+    /// decode step must give each sequence its own tokens), for every batch size up to the
+    /// GEMV's limit and output counts that leave rows after the four-row steps.
+    #[test]
+    fn each_row_of_a_batch_equals_that_row_alone() {
+        let (out, in_dim) = (70, 1040);
+        let w: Vec<f32> = (0..out * in_dim)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 997.0)
+            .collect();
+        let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        for rows in 1..=8 {
+            let x: Vec<f32> = (0..rows * in_dim)
+                .map(|i| ((i * 104_729 % 4001) as f32 - 2000.0) / 1999.0)
+                .collect();
+            for tier in Tier::ALL.into_iter().filter(|t| t.is_supported()) {
+                for weights in [
+                    WeightRows::F32(&w),
+                    WeightRows::Bf16(&wb),
+                    WeightRows::F16(&wh),
+                ] {
+                    let mut batch = vec![0f32; rows * out];
+                    gemv_at(tier, weights, in_dim, &x, &mut batch).unwrap();
+                    for r in 0..rows {
+                        let mut alone = vec![0f32; out];
+                        gemv_at(
+                            tier,
+                            weights,
+                            in_dim,
+                            &x[r * in_dim..(r + 1) * in_dim],
+                            &mut alone,
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            &batch[r * out..(r + 1) * out],
+                            &alone[..],
+                            "{tier} rows {rows} row {r}"
+                        );
+                    }
+                }
             }
         }
     }
