@@ -75,9 +75,9 @@ impl CpuBackend {
                     reason: "threads must be at least 1".into(),
                 })
             }
-            Some(n) => Threads::Own(SharedPool::new(n).map_err(|e| GdnError::Device {
-                backend: name.into(),
-                message: format!("cannot start {n} worker threads: {e}"),
+            Some(n) => Threads::Own(SharedPool::new(n).map_err(|e| GdnError::Unavailable {
+                name: name.into(),
+                reason: format!("cannot start {n} worker threads: {e}"),
             })?),
             None => Threads::Hot(hot_pool()),
         };
@@ -141,7 +141,7 @@ impl CpuBackend {
                 .pool()
                 // SAFETY: the pool runs each task index below `tasks` exactly once per call.
                 .run(tasks, &|task| unsafe { batch.run_task(task) })
-                .map_err(|_| GdnError::Device {
+                .map_err(|_| GdnError::Internal {
                     backend: self.name.into(),
                     message: format!(
                         "a worker task panicked in layer {layer}, slot {slot}; \

@@ -36,9 +36,9 @@ impl CudaBackend {
         issue: Issue,
     ) -> Result<f64> {
         if layers.is_empty() || iters == 0 {
-            return Err(GdnError::Device {
+            return Err(GdnError::InvalidArgument {
                 backend: NAME.into(),
-                message: "time_device_decode needs at least one layer and one iteration".into(),
+                detail: "time_device_decode needs at least one layer and one iteration".into(),
             });
         }
         let mut in_offsets = Vec::with_capacity(layers.len());

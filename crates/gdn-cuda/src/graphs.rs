@@ -85,7 +85,7 @@ impl GraphCache {
 
     /// Enqueues the graph for `key` on the stream it was captured from.
     pub fn launch(&self, key: &GraphKey) -> Result<()> {
-        let graph = self.graphs.get(key).ok_or_else(|| GdnError::Device {
+        let graph = self.graphs.get(key).ok_or_else(|| GdnError::Internal {
             backend: NAME.into(),
             message: "CUDA graph missing from its cache".into(),
         })?;

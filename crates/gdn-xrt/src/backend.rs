@@ -89,7 +89,7 @@ impl Cards {
         let device = self
             .cards
             .get_mut(card)
-            .ok_or_else(|| GdnError::Device {
+            .ok_or_else(|| GdnError::Internal {
                 backend: name.into(),
                 message: format!("card {card} is not open (host bookkeeping error)"),
             })?
@@ -189,9 +189,9 @@ fn lock(cards: &Mutex<Cards>) -> MutexGuard<'_, Cards> {
 }
 
 fn to_u32(value: usize, what: &str, backend: &str) -> Result<u32> {
-    u32::try_from(value).map_err(|_| GdnError::Device {
+    u32::try_from(value).map_err(|_| GdnError::InvalidArgument {
         backend: backend.into(),
-        message: format!("{what} {value} does not fit the kernel's 32-bit argument"),
+        detail: format!("{what} {value} does not fit the kernel's 32-bit argument"),
     })
 }
 
@@ -436,9 +436,9 @@ impl GdnBackend for XrtBackend {
         let max_slots = lock(&self.cards).cards[0].info.max_slots;
         let device_slot = (0..max_slots)
             .find(|d| !self.slots.values().any(|used| used == d))
-            .ok_or_else(|| GdnError::Device {
+            .ok_or_else(|| GdnError::OutOfSlots {
                 backend: self.name.into(),
-                message: format!(
+                detail: format!(
                     "all {max_slots} device slots (GDN_MAX_SLOTS) are in use: free a slot first"
                 ),
             })?;

@@ -154,7 +154,7 @@ impl FailoverBackend {
     ) -> Result<()> {
         let inner = self.inner_slot(slot)?;
         match call(self.active.as_mut(), inner) {
-            Err(cause @ GdnError::Device { .. }) if self.fallback.is_some() => {
+            Err(cause) if cause.is_device_fault() && self.fallback.is_some() => {
                 self.fail_over(cause, layer, slot)?;
                 let inner = self.inner_slot(slot)?;
                 call(self.active.as_mut(), inner)
@@ -200,9 +200,9 @@ impl GdnBackend for FailoverBackend {
     fn alloc_slot(&mut self) -> Result<SlotId> {
         let inner = self.active.alloc_slot()?;
         let outer = SlotId(self.next_slot);
-        self.next_slot = self.next_slot.checked_add(1).ok_or(GdnError::Device {
+        self.next_slot = self.next_slot.checked_add(1).ok_or(GdnError::OutOfSlots {
             backend: "failover".into(),
-            message: "more than 2^32 slots allocated over the backend's lifetime".into(),
+            detail: "more than 2^32 slots allocated over the backend's lifetime".into(),
         })?;
         self.slots.insert(outer, inner);
         Ok(outer)

@@ -177,3 +177,125 @@ fn a_broken_fallback_returns_the_original_error_with_the_reason() {
         "{message}"
     );
 }
+
+/// The reference backend, except that its first `step` fails with `error`: a stand-in for the
+/// primary of a fail-over (the fail-over logic is what is tested, the numbers come from the real
+/// reference backend).
+struct FailsOnce {
+    inner: ReferenceBackend,
+    error: Option<GdnError>,
+}
+
+impl GdnBackend for FailsOnce {
+    fn info(&self) -> hybrid_gdn::BackendInfo {
+        self.inner.info()
+    }
+    fn load_layer(
+        &mut self,
+        layer: usize,
+        spec: LayerSpec,
+        constants: &hybrid_gdn::LayerConstants,
+    ) -> hybrid_gdn::Result<()> {
+        self.inner.load_layer(layer, spec, constants)
+    }
+    fn alloc_slot(&mut self) -> hybrid_gdn::Result<hybrid_gdn::SlotId> {
+        self.inner.alloc_slot()
+    }
+    fn reset_slot(&mut self, slot: hybrid_gdn::SlotId) -> hybrid_gdn::Result<()> {
+        self.inner.reset_slot(slot)
+    }
+    fn free_slot(&mut self, slot: hybrid_gdn::SlotId) -> hybrid_gdn::Result<()> {
+        self.inner.free_slot(slot)
+    }
+    fn step(
+        &mut self,
+        layer: usize,
+        slot: hybrid_gdn::SlotId,
+        inputs: TokenInputs<'_>,
+        out: &mut [f32],
+    ) -> hybrid_gdn::Result<()> {
+        match self.error.take() {
+            Some(error) => Err(error),
+            None => self.inner.step(layer, slot, inputs, out),
+        }
+    }
+    fn prefill(
+        &mut self,
+        layer: usize,
+        slot: hybrid_gdn::SlotId,
+        inputs: TokenInputs<'_>,
+        out: &mut [f32],
+    ) -> hybrid_gdn::Result<()> {
+        self.inner.prefill(layer, slot, inputs, out)
+    }
+    fn export_state(
+        &self,
+        layer: usize,
+        slot: hybrid_gdn::SlotId,
+    ) -> hybrid_gdn::Result<hybrid_gdn::SlotState> {
+        self.inner.export_state(layer, slot)
+    }
+    fn import_state(
+        &mut self,
+        layer: usize,
+        slot: hybrid_gdn::SlotId,
+        state: &hybrid_gdn::SlotState,
+    ) -> hybrid_gdn::Result<()> {
+        self.inner.import_state(layer, slot, state)
+    }
+    fn counters(&self) -> hybrid_gdn::Counters {
+        self.inner.counters()
+    }
+}
+
+/// Only device faults move the sequences: an internal bug, an argument the backend cannot take
+/// or running out of slots reaches the caller with the primary still active.
+#[test]
+fn only_device_faults_fail_over() {
+    let not_device = [
+        GdnError::Internal {
+            backend: "primary".into(),
+            message: "a worker task panicked".into(),
+        },
+        GdnError::InvalidArgument {
+            backend: "primary".into(),
+            detail: "too large".into(),
+        },
+        GdnError::OutOfSlots {
+            backend: "primary".into(),
+            detail: "all in use".into(),
+        },
+    ];
+    let device = GdnError::Device {
+        backend: "primary".into(),
+        message: "the card stopped answering".into(),
+    };
+    for (error, moves) in not_device
+        .into_iter()
+        .map(|e| (e, false))
+        .chain([(device, true)])
+    {
+        let mut failover = FailoverBackend::new(
+            Box::new(FailsOnce {
+                inner: ReferenceBackend::new(),
+                error: Some(error.clone()),
+            }),
+            Box::new(|| Ok(Box::new(ReferenceBackend::new()))),
+        );
+        setup(&mut failover);
+        let slot = failover.alloc_slot().expect("slot");
+        let (x, a, b) = random_inputs(&SPEC, 1, 1);
+        let inputs = TokenInputs {
+            mixed_qkv: &x,
+            a: &a,
+            b: &b,
+        };
+        let mut out = vec![0.0; SPEC.value_dim()];
+        let result = failover.step(0, slot, inputs, &mut out);
+        assert_eq!(result.is_ok(), moves, "{error}");
+        assert_eq!(failover.events().len(), usize::from(moves), "{error}");
+        if !moves {
+            assert_eq!(result, Err(error));
+        }
+    }
+}

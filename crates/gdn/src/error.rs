@@ -83,6 +83,35 @@ pub enum GdnError {
         reason: String,
     },
 
+    /// An argument the backend cannot take (a count of zero, a value too large for the
+    /// device's argument width); nothing was changed.
+    #[error("GDN backend `{backend}`: invalid argument: {detail}")]
+    InvalidArgument {
+        /// Backend name.
+        backend: String,
+        /// What was wrong and what to pass instead.
+        detail: String,
+    },
+
+    /// Every sequence slot the backend can hold is in use (or its slot ids ran out).
+    #[error("GDN backend `{backend}` has no free sequence slot: {detail}")]
+    OutOfSlots {
+        /// Backend name.
+        backend: String,
+        /// How many there are and what to do (free a slot first).
+        detail: String,
+    },
+
+    /// A bug inside the backend (a worker task panicked, host bookkeeping lost track); the
+    /// device itself is fine, so this is not a reason to fail over.
+    #[error("GDN backend `{backend}` internal error: {message}")]
+    Internal {
+        /// Backend name.
+        backend: String,
+        /// What went wrong and how to recover.
+        message: String,
+    },
+
     /// A failure inside the device or its runtime.
     #[error("GDN backend `{backend}` device error: {message}")]
     Device {
@@ -91,4 +120,98 @@ pub enum GdnError {
         /// What the device or runtime reported.
         message: String,
     },
+}
+
+/// The three ways a GDN call can fail, for callers that act on the kind rather than the detail
+/// (a server answering 400 or 500, a fail-over deciding whether to move the sequences).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The caller passed something wrong; the call changed nothing and retrying it as is fails
+    /// again.
+    InvalidArgument,
+    /// The device or its runtime failed: another device may run the call.
+    DeviceFault,
+    /// The backend cannot serve this now (not built in, no device, no free slot) or has a bug;
+    /// another device would not help the call itself.
+    Unavailable,
+}
+
+impl GdnError {
+    /// Which of the [`ErrorKind`]s this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GdnError::InvalidSpec(_)
+            | GdnError::ShapeMismatch { .. }
+            | GdnError::ConvKernelMismatch { .. }
+            | GdnError::UnknownLayer(_)
+            | GdnError::LayerAlreadyLoaded(_)
+            | GdnError::UnknownSlot(_)
+            | GdnError::NonFinite { .. }
+            | GdnError::NotOneToken(_)
+            | GdnError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
+            GdnError::Device { .. } => ErrorKind::DeviceFault,
+            GdnError::UnknownBackend { .. }
+            | GdnError::Unavailable { .. }
+            | GdnError::OutOfSlots { .. }
+            | GdnError::Internal { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    /// True for a failure of the device or its runtime: the only kind worth failing over on.
+    pub fn is_device_fault(&self) -> bool {
+        self.kind() == ErrorKind::DeviceFault
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_the_kind_its_caller_acts_on() {
+        let backend = || "b".to_string();
+        let cases = [
+            (GdnError::UnknownLayer(3), ErrorKind::InvalidArgument),
+            (GdnError::NotOneToken(2), ErrorKind::InvalidArgument),
+            (
+                GdnError::InvalidArgument {
+                    backend: backend(),
+                    detail: String::new(),
+                },
+                ErrorKind::InvalidArgument,
+            ),
+            (
+                GdnError::Device {
+                    backend: backend(),
+                    message: String::new(),
+                },
+                ErrorKind::DeviceFault,
+            ),
+            (
+                GdnError::Internal {
+                    backend: backend(),
+                    message: String::new(),
+                },
+                ErrorKind::Unavailable,
+            ),
+            (
+                GdnError::OutOfSlots {
+                    backend: backend(),
+                    detail: String::new(),
+                },
+                ErrorKind::Unavailable,
+            ),
+            (
+                GdnError::Unavailable {
+                    name: backend(),
+                    reason: String::new(),
+                },
+                ErrorKind::Unavailable,
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+            assert_eq!(error.is_device_fault(), kind == ErrorKind::DeviceFault);
+        }
+    }
 }

@@ -29,7 +29,7 @@ pub mod spec;
 pub mod state;
 
 pub use backend::{BackendInfo, Counters, GdnBackend, PrefillStrategy};
-pub use error::{GdnError, Result};
+pub use error::{ErrorKind, GdnError, Result};
 pub use reference::ReferenceBackend;
 pub use registry::{BackendFactory, BackendOptions, Registry, RegistryEntry};
 pub use slots::{LayerTable, SlotId};

@@ -76,9 +76,9 @@ impl<C, S> LayerTable<C, S> {
     /// Allocates a slot with a fresh state (from `new_state`) in every loaded layer.
     pub fn alloc_slot(&mut self, mut new_state: impl FnMut(&LayerSpec) -> S) -> Result<SlotId> {
         let index = self.live.len();
-        let id = u32::try_from(index).map_err(|_| GdnError::Device {
+        let id = u32::try_from(index).map_err(|_| GdnError::OutOfSlots {
             backend: "slot table".into(),
-            message: "more than 2^32 slots allocated over the backend's lifetime".into(),
+            detail: "more than 2^32 slots allocated over the backend's lifetime".into(),
         })?;
         self.live.push(true);
         for entry in self.layers.iter_mut().flatten() {
