@@ -51,51 +51,72 @@ fn alone(model: &mut HybridModel, prompt: &[u32], steps: usize) -> Vec<u32> {
     ids
 }
 
+/// Four sequences decoded as one batch after prefills of different lengths: each gets the
+/// greedy ids it gets alone, and ends at the right position.
+fn check_batch_equals_alone(model: &mut HybridModel, label: &str) {
+    let steps = 12;
+    let vocab = model.config().vocab_size as u32;
+    let prompts = prompts(vocab);
+    let want: Vec<Vec<u32>> = prompts.iter().map(|p| alone(model, p, steps)).collect();
+
+    let mut sequences: Vec<Sequence> = prompts
+        .iter()
+        .map(|_| model.new_sequence().unwrap())
+        .collect();
+    let mut next: Vec<u32> = sequences
+        .iter_mut()
+        .zip(&prompts)
+        .map(|(s, p)| argmax(&model.prefill(s, p).unwrap().to_vec1().unwrap()))
+        .collect();
+    let mut got: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
+    for _ in 1..steps {
+        let mut batch: Vec<&mut Sequence> = sequences.iter_mut().collect();
+        let rows: Vec<Vec<f32>> = model.step(&mut batch, &next).unwrap().to_vec2().unwrap();
+        assert_eq!(rows.len(), sequences.len(), "{label}");
+        for (i, row) in rows.iter().enumerate() {
+            next[i] = argmax(row);
+            got[i].push(next[i]);
+        }
+    }
+    assert_eq!(
+        got, want,
+        "{label}: batched greedy ids differ from each run alone"
+    );
+    for (sequence, prompt) in sequences.iter().zip(&prompts) {
+        assert_eq!(sequence.position(), prompt.len() + steps - 1, "{label}");
+    }
+    for sequence in sequences {
+        model.free_sequence(sequence).unwrap();
+    }
+}
+
 #[test]
 fn batch_steps_give_every_sequence_its_own_tokens_on_every_backend() {
-    let steps = 12;
     for fixture_name in FIXTURES {
         for backend in backends() {
-            let label = format!("{fixture_name} on {backend}");
             let mut model = load(fixture_name, backend);
-            let vocab = model.config().vocab_size as u32;
-            let prompts = prompts(vocab);
-            let want: Vec<Vec<u32>> = prompts
-                .iter()
-                .map(|p| alone(&mut model, p, steps))
-                .collect();
-
-            let mut sequences: Vec<Sequence> = prompts
-                .iter()
-                .map(|_| model.new_sequence().unwrap())
-                .collect();
-            let mut next: Vec<u32> = sequences
-                .iter_mut()
-                .zip(&prompts)
-                .map(|(s, p)| argmax(&model.prefill(s, p).unwrap().to_vec1().unwrap()))
-                .collect();
-            let mut got: Vec<Vec<u32>> = next.iter().map(|&id| vec![id]).collect();
-            for _ in 1..steps {
-                let mut batch: Vec<&mut Sequence> = sequences.iter_mut().collect();
-                let logits = model.step(&mut batch, &next).unwrap();
-                let rows: Vec<Vec<f32>> = logits.to_vec2().unwrap();
-                assert_eq!(rows.len(), sequences.len(), "{label}");
-                for (i, row) in rows.iter().enumerate() {
-                    next[i] = argmax(row);
-                    got[i].push(next[i]);
-                }
-            }
-            assert_eq!(
-                got, want,
-                "{label}: batched greedy ids differ from each run alone"
-            );
-            for (sequence, prompt) in sequences.iter().zip(&prompts) {
-                assert_eq!(sequence.position(), prompt.len() + steps - 1, "{label}");
-            }
-            for sequence in sequences {
-                model.free_sequence(sequence).unwrap();
-            }
+            check_batch_equals_alone(&mut model, &format!("{fixture_name} on {backend}"));
         }
+    }
+}
+
+/// The quantized decode kernels too (Q8_0; Q4_K and Q6_K in the Q4_K_M mixes), on llama.cpp's
+/// own GGUF files of the fixtures (models/fixtures/gguf, made by models/tools/gen_gguf_fixtures.py).
+#[test]
+fn quantized_batches_give_every_sequence_its_own_tokens() {
+    for file in [
+        "qwen3.5-tiny-q8_0.gguf",
+        "qwen3.5-tiny-q4_k_m.gguf",
+        "qwen3-next-tiny-q8_0.gguf",
+        "qwen3-next-tiny-q4_k_m.gguf",
+    ] {
+        let gdn = hybrid_decode::gdn_registry()
+            .create("cpu", &BackendOptions::default())
+            .unwrap();
+        let path = fixture("gguf").join(file);
+        let mut model = HybridModel::load(&path, &LoadOptions::default(), gdn)
+            .unwrap_or_else(|e| panic!("loading {file}: {e}"));
+        check_batch_equals_alone(&mut model, file);
     }
 }
 

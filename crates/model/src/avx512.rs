@@ -1,5 +1,7 @@
-//! The AVX-512 tier of the decode kernels (F, BW, VL and VNNI; see `hybrid_simd`): 16-lane dense
-//! dot products and a Q8_0 kernel that takes two blocks per 512-bit step with VNNI's `vpdpbusd`.
+//! The AVX-512 tier of the dense and int8 kernels (F, BW, VL and VNNI; see `hybrid_simd`):
+//! 16-lane dense dot products for decode (one row or a batch), a Q8_0 decode kernel that takes
+//! two blocks per 512-bit step with VNNI's `vpdpbusd`, the int8 GEMM's VNNI tile and the dense
+//! GEMM's tile and panel packing.
 //!
 //! Every function is `unsafe` only because of its `#[target_feature]`: callers check
 //! that the tier they pass is supported (`gemv_at` and `q8_0_matmul_at` lower it to `Tier::detect()`).
@@ -121,28 +123,37 @@ pub(crate) unsafe fn widen_q8_0_scales(
 /// The dot products of `G` rows of Q8_0 weights (`weights`, raw blocks) with one quantized
 /// activation row (`xq`, int8), two blocks per step: the 64 activation bytes are loaded once
 /// for all rows, `vpdpbusd` multiplies |x| by the weights carrying x's sign (the unsigned ×
-/// signed form it has) into 16 i32 sums, and those are scaled by `scales[g · blocks + b]` —
-/// each block's weight scale already multiplied by the activation block's scale. The next
-/// group's blocks (the `G` rows that follow) are prefetched as these are read.
+/// signed form it has) into 16 i32 sums, and those are scaled by each block's weight scale
+/// times the activation block's scale: taken from `scales[g · blocks + b]` (computed once per
+/// group for several activation rows), or with `STREAMING` (one row: the weights stream through
+/// once) widened from the block as it is read and multiplied by `xd[b]` — the same f32 values,
+/// so both forms give a row bit for bit the same sums. The next group's blocks (the `G` rows
+/// that follow) are prefetched as these are read.
 ///
 /// # Safety
 /// The CPU must support the AVX-512 tier; `weights` must hold `G` rows of `blocks` blocks,
-/// `scales` `G × blocks` values and `xq` `blocks × 32` values.
+/// `xq` `blocks × 32` values, and `scales` `G × blocks` values or (with `STREAMING`) `xd`
+/// `blocks` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn q8_0_dot_group<const G: usize>(
+pub(crate) unsafe fn q8_0_dot_group<const G: usize, const STREAMING: bool>(
     weights: &[u8],
     scales: &[f32],
     blocks: usize,
     xq: &[i8],
+    xd: &[f32],
 ) -> [f32; G] {
     let row_bytes = blocks * BLOCK_BYTES;
-    debug_assert!(weights.len() >= G * row_bytes && scales.len() >= G * blocks);
-    debug_assert!(xq.len() >= blocks * BLOCK);
+    debug_assert!(weights.len() >= G * row_bytes && xq.len() >= blocks * BLOCK);
+    debug_assert!(if STREAMING {
+        xd.len() >= blocks
+    } else {
+        scales.len() >= G * blocks
+    });
+    let w = weights.as_ptr();
     // Lanes 0–7 take the first block's scale, lanes 8–15 the second's.
     let pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); G];
-    let w = weights.as_ptr();
     let mut b = 0;
     while b + 2 <= blocks {
         // SAFETY: b + 2 ≤ blocks, so both blocks of every row, their scales and the 64
@@ -159,7 +170,12 @@ pub(crate) unsafe fn q8_0_dot_group<const G: usize>(
                 let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                 let signed = _mm512_mask_sub_epi8(wv, negative, zero, wv);
                 let dots = _mm512_dpbusd_epi32(zero, x_abs, signed);
-                let two = _mm_castpd_ps(_mm_load_sd(scales.as_ptr().add(g * blocks + b).cast()));
+                let two = _mm_setr_ps(
+                    block_scale_product::<STREAMING>(w, row_bytes, scales, blocks, xd, g, b),
+                    block_scale_product::<STREAMING>(w, row_bytes, scales, blocks, xd, g, b + 1),
+                    0.0,
+                    0.0,
+                );
                 let scale = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(two));
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, *a);
             }
@@ -178,11 +194,44 @@ pub(crate) unsafe fn q8_0_dot_group<const G: usize>(
                 let signed = _mm256_sign_epi8(_mm256_loadu_si256(block.cast()), x);
                 let dots = _mm256_dpbusd_epi32(_mm256_setzero_si256(), x_abs, signed);
                 let lanes = _mm256_cvtepi32_ps(dots);
-                *sum += crate::gemv::x86::hsum(lanes) * *scales.get_unchecked(g * blocks + b);
+                let product =
+                    block_scale_product::<STREAMING>(w, row_bytes, scales, blocks, xd, g, b);
+                *sum += crate::gemv::x86::hsum(lanes) * product;
             }
         }
     }
     sums
+}
+
+/// Block b of weight row g: its weight scale times the activation block's, from `scales`
+/// (`[g][b]`, already multiplied) or, `STREAMING`, widened from the block and multiplied by
+/// `xd[b]`. Inlined into its AVX-512 caller, whose features (F16C) it needs.
+///
+/// # Safety
+/// Row g's block b must lie inside the weights at `w` (`row_bytes` per row); `scales` must
+/// hold `[g][b]`, or `xd` `b + 1` values when `STREAMING`; the CPU must support F16C.
+#[inline(always)]
+unsafe fn block_scale_product<const STREAMING: bool>(
+    w: *const u8,
+    row_bytes: usize,
+    scales: &[f32],
+    blocks: usize,
+    xd: &[f32],
+    g: usize,
+    b: usize,
+) -> f32 {
+    // SAFETY: see # Safety.
+    unsafe {
+        if STREAMING {
+            let bits = w
+                .add(g * row_bytes + b * BLOCK_BYTES)
+                .cast::<u16>()
+                .read_unaligned();
+            crate::qgemm::x86::widen_f16(u16::from_le(bits)) * *xd.get_unchecked(b)
+        } else {
+            *scales.get_unchecked(g * blocks + b)
+        }
+    }
 }
 
 /// One register tile of the int8 GEMM ([`crate::int8_gemm`]): activation rows `c0..c0 + C`

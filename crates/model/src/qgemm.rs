@@ -1,9 +1,9 @@
 //! Quantized matrix multiplies, `y = x Wᵀ`: our own Q8_0 kernel for decode, and the GGML types
 //! without a kernel of ours through candle's block dot products called on the blocks directly
 //! ([`blocks_matmul`]). Which kernel takes which call is decided in `nn.rs`: on AVX2 and AVX-512
-//! CPUs chunks of 4+ rows go through `crate::int8_gemm` (Q8_0, Q4_0, Q4_K, Q6_K) and Q4_K/Q6_K
-//! decode through `crate::kquant_gemv`; 32+ rows of the other types are widened to f32 with
-//! [`dequantize_rows`] for candle's GEMM.
+//! CPUs chunks of 9+ rows go through `crate::int8_gemm` (Q8_0, Q4_0, Q4_K, Q6_K) and Q4_K/Q6_K
+//! decode (up to 8 rows: one token, or a batch of sequences) through `crate::kquant_gemv`; 32+
+//! rows of the other types are widened to f32 with [`dequantize_rows`] for candle's GEMM.
 //!
 //! candle's Q8_0 kernel converts each block's f16 scale with a function call and reduces every
 //! block horizontally; on a 2-core AVX2 host it reached ~10 GMAC/s, so a 512-token prefill of
@@ -19,10 +19,13 @@
 //! - integer dot products (AVX2 `sign`/`maddubs`/`madd`) accumulate into 8-lane f32 sums that
 //!   are reduced once per output, not once per block.
 //!
-//! The path is chosen at run time from `hybrid_simd`'s tier: AVX-512 VNNI for several activation
-//! rows (two blocks per 512-bit step, `vpdpbusd` for the integer dots, the group's scales widened
-//! by one gather per 16 blocks), AVX2 with FMA and F16C for one row and on AVX2 CPUs, else
-//! portable Rust. All give the same integer dot products and differ only in f32 summation order.
+//! The path is chosen at run time from `hybrid_simd`'s tier: AVX-512 VNNI (two blocks per
+//! 512-bit step, `vpdpbusd` for the integer dots; one row widens each scale as its block is
+//! read, several rows share the group's scales widened by one gather per 16 blocks), AVX2 with
+//! FMA and F16C (two rows share each weight block load), else portable Rust. All give the same
+//! integer dot products and differ only in f32 summation order; within a tier a row's sums do
+//! not depend on how many rows the call has, so a batched decode step gives each sequence
+//! exactly what it gets alone.
 
 use crate::parallel::{by_weight_rows, in_parallel};
 use crate::Result;
@@ -274,7 +277,9 @@ pub fn dequantize_rows(
 }
 
 /// Computes `count` weight rows (`weights`) against every activation row into `out`
-/// (`[m][count]`), at `tier` (which the CPU supports).
+/// (`[m][count]`), at `tier` (which the CPU supports). Every (weight row, activation row) pair
+/// is summed in the same order whatever `m` is, so a row of a batched decode step gets bit for
+/// bit what it gets alone.
 fn rows_task(
     weights: &[u8],
     count: usize,
@@ -288,76 +293,117 @@ fn rows_task(
     let row_bytes = blocks * BLOCK_BYTES;
     let mut scales = vec![0f32; GROUP * blocks];
     let avx2 = tier >= Tier::Avx2;
-    // One activation row (decode) stays on the AVX2 kernel, which widens each scale where its
-    // block is read: the weights stream through once and memory sets the pace, and the AVX-512
-    // kernel's separate scale pass measured slower there (benches/matvec.rs Q8_0: 14.8 vs 16.1
-    // GiB/s; bench 0.8B Q8_0 decode 17.4–18.1 vs 18.1–19.5 tok/s, 2-core Xeon). Several rows
-    // (prefill chunks) reuse the widened scales and gain from 512-bit dots.
-    let avx512_rows = cfg!(target_arch = "x86_64") && tier >= Tier::Avx512 && m > 1;
-    let mut products = if avx512_rows {
+    let avx512 = cfg!(target_arch = "x86_64") && tier >= Tier::Avx512;
+    let mut products = if avx512 && m > 1 {
         vec![0f32; GROUP * blocks]
     } else {
         Vec::new()
+    };
+    let x_rows = |r: usize| {
+        (
+            &rows.q[r * k..(r + 1) * k],
+            &rows.d[r * blocks..(r + 1) * blocks],
+        )
     };
     let mut start = 0;
     while start < count {
         let group = GROUP.min(count - start);
         let group_weights = &weights[start * row_bytes..(start + group) * row_bytes];
+        let fast = cfg!(target_arch = "x86_64") && avx2 && group == GROUP;
+        // With one activation row the scales are widened where the blocks are read (the weights
+        // stream through once); with several, once per group for all rows.
+        if !(fast && (m == 1 || avx512)) {
+            widen_scales(group_weights, group, blocks, &mut scales, avx2);
+        }
+        let mut put = |r: usize, sums: &[f32]| {
+            out[r * count + start..r * count + start + group].copy_from_slice(&sums[..group]);
+        };
         #[cfg(target_arch = "x86_64")]
-        if avx512_rows && group == GROUP {
-            // SAFETY: the AVX-512 tier was checked; the group holds GROUP rows of `blocks`
-            // blocks and `scales` GROUP × `blocks` values.
-            unsafe { crate::avx512::widen_q8_0_scales(group_weights, GROUP, blocks, &mut scales) };
-            for r in 0..m {
-                let xq = &rows.q[r * k..(r + 1) * k];
-                let xd = &rows.d[r * blocks..(r + 1) * blocks];
-                for (p, w) in products
-                    .chunks_exact_mut(blocks)
-                    .zip(scales.chunks_exact(blocks))
-                {
-                    for ((p, w), x) in p.iter_mut().zip(w).zip(xd) {
-                        *p = w * x;
-                    }
-                }
-                // SAFETY: as above; `products` holds GROUP × `blocks` scales, `xq` `k` values.
-                let sums = unsafe {
-                    crate::avx512::q8_0_dot_group::<GROUP>(group_weights, &products, blocks, xq)
+        if fast && avx512 {
+            // Two blocks per 512-bit step; one row streams the scales, several share them.
+            if m > 1 {
+                // SAFETY: the AVX-512 tier was checked; the group holds GROUP rows of `blocks`
+                // blocks and `scales` GROUP × `blocks` values.
+                unsafe {
+                    crate::avx512::widen_q8_0_scales(group_weights, GROUP, blocks, &mut scales)
                 };
-                for (g, v) in sums.into_iter().enumerate() {
-                    out[r * count + start + g] = v;
+            }
+            for r in 0..m {
+                let (xq, xd) = x_rows(r);
+                // SAFETY: as above; `products` holds GROUP × `blocks` values, `xq` `k` values,
+                // `xd` `blocks`.
+                let sums = unsafe {
+                    if m == 1 {
+                        crate::avx512::q8_0_dot_group::<GROUP, true>(
+                            group_weights,
+                            &[],
+                            blocks,
+                            xq,
+                            xd,
+                        )
+                    } else {
+                        for (p, w) in products
+                            .chunks_exact_mut(blocks)
+                            .zip(scales.chunks_exact(blocks))
+                        {
+                            for ((p, w), x) in p.iter_mut().zip(w).zip(xd) {
+                                *p = w * x;
+                            }
+                        }
+                        crate::avx512::q8_0_dot_group::<GROUP, false>(
+                            group_weights,
+                            &products,
+                            blocks,
+                            xq,
+                            xd,
+                        )
+                    }
+                };
+                put(r, &sums);
+            }
+            start += group;
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if fast {
+            let mut r = 0;
+            while r < m {
+                // SAFETY: `fast` implies AVX2, FMA and F16C; the group holds GROUP rows of
+                // `blocks` blocks, `scales` GROUP × `blocks` values, each x row `k` values and
+                // `blocks` scales.
+                unsafe {
+                    if m == 1 {
+                        let (xq, xd) = x_rows(0);
+                        put(
+                            0,
+                            &x86::dot_group::<true>(group_weights, &scales, blocks, xq, xd),
+                        );
+                        r = 1;
+                    } else if r + 1 < m {
+                        // Two activation rows share each weight block load.
+                        let rows2 = [x_rows(r), x_rows(r + 1)];
+                        let sums = x86::dot_group_pair(group_weights, &scales, blocks, rows2);
+                        put(r, &sums.map(|s| s[0]));
+                        put(r + 1, &sums.map(|s| s[1]));
+                        r += 2;
+                    } else {
+                        let (xq, xd) = x_rows(r);
+                        put(
+                            r,
+                            &x86::dot_group::<false>(group_weights, &scales, blocks, xq, xd),
+                        );
+                        r += 1;
+                    }
                 }
             }
             start += group;
             continue;
         }
-        let fast = cfg!(target_arch = "x86_64") && avx2 && group == GROUP;
-        // With one activation row the scales are widened where the blocks are read (the weights
-        // stream through once); with several, once per group for all rows.
-        if !(fast && m == 1) {
-            widen_scales(group_weights, group, blocks, &mut scales, avx2);
-        }
         for r in 0..m {
-            let xq = &rows.q[r * k..(r + 1) * k];
-            let xd = &rows.d[r * blocks..(r + 1) * blocks];
+            let (xq, xd) = x_rows(r);
             let mut sums = [0f32; GROUP];
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: `fast` implies AVX2, FMA and F16C; the slices hold GROUP rows of
-                // `blocks` blocks, GROUP × `blocks` scales, `k` values and `blocks` scales.
-                sums = unsafe {
-                    if m == 1 {
-                        x86::dot_group::<true>(group_weights, &scales, blocks, xq, xd)
-                    } else {
-                        x86::dot_group::<false>(group_weights, &scales, blocks, xq, xd)
-                    }
-                };
-            }
-            if !fast {
-                portable_group(group_weights, group, &scales, blocks, xq, xd, &mut sums);
-            }
-            for g in 0..group {
-                out[r * count + start + g] = sums[g];
-            }
+            portable_group(group_weights, group, &scales, blocks, xq, xd, &mut sums);
+            put(r, &sums);
         }
         start += group;
     }
@@ -487,6 +533,74 @@ pub(crate) mod x86 {
         }
         acc.map(|a| hsum(a))
     }
+
+    /// [`dot_group`] (with widened `scales`) for `R` activation rows at once: each weight block
+    /// is loaded once for all of them, and each (weight row, activation row) pair gets exactly
+    /// `dot_group`'s arithmetic, so the result for a row does not depend on the others. The
+    /// group runs in parts of `G` weight rows so that the `G × R` accumulators stay in
+    /// registers. Returns `[weight row][activation row]`.
+    ///
+    /// # Safety
+    /// As for [`dot_group`] without `STREAMING`, for every row of `x` (`(xq, xd)` each), on a
+    /// CPU with the features of the function that inlines this.
+    #[inline(always)]
+    unsafe fn dot_group_rows<const G: usize, const R: usize>(
+        weights: &[u8],
+        scales: &[f32],
+        blocks: usize,
+        x: [(&[i8], &[f32]); R],
+    ) -> [[f32; R]; GROUP] {
+        let row_bytes = blocks * BLOCK_BYTES;
+        debug_assert!(weights.len() >= GROUP * row_bytes && scales.len() >= GROUP * blocks);
+        debug_assert!(x
+            .iter()
+            .all(|(q, d)| q.len() >= blocks * BLOCK && d.len() >= blocks));
+        let mut sums = [[0f32; R]; GROUP];
+        for part in 0..GROUP / G {
+            let mut acc = [[_mm256_setzero_ps(); R]; G];
+            for b in 0..blocks {
+                // SAFETY: b < blocks and g < GROUP, so every load below is inside the slices
+                // (see # Safety).
+                unsafe {
+                    let xv = x.map(|(q, _)| _mm256_loadu_si256(q.as_ptr().add(b * BLOCK).cast()));
+                    let x_abs = xv.map(|v| _mm256_sign_epi8(v, v));
+                    let dx = x.map(|(_, d)| *d.get_unchecked(b));
+                    for (h, a) in acc.iter_mut().enumerate() {
+                        let g = part * G + h;
+                        let block = weights.as_ptr().add(g * row_bytes + b * BLOCK_BYTES);
+                        let dw = *scales.get_unchecked(g * blocks + b);
+                        if b % 2 == 0 {
+                            crate::gemv::prefetch_two_lines(block.wrapping_add(GROUP * row_bytes));
+                        }
+                        let wv = _mm256_loadu_si256(block.add(2).cast());
+                        for r in 0..R {
+                            let scale = _mm256_set1_ps(dw * dx[r]);
+                            a[r] = _mm256_fmadd_ps(block_dot(wv, x_abs[r], xv[r]), scale, a[r]);
+                        }
+                    }
+                }
+            }
+            for (h, a) in acc.iter().enumerate() {
+                sums[part * G + h] = a.map(|v| hsum(v));
+            }
+        }
+        sums
+    }
+
+    /// [`dot_group_rows`] for two activation rows in 16 AVX2 registers: 4 weight rows × 2.
+    ///
+    /// # Safety
+    /// As for [`dot_group_rows`]; the CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_group_pair(
+        weights: &[u8],
+        scales: &[f32],
+        blocks: usize,
+        x: [(&[i8], &[f32]); 2],
+    ) -> [[f32; 2]; GROUP] {
+        // SAFETY: forwarded contract.
+        unsafe { dot_group_rows::<4, 2>(weights, scales, blocks, x) }
+    }
 }
 
 #[cfg(test)]
@@ -607,6 +721,45 @@ mod tests {
             );
             for j in 0..g {
                 assert!((sums[j] - got[j]).abs() <= 1e-5 * scale.max(1.0));
+            }
+        }
+    }
+
+    /// The decode kernels (Q8_0 here, Q4_K and Q6_K in `kquant_gemv`) give a row of a multi-row
+    /// call bit for bit what they give it alone, at every tier and for every batch size a
+    /// batched decode step sends them: a sequence's tokens must not depend on its batch.
+    #[test]
+    fn each_row_of_a_batch_equals_that_row_alone() {
+        let (n, k) = (70, 512);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (8, k), &Device::Cpu)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .unwrap();
+        for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+            let bytes = QTensor::quantize(&w, dtype)
+                .unwrap()
+                .data()
+                .unwrap()
+                .into_owned();
+            let run = |tier: Tier, x: &[f32], y: &mut [f32]| match dtype {
+                GgmlDType::Q8_0 => q8_0_matmul_at(tier, &bytes, n, k, x, y),
+                _ => crate::kquant_gemv::kquant_matmul_at(tier, dtype, &bytes, n, k, x, y),
+            };
+            for tier in Tier::ALL.into_iter().filter(|t| t.is_supported()) {
+                for m in 1..=8 {
+                    let mut batch = vec![0f32; m * n];
+                    run(tier, &x[..m * k], &mut batch).unwrap();
+                    for r in 0..m {
+                        let mut alone = vec![0f32; n];
+                        run(tier, &x[r * k..(r + 1) * k], &mut alone).unwrap();
+                        assert_eq!(
+                            &batch[r * n..(r + 1) * n],
+                            &alone[..],
+                            "{dtype:?} {tier} m={m} row {r}"
+                        );
+                    }
+                }
             }
         }
     }
