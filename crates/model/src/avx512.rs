@@ -123,32 +123,25 @@ pub(crate) unsafe fn widen_q8_0_scales(
 /// The dot products of `G` rows of Q8_0 weights (`weights`, raw blocks) with one quantized
 /// activation row (`xq`, int8), two blocks per step: the 64 activation bytes are loaded once
 /// for all rows, `vpdpbusd` multiplies |x| by the weights carrying x's sign (the unsigned ×
-/// signed form it has) into 16 i32 sums, and those are scaled by each block's weight scale
-/// times the activation block's scale: taken from `scales[g · blocks + b]` (computed once per
-/// group for several activation rows), or with `STREAMING` (one row: the weights stream through
-/// once) widened from the block as it is read and multiplied by `xd[b]` — the same f32 values,
-/// so both forms give a row bit for bit the same sums. The next group's blocks (the `G` rows
-/// that follow) are prefetched as these are read.
+/// signed form it has) into 16 i32 sums, and those are scaled by each block's weight scale,
+/// widened from the block as it is read (one row: the weights stream through once), times the
+/// activation block's scale `xd[b]` — the products [`q8_0_dot_rows`] forms for several rows, so
+/// a row gets bit for bit the same sums alone or in a batch. The next group's blocks (the `G`
+/// rows that follow) are prefetched as these are read.
 ///
 /// # Safety
 /// The CPU must support the AVX-512 tier; `weights` must hold `G` rows of `blocks` blocks,
-/// `xq` `blocks × 32` values, and `scales` `G × blocks` values or (with `STREAMING`) `xd`
-/// `blocks` values.
+/// `xq` `blocks × 32` values and `xd` `blocks` values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(crate) unsafe fn q8_0_dot_group<const G: usize, const STREAMING: bool>(
+pub(crate) unsafe fn q8_0_dot_group<const G: usize>(
     weights: &[u8],
-    scales: &[f32],
     blocks: usize,
     xq: &[i8],
     xd: &[f32],
 ) -> [f32; G] {
     let row_bytes = blocks * BLOCK_BYTES;
     debug_assert!(weights.len() >= G * row_bytes && xq.len() >= blocks * BLOCK);
-    debug_assert!(if STREAMING {
-        xd.len() >= blocks
-    } else {
-        scales.len() >= G * blocks
-    });
+    debug_assert!(xd.len() >= blocks);
     let w = weights.as_ptr();
     // Lanes 0–7 take the first block's scale, lanes 8–15 the second's.
     let pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
@@ -171,8 +164,8 @@ pub(crate) unsafe fn q8_0_dot_group<const G: usize, const STREAMING: bool>(
                 let signed = _mm512_mask_sub_epi8(wv, negative, zero, wv);
                 let dots = _mm512_dpbusd_epi32(zero, x_abs, signed);
                 let two = _mm_setr_ps(
-                    block_scale_product::<STREAMING>(w, row_bytes, scales, blocks, xd, g, b),
-                    block_scale_product::<STREAMING>(w, row_bytes, scales, blocks, xd, g, b + 1),
+                    scale_product(w, row_bytes, xd, g, b),
+                    scale_product(w, row_bytes, xd, g, b + 1),
                     0.0,
                     0.0,
                 );
@@ -194,8 +187,7 @@ pub(crate) unsafe fn q8_0_dot_group<const G: usize, const STREAMING: bool>(
                 let signed = _mm256_sign_epi8(_mm256_loadu_si256(block.cast()), x);
                 let dots = _mm256_dpbusd_epi32(_mm256_setzero_si256(), x_abs, signed);
                 let lanes = _mm256_cvtepi32_ps(dots);
-                let product =
-                    block_scale_product::<STREAMING>(w, row_bytes, scales, blocks, xd, g, b);
+                let product = scale_product(w, row_bytes, xd, g, b);
                 *sum += crate::gemv::x86::hsum(lanes) * product;
             }
         }
@@ -203,34 +195,116 @@ pub(crate) unsafe fn q8_0_dot_group<const G: usize, const STREAMING: bool>(
     sums
 }
 
-/// Block b of weight row g: its weight scale times the activation block's, from `scales`
-/// (`[g][b]`, already multiplied) or, `STREAMING`, widened from the block and multiplied by
-/// `xd[b]`. Inlined into its AVX-512 caller, whose features (F16C) it needs.
+/// [`q8_0_dot_group`] for `R` activation rows at once, each weight block pair
+/// loaded once for all of them. The integer dots come from `vpdpbusd` on `x + 128` (`xu`,
+/// unsigned) minus `128 · Σw` (one `vpdpbusd` per weight block pair, shared by the rows) —
+/// exactly the i32 lanes the sign trick gives — and every float step per (weight row,
+/// activation row) is `q8_0_dot_group`'s, so each row's sums are bit for bit the single-row
+/// ones. Weight rows are taken four at a time (`4 × R` accumulators in registers). Each block's
+/// scale product is `scales[g][b] · xd[r][b]`, multiplied here as the single-row kernel
+/// multiplies it. Returns `[g][r]`.
 ///
 /// # Safety
-/// Row g's block b must lie inside the weights at `w` (`row_bytes` per row); `scales` must
-/// hold `[g][b]`, or `xd` `b + 1` values when `STREAMING`; the CPU must support F16C.
-#[inline(always)]
-unsafe fn block_scale_product<const STREAMING: bool>(
-    w: *const u8,
-    row_bytes: usize,
+/// The CPU must support the AVX-512 tier; `weights` must hold `GROUP_ROWS` rows of `blocks`
+/// blocks, `scales` `GROUP_ROWS × blocks` values, and for every r: `xd[r]` `blocks` values,
+/// `xq[r]` and `xu[r]` `blocks × 32` values. Q8_0 weights must lie in −127..=127 (as ggml quantizes), like the sign
+/// trick of the single-row kernel assumes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(crate) unsafe fn q8_0_dot_rows<const GROUP_ROWS: usize, const R: usize>(
+    weights: &[u8],
     scales: &[f32],
     blocks: usize,
-    xd: &[f32],
-    g: usize,
-    b: usize,
-) -> f32 {
+    xd: [&[f32]; R],
+    xq: [&[i8]; R],
+    xu: [&[u8]; R],
+) -> [[f32; R]; GROUP_ROWS] {
+    const PART: usize = 4;
+    let row_bytes = blocks * BLOCK_BYTES;
+    debug_assert!(weights.len() >= GROUP_ROWS * row_bytes && GROUP_ROWS.is_multiple_of(PART));
+    debug_assert!(scales.len() >= GROUP_ROWS * blocks);
+    debug_assert!((0..R).all(|r| xd[r].len() >= blocks
+        && xq[r].len() >= blocks * BLOCK
+        && xu[r].len() >= blocks * BLOCK));
+    let pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let zero = _mm512_setzero_si512();
+    let bias = _mm512_set1_epi8(-128);
+    let w = weights.as_ptr();
+    let mut sums = [[0f32; R]; GROUP_ROWS];
+    for part in 0..GROUP_ROWS / PART {
+        let mut acc = [[_mm512_setzero_ps(); R]; PART];
+        let mut b = 0;
+        while b + 2 <= blocks {
+            // SAFETY: b + 2 ≤ blocks and g < GROUP_ROWS, so both blocks of every row, their
+            // products and the 64 activation values of every row are inside the slices.
+            unsafe {
+                let mut wv = [zero; PART];
+                let mut corr = [zero; PART];
+                for h in 0..PART {
+                    let first = w.add((part * PART + h) * row_bytes + b * BLOCK_BYTES + 2);
+                    prefetch_two_lines(first.wrapping_add(GROUP_ROWS * row_bytes));
+                    let lo = _mm256_loadu_si256(first.cast());
+                    let hi = _mm256_loadu_si256(first.add(BLOCK_BYTES).cast());
+                    wv[h] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                    corr[h] = _mm512_dpbusd_epi32(zero, bias, wv[h]);
+                }
+                for r in 0..R {
+                    let xv = _mm512_loadu_si512(xu[r].as_ptr().add(b * BLOCK).cast());
+                    let dx = _mm_castpd_ps(_mm_load_sd(xd[r].as_ptr().add(b).cast()));
+                    for h in 0..PART {
+                        let g = part * PART + h;
+                        let dots = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, xv, wv[h]), corr[h]);
+                        let dw =
+                            _mm_castpd_ps(_mm_load_sd(scales.as_ptr().add(g * blocks + b).cast()));
+                        let two = _mm_mul_ps(dw, dx);
+                        let scale = _mm512_permutexvar_ps(pair, _mm512_castps128_ps512(two));
+                        acc[h][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[h][r]);
+                    }
+                }
+            }
+            b += 2;
+        }
+        for h in 0..PART {
+            for r in 0..R {
+                sums[part * PART + h][r] = _mm512_reduce_add_ps(acc[h][r]);
+            }
+        }
+        if b < blocks {
+            // An odd block count: the last block with 256-bit VNNI, as the single-row kernel.
+            // SAFETY: b < blocks, as above for one block.
+            unsafe {
+                for r in 0..R {
+                    let x = _mm256_loadu_si256(xq[r].as_ptr().add(b * BLOCK).cast());
+                    let x_abs = _mm256_abs_epi8(x);
+                    for h in 0..PART {
+                        let g = part * PART + h;
+                        let block = w.add(g * row_bytes + b * BLOCK_BYTES + 2);
+                        let signed = _mm256_sign_epi8(_mm256_loadu_si256(block.cast()), x);
+                        let dots = _mm256_dpbusd_epi32(_mm256_setzero_si256(), x_abs, signed);
+                        let lanes = _mm256_cvtepi32_ps(dots);
+                        let product =
+                            *scales.get_unchecked(g * blocks + b) * *xd[r].get_unchecked(b);
+                        sums[g][r] += crate::gemv::x86::hsum(lanes) * product;
+                    }
+                }
+            }
+        }
+    }
+    sums
+}
+
+/// Block b of weight row g: its weight scale, widened from the block, times the activation
+/// block's `xd[b]`. Inlined into its AVX-512 caller, whose features (F16C) it needs.
+///
+/// # Safety
+/// Row g's block b must lie inside the weights at `w` (`row_bytes` per row), `xd` must hold
+/// `b + 1` values, and the CPU must support F16C.
+#[inline(always)]
+unsafe fn scale_product(w: *const u8, row_bytes: usize, xd: &[f32], g: usize, b: usize) -> f32 {
     // SAFETY: see # Safety.
     unsafe {
-        if STREAMING {
-            let bits = w
-                .add(g * row_bytes + b * BLOCK_BYTES)
-                .cast::<u16>()
-                .read_unaligned();
-            crate::qgemm::x86::widen_f16(u16::from_le(bits)) * *xd.get_unchecked(b)
-        } else {
-            *scales.get_unchecked(g * blocks + b)
-        }
+        let block = w.add(g * row_bytes + b * BLOCK_BYTES);
+        let bits = block.cast::<u16>().read_unaligned();
+        crate::qgemm::x86::widen_f16(u16::from_le(bits)) * *xd.get_unchecked(b)
     }
 }
 

@@ -50,6 +50,8 @@ const ROWS_PER_TASK: usize = 64;
 pub(crate) struct QuantizedRows {
     pub(crate) q: Vec<i8>,
     pub(crate) d: Vec<f32>,
+    /// `q + 128` as unsigned bytes, filled only for the kernels that take them.
+    pub(crate) u: Vec<u8>,
 }
 
 /// llama.cpp's `quantize_row_q8_0`: per block, `d = amax / 127` (stored as f16 in a block, so
@@ -71,7 +73,11 @@ pub(crate) fn quantize_rows(x: &[f32]) -> QuantizedRows {
         }
         d[b] = f16::from_f32(scale).to_f32();
     }
-    QuantizedRows { q, d }
+    QuantizedRows {
+        q,
+        d,
+        u: Vec::new(),
+    }
 }
 
 /// `y[r][j] = Σ_i W[j][i] x[r][i]` for Q8_0 weights `w` (`n` rows of `k` values, raw GGML
@@ -92,9 +98,13 @@ pub fn q8_0_matmul_at(
     y: &mut [f32],
 ) -> Result<()> {
     let m = x.len() / k;
-    let rows = quantize_rows(x);
+    let mut rows = quantize_rows(x);
     let row_bytes = k / BLOCK * BLOCK_BYTES;
     let tier = tier.min(Tier::detect());
+    if tier >= Tier::Avx512 && m > 1 {
+        // The multi-row VNNI kernel takes the activations as unsigned bytes, x + 128.
+        rows.u = rows.q.iter().map(|&q| (q as u8) ^ 0x80).collect();
+    }
     by_weight_rows("Q8_0 matmul", y, m, n, ROWS_PER_TASK, &|first, out| {
         let count = out.len() / m;
         let weights = &w[first * row_bytes..(first + count) * row_bytes];
@@ -294,11 +304,6 @@ fn rows_task(
     let mut scales = vec![0f32; GROUP * blocks];
     let avx2 = tier >= Tier::Avx2;
     let avx512 = cfg!(target_arch = "x86_64") && tier >= Tier::Avx512;
-    let mut products = if avx512 && m > 1 {
-        vec![0f32; GROUP * blocks]
-    } else {
-        Vec::new()
-    };
     let x_rows = |r: usize| {
         (
             &rows.q[r * k..(r + 1) * k],
@@ -320,46 +325,88 @@ fn rows_task(
         };
         #[cfg(target_arch = "x86_64")]
         if fast && avx512 {
-            // Two blocks per 512-bit step; one row streams the scales, several share them.
-            if m > 1 {
+            // Two blocks per 512-bit step; one row streams the scales, several rows share the
+            // group's widened scales and each weight block load (up to four rows per pass).
+            if m == 1 {
+                let (xq, xd) = x_rows(0);
                 // SAFETY: the AVX-512 tier was checked; the group holds GROUP rows of `blocks`
-                // blocks and `scales` GROUP × `blocks` values.
-                unsafe {
-                    crate::avx512::widen_q8_0_scales(group_weights, GROUP, blocks, &mut scales)
-                };
-            }
-            for r in 0..m {
-                let (xq, xd) = x_rows(r);
-                // SAFETY: as above; `products` holds GROUP × `blocks` values, `xq` `k` values,
-                // `xd` `blocks`.
+                // blocks, `xq` `k` values and `xd` `blocks`.
                 let sums = unsafe {
-                    if m == 1 {
-                        crate::avx512::q8_0_dot_group::<GROUP, true>(
-                            group_weights,
-                            &[],
-                            blocks,
-                            xq,
-                            xd,
-                        )
-                    } else {
-                        for (p, w) in products
-                            .chunks_exact_mut(blocks)
-                            .zip(scales.chunks_exact(blocks))
-                        {
-                            for ((p, w), x) in p.iter_mut().zip(w).zip(xd) {
-                                *p = w * x;
-                            }
-                        }
-                        crate::avx512::q8_0_dot_group::<GROUP, false>(
-                            group_weights,
-                            &products,
-                            blocks,
-                            xq,
-                            xd,
-                        )
-                    }
+                    crate::avx512::q8_0_dot_group::<GROUP>(group_weights, blocks, xq, xd)
                 };
-                put(r, &sums);
+                put(0, &sums);
+                start += group;
+                continue;
+            }
+            // SAFETY: as above; `scales` holds GROUP × `blocks` values.
+            unsafe { crate::avx512::widen_q8_0_scales(group_weights, GROUP, blocks, &mut scales) };
+            let xu = |r: usize| &rows.u[r * k..(r + 1) * k];
+            let mut r = 0;
+            while r < m {
+                let take = (m - r).min(4);
+                let d = |i: usize| x_rows(r + i).1;
+                let q = |i: usize| x_rows(r + i).0;
+                let u = |i: usize| xu(r + i);
+                // SAFETY: as above; each row's `xd` holds `blocks` values, its `xq` and `xu` `k`
+                // values; ggml's Q8_0 weights lie in −127..=127.
+                unsafe {
+                    use crate::avx512::q8_0_dot_rows;
+                    let mut put_rows = |sums: &[[f32; 4]; GROUP], n: usize| {
+                        for i in 0..n {
+                            put(r + i, &sums.map(|s| s[i]));
+                        }
+                    };
+                    match take {
+                        4 => put_rows(
+                            &q8_0_dot_rows::<GROUP, 4>(
+                                group_weights,
+                                &scales,
+                                blocks,
+                                [d(0), d(1), d(2), d(3)],
+                                [q(0), q(1), q(2), q(3)],
+                                [u(0), u(1), u(2), u(3)],
+                            ),
+                            4,
+                        ),
+                        3 => put_rows(
+                            &q8_0_dot_rows::<GROUP, 3>(
+                                group_weights,
+                                &scales,
+                                blocks,
+                                [d(0), d(1), d(2)],
+                                [q(0), q(1), q(2)],
+                                [u(0), u(1), u(2)],
+                            )
+                            .map(|s| [s[0], s[1], s[2], 0.0]),
+                            3,
+                        ),
+                        2 => put_rows(
+                            &q8_0_dot_rows::<GROUP, 2>(
+                                group_weights,
+                                &scales,
+                                blocks,
+                                [d(0), d(1)],
+                                [q(0), q(1)],
+                                [u(0), u(1)],
+                            )
+                            .map(|s| [s[0], s[1], 0.0, 0.0]),
+                            2,
+                        ),
+                        _ => put_rows(
+                            &q8_0_dot_rows::<GROUP, 1>(
+                                group_weights,
+                                &scales,
+                                blocks,
+                                [d(0)],
+                                [q(0)],
+                                [u(0)],
+                            )
+                            .map(|s| [s[0], 0.0, 0.0, 0.0]),
+                            1,
+                        ),
+                    }
+                }
+                r += take;
             }
             start += group;
             continue;
