@@ -10,9 +10,13 @@
 //! `partial_rotary_factor · head_dim` dims (rotate-half layout); the MoE router is a softmax
 //! with top-k (renormalised when `norm_topk_prob`) plus a sigmoid-gated shared expert.
 //!
-//! One sequence's whole state (KV caches + canonical GDN state) can be exported, imported, written
-//! to disk as a versioned, checksummed [`Snapshot`] and restored (see [`snapshot`]), or moved live
-//! to another GDN backend with [`HybridModel::migrate_gdn_backend`].
+//! The weights and the GDN backend are shared by every [`Sequence`] (GDN slot, position, paged KV
+//! caches, see [`kv_cache`]): [`HybridModel::prefill`] runs one, [`HybridModel::step`] a batch
+//! with one token each; the model's built-in sequence serves the single-sequence API
+//! ([`HybridModel::forward`]). A sequence's whole state (KV caches + canonical GDN state) can be
+//! exported, imported, written to disk as a versioned, checksummed [`Snapshot`] and restored
+//! (see [`snapshot`]), or moved live to another GDN backend with
+//! [`HybridModel::migrate_gdn_backend`].
 
 #![warn(missing_docs)]
 
