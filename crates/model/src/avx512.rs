@@ -15,7 +15,7 @@ const BLOCK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale and 32 int8 values.
 const BLOCK_BYTES: usize = 34;
 
-/// Four rows' dot products with the same `x`: [`dot4xr`] with one activation row.
+/// Four rows' dot products with the same `x`: [`dot_tile`] with one activation row.
 ///
 /// # Safety
 /// The CPU must support the AVX-512 tier (and AVX2, FMA and F16C, which it implies).

@@ -21,7 +21,8 @@
 //!
 //! The path is chosen at run time from `hybrid_simd`'s tier: AVX-512 VNNI (two blocks per
 //! 512-bit step, `vpdpbusd` for the integer dots; one row widens each scale as its block is
-//! read, several rows share the group's scales widened by one gather per 16 blocks), AVX2 with
+//! read, several rows share the group's scales widened by one gather per 16 blocks and each
+//! weight block pair, up to four rows per pass, with `vpdpbusd` on `x + 128`), AVX2 with
 //! FMA and F16C (two rows share each weight block load), else portable Rust. All give the same
 //! integer dot products and differ only in f32 summation order; within a tier a row's sums do
 //! not depend on how many rows the call has, so a batched decode step gives each sequence
