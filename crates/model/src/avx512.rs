@@ -15,16 +15,6 @@ const BLOCK: usize = 32;
 /// Bytes per Q8_0 block: an f16 scale and 32 int8 values.
 const BLOCK_BYTES: usize = 34;
 
-/// Four rows' dot products with the same `x`: [`dot_tile`] with one activation row.
-///
-/// # Safety
-/// The CPU must support the AVX-512 tier (and AVX2, FMA and F16C, which it implies).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(crate) unsafe fn dot4<W: WeightElement>(w: [&[W]; 4], x: &[f32]) -> [f32; 4] {
-    // SAFETY: same contract as this function's.
-    unsafe { dot_tile(w, [x]) }.map(|row| row[0])
-}
-
 /// `G` weight rows against `R` activation rows (one decode token, or a batch of them): one
 /// 16-lane accumulator per (weight row, activation row) pair, so each weight vector is widened
 /// once for all `R` rows and each `x` vector serves `G` weight rows. A pair's sum does not

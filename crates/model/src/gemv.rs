@@ -77,7 +77,7 @@ pub fn gemv_at(
     by_weight_rows("GEMV", y, rows, out_dim, ROWS_PER_TASK, &|first, out| {
         let count = out.len() / rows;
         #[cfg(target_arch = "x86_64")]
-        if avx512 && rows > 1 {
+        if avx512 {
             match weight {
                 WeightRows::F32(w) => dot_rows_batch(w, in_dim, first, count, x, out),
                 WeightRows::Bf16(w) => dot_rows_batch(w, in_dim, first, count, x, out),
@@ -125,8 +125,9 @@ fn split_even_odd(x: &[f32], in_dim: usize) -> Vec<f32> {
 }
 
 /// Weight rows `first..first + count` of `w` (`in_dim` values each) dotted with `x`, each result
-/// handed to `put(local, value)`, at `tier` (which the CPU supports). Four rows at a time on
-/// AVX2 and AVX-512: four weight streams in flight per thread and one `x` load for all of them.
+/// handed to `put(local, value)`, at `tier` (AVX2 or portable; AVX-512 takes
+/// [`dot_rows_batch`]). Four rows at a time on AVX2: four weight streams in flight per thread
+/// and one `x` load for all of them.
 fn dot_rows<W: WeightElement>(
     w: &[W],
     in_dim: usize,
@@ -139,19 +140,6 @@ fn dot_rows<W: WeightElement>(
     let avx2 = tier >= Tier::Avx2;
     let row = |j: usize| &w[j * in_dim..(j + 1) * in_dim];
     let mut local = 0;
-    #[cfg(target_arch = "x86_64")]
-    if tier >= Tier::Avx512 {
-        while local + 4 <= count {
-            let j = first + local;
-            // SAFETY: the AVX-512 tier is only chosen when the CPU supports it (hybrid_simd).
-            let sums =
-                unsafe { crate::avx512::dot4([row(j), row(j + 1), row(j + 2), row(j + 3)], x) };
-            for (g, v) in sums.into_iter().enumerate() {
-                put(local + g, v);
-            }
-            local += 4;
-        }
-    }
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         while local + 4 <= count {
@@ -169,12 +157,12 @@ fn dot_rows<W: WeightElement>(
     }
 }
 
-/// [`dot_rows`] on the AVX-512 tier for every row of `x` (several activation rows, `[rows][in]`),
-/// into `out` laid out `[rows][count]`, in one pass over the weights: up to four activation
-/// rows against four weight rows at a time, five to eight against two
+/// Weight rows `first..first + count` of `w` against every row of `x` (`[rows][in]`) on the
+/// AVX-512 tier, into `out` laid out `[rows][count]`, in one pass over the weights: up to four
+/// activation rows against four weight rows at a time, five to eight against two
 /// ([`crate::avx512::dot_tile`], 16 accumulators either way), each weight vector widened once
-/// for all of them. Bit for bit what [`dot_rows`] gives each row alone (the same arithmetic per
-/// pair; the weight rows past the last four `dot_rows` sums with `dot`, and so does this).
+/// for all of them; the weight rows past the last four by `dot`. A pair's arithmetic does not
+/// depend on the tile, so a row of a batch gets bit for bit what it gets alone.
 #[cfg(target_arch = "x86_64")]
 fn dot_rows_batch<W: WeightElement>(
     w: &[W],
@@ -185,61 +173,69 @@ fn dot_rows_batch<W: WeightElement>(
     out: &mut [f32],
 ) {
     let rows = x.len() / in_dim.max(1);
-    let row = |j: usize| &w[j * in_dim..(j + 1) * in_dim];
-    let xr = |r: usize| &x[r * in_dim..(r + 1) * in_dim];
     let grouped = count / 4 * 4;
     let mut r = 0;
     while r < rows {
         let take = (rows - r).min(8);
         let g = if take <= 4 { 4 } else { 2 };
         for local in (0..grouped).step_by(g) {
-            let j = first + local;
+            let tile = Tile {
+                w,
+                x,
+                in_dim,
+                weight_row: first + local,
+                x_row: r,
+            };
             let mut put = |gi: usize, k: usize, v: f32| out[(r + k) * count + local + gi] = v;
-            let x = |k: usize| xr(r + k);
-            // SAFETY: the caller runs this on the AVX-512 tier only, which the CPU supports.
-            unsafe {
-                use crate::avx512::dot_tile;
-                let quad = || [row(j), row(j + 1), row(j + 2), row(j + 3)];
-                let pair = || [row(j), row(j + 1)];
-                match take {
-                    1 => scatter(&dot_tile(quad(), [x(0)]), &mut put),
-                    2 => scatter(&dot_tile(quad(), [x(0), x(1)]), &mut put),
-                    3 => scatter(&dot_tile(quad(), [x(0), x(1), x(2)]), &mut put),
-                    4 => scatter(&dot_tile(quad(), [x(0), x(1), x(2), x(3)]), &mut put),
-                    5 => scatter(&dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4)]), &mut put),
-                    6 => scatter(
-                        &dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4), x(5)]),
-                        &mut put,
-                    ),
-                    7 => scatter(
-                        &dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4), x(5), x(6)]),
-                        &mut put,
-                    ),
-                    _ => scatter(
-                        &dot_tile(pair(), [x(0), x(1), x(2), x(3), x(4), x(5), x(6), x(7)]),
-                        &mut put,
-                    ),
-                }
+            match take {
+                1 => tile.run::<4, 1>(&mut put),
+                2 => tile.run::<4, 2>(&mut put),
+                3 => tile.run::<4, 3>(&mut put),
+                4 => tile.run::<4, 4>(&mut put),
+                5 => tile.run::<2, 5>(&mut put),
+                6 => tile.run::<2, 6>(&mut put),
+                7 => tile.run::<2, 7>(&mut put),
+                _ => tile.run::<2, 8>(&mut put),
             }
         }
         r += take;
     }
     for local in grouped..count {
+        let row = &w[(first + local) * in_dim..(first + local + 1) * in_dim];
         for r in 0..rows {
-            out[r * count + local] = dot(row(first + local), xr(r), true);
+            out[r * count + local] = dot(row, &x[r * in_dim..(r + 1) * in_dim], true);
         }
     }
 }
 
-/// Hands each `sums[g][k]` (weight row g, activation row k) to `put(g, k, value)`.
+/// One [`crate::avx512::dot_tile`] call of [`dot_rows_batch`]: the weight and activation rows
+/// it starts at.
 #[cfg(target_arch = "x86_64")]
-fn scatter<const G: usize, const R: usize>(
-    sums: &[[f32; R]; G],
-    put: &mut dyn FnMut(usize, usize, f32),
-) {
-    for (g, row) in sums.iter().enumerate() {
-        for (k, &v) in row.iter().enumerate() {
-            put(g, k, v);
+struct Tile<'a, W> {
+    w: &'a [W],
+    x: &'a [f32],
+    in_dim: usize,
+    weight_row: usize,
+    x_row: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<W: WeightElement> Tile<'_, W> {
+    /// Weight rows `weight_row..+G` against activation rows `x_row..+R`, each sum handed to
+    /// `put(weight row offset, activation row offset, value)`. Must run on the AVX-512 tier.
+    fn run<const G: usize, const R: usize>(&self, put: &mut dyn FnMut(usize, usize, f32)) {
+        let d = self.in_dim;
+        let w: [&[W]; G] = std::array::from_fn(|g| {
+            &self.w[(self.weight_row + g) * d..(self.weight_row + g + 1) * d]
+        });
+        let x: [&[f32]; R] =
+            std::array::from_fn(|k| &self.x[(self.x_row + k) * d..(self.x_row + k + 1) * d]);
+        // SAFETY: `dot_rows_batch` runs on the AVX-512 tier only, which the CPU supports.
+        let sums = unsafe { crate::avx512::dot_tile(w, x) };
+        for (g, row) in sums.iter().enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                put(g, k, v);
+            }
         }
     }
 }
