@@ -341,71 +341,22 @@ fn rows_task(
             }
             // SAFETY: as above; `scales` holds GROUP × `blocks` values.
             unsafe { crate::avx512::widen_q8_0_scales(group_weights, GROUP, blocks, &mut scales) };
-            let xu = |r: usize| &rows.u[r * k..(r + 1) * k];
             let mut r = 0;
             while r < m {
                 let take = (m - r).min(4);
-                let d = |i: usize| x_rows(r + i).1;
-                let q = |i: usize| x_rows(r + i).0;
-                let u = |i: usize| xu(r + i);
-                // SAFETY: as above; each row's `xd` holds `blocks` values, its `xq` and `xu` `k`
-                // values; ggml's Q8_0 weights lie in −127..=127.
-                unsafe {
-                    use crate::avx512::q8_0_dot_rows;
-                    let mut put_rows = |sums: &[[f32; 4]; GROUP], n: usize| {
-                        for i in 0..n {
-                            put(r + i, &sums.map(|s| s[i]));
-                        }
-                    };
-                    match take {
-                        4 => put_rows(
-                            &q8_0_dot_rows::<GROUP, 4>(
-                                group_weights,
-                                &scales,
-                                blocks,
-                                [d(0), d(1), d(2), d(3)],
-                                [q(0), q(1), q(2), q(3)],
-                                [u(0), u(1), u(2), u(3)],
-                            ),
-                            4,
-                        ),
-                        3 => put_rows(
-                            &q8_0_dot_rows::<GROUP, 3>(
-                                group_weights,
-                                &scales,
-                                blocks,
-                                [d(0), d(1), d(2)],
-                                [q(0), q(1), q(2)],
-                                [u(0), u(1), u(2)],
-                            )
-                            .map(|s| [s[0], s[1], s[2], 0.0]),
-                            3,
-                        ),
-                        2 => put_rows(
-                            &q8_0_dot_rows::<GROUP, 2>(
-                                group_weights,
-                                &scales,
-                                blocks,
-                                [d(0), d(1)],
-                                [q(0), q(1)],
-                                [u(0), u(1)],
-                            )
-                            .map(|s| [s[0], s[1], 0.0, 0.0]),
-                            2,
-                        ),
-                        _ => put_rows(
-                            &q8_0_dot_rows::<GROUP, 1>(
-                                group_weights,
-                                &scales,
-                                blocks,
-                                [d(0)],
-                                [q(0)],
-                                [u(0)],
-                            )
-                            .map(|s| [s[0], 0.0, 0.0, 0.0]),
-                            1,
-                        ),
-                    }
+                let at = RowsAt {
+                    weights: group_weights,
+                    scales: &scales,
+                    rows,
+                    k,
+                    first: r,
+                };
+                let mut put_row = |i: usize, sums: &[f32]| put(r + i, sums);
+                match take {
+                    4 => at.run::<4>(&mut put_row),
+                    3 => at.run::<3>(&mut put_row),
+                    2 => at.run::<2>(&mut put_row),
+                    _ => at.run::<1>(&mut put_row),
                 }
                 r += take;
             }
@@ -454,6 +405,39 @@ fn rows_task(
             put(r, &sums);
         }
         start += group;
+    }
+}
+
+/// One [`crate::avx512::q8_0_dot_rows`] call of `rows_task`: a group of GROUP weight rows (their
+/// scales widened in `scales`) against the activation rows from `first` on.
+#[cfg(target_arch = "x86_64")]
+struct RowsAt<'a> {
+    weights: &'a [u8],
+    scales: &'a [f32],
+    rows: &'a QuantizedRows,
+    k: usize,
+    first: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowsAt<'_> {
+    /// Activation rows `first..first + R`: each row's GROUP sums handed to `put(i, sums)`.
+    /// Must run on the AVX-512 tier with `rows.u` filled.
+    fn run<const R: usize>(&self, put: &mut dyn FnMut(usize, &[f32])) {
+        let (k, blocks) = (self.k, self.k / BLOCK);
+        let row = |i: usize| self.first + i;
+        let xd: [&[f32]; R] = std::array::from_fn(|i| &self.rows.d[row(i) * blocks..][..blocks]);
+        let xq: [&[i8]; R] = std::array::from_fn(|i| &self.rows.q[row(i) * k..][..k]);
+        let xu: [&[u8]; R] = std::array::from_fn(|i| &self.rows.u[row(i) * k..][..k]);
+        // SAFETY: the AVX-512 tier was checked by the caller; the group holds GROUP rows of
+        // `blocks` blocks and `scales` GROUP × `blocks` values; each row's `xd` holds `blocks`
+        // values, its `xq` and `xu` `k`; ggml's Q8_0 weights lie in −127..=127.
+        let sums = unsafe {
+            crate::avx512::q8_0_dot_rows::<GROUP, R>(self.weights, self.scales, blocks, xd, xq, xu)
+        };
+        for i in 0..R {
+            put(i, &sums.map(|s| s[i]));
+        }
     }
 }
 
