@@ -26,8 +26,8 @@ pub(crate) struct AttentionShape {
 }
 
 thread_local! {
-    /// Scores of one task (query heads of a group × visible positions), reused across calls so
-    /// decode does not allocate per token.
+    /// Scores of one task (query heads of a group × visible positions) and each head's softmax
+    /// denominator after them, reused across calls so decode does not allocate per token.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -67,9 +67,10 @@ pub(crate) fn attend_at(
         let (t, g) = (piece / kv_heads, piece % kv_heads);
         let visible = start + t + 1;
         let q = &queries[piece * group..(piece + 1) * group];
-        SCORES.with_borrow_mut(|scores| {
-            scores.clear();
-            scores.resize(ratio * visible, 0.0);
+        SCORES.with_borrow_mut(|scratch| {
+            scratch.clear();
+            scratch.resize(ratio * visible + ratio, 0.0);
+            let (scores, totals) = scratch.split_at_mut(ratio * visible);
             // Scores, [ratio][visible]: each key row meets every query head of the group.
             let mut s0 = 0;
             for (keys, _) in cache.head_pages(g, visible) {
@@ -82,14 +83,6 @@ pub(crate) fn attend_at(
                 s0 += keys.len() / hd;
             }
             // Softmax per query head, kept unnormalised until the end.
-            let mut totals = [0f32; 64];
-            let mut totals_heap = Vec::new();
-            let totals: &mut [f32] = if ratio <= totals.len() {
-                &mut totals[..ratio]
-            } else {
-                totals_heap.resize(ratio, 0.0);
-                &mut totals_heap
-            };
             for (r, row) in scores.chunks_exact_mut(visible).enumerate() {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0f32;
