@@ -32,6 +32,22 @@ fn failing_card(nth: u64) -> Box<dyn GdnBackend> {
     )
 }
 
+/// One token (seeded inputs, the same every call) through `backend.step` for (layer, slot).
+fn step_one_token(
+    backend: &mut dyn GdnBackend,
+    layer: usize,
+    slot: hybrid_gdn::SlotId,
+) -> hybrid_gdn::Result<()> {
+    let (x, a, b) = random_inputs(&SPEC, 1, 1);
+    let inputs = TokenInputs {
+        mixed_qkv: &x,
+        a: &a,
+        b: &b,
+    };
+    let mut out = vec![0.0; SPEC.value_dim()];
+    backend.step(layer, slot, inputs, &mut out)
+}
+
 fn setup(backend: &mut dyn GdnBackend) {
     for layer in LAYERS {
         backend
@@ -124,23 +140,14 @@ fn input_errors_are_not_device_failures() {
     );
     setup(&mut failover);
     let slot = failover.alloc_slot().expect("slot");
-    let (x, a, b) = random_inputs(&SPEC, 1, 1);
-    let inputs = TokenInputs {
-        mixed_qkv: &x,
-        a: &a,
-        b: &b,
-    };
-    let mut out = vec![0.0; SPEC.value_dim()];
     assert_eq!(
-        failover.step(1, slot, inputs, &mut out),
+        step_one_token(&mut failover, 1, slot),
         Err(GdnError::UnknownLayer(1))
     );
     assert!(failover.events().is_empty());
     assert_eq!(failover.active().info().name, "xrt-sim");
     // The first run on the card is the failing one: now it moves.
-    failover
-        .step(0, slot, inputs, &mut out)
-        .expect("step after failover");
+    step_one_token(&mut failover, 0, slot).expect("step after failover");
     assert_eq!(failover.active().info().name, "reference");
 }
 
@@ -157,20 +164,7 @@ fn a_broken_fallback_returns_the_original_error_with_the_reason() {
     );
     setup(&mut failover);
     let slot = failover.alloc_slot().expect("slot");
-    let (x, a, b) = random_inputs(&SPEC, 1, 1);
-    let mut out = vec![0.0; SPEC.value_dim()];
-    let err = failover
-        .step(
-            0,
-            slot,
-            TokenInputs {
-                mixed_qkv: &x,
-                a: &a,
-                b: &b,
-            },
-            &mut out,
-        )
-        .expect_err("no fallback");
+    let err = step_one_token(&mut failover, 0, slot).expect_err("no fallback");
     let message = err.to_string();
     assert!(
         message.contains("ERT_CMD_STATE_TIMEOUT") && message.contains("test fallback refuses"),
@@ -284,14 +278,7 @@ fn only_device_faults_fail_over() {
         );
         setup(&mut failover);
         let slot = failover.alloc_slot().expect("slot");
-        let (x, a, b) = random_inputs(&SPEC, 1, 1);
-        let inputs = TokenInputs {
-            mixed_qkv: &x,
-            a: &a,
-            b: &b,
-        };
-        let mut out = vec![0.0; SPEC.value_dim()];
-        let result = failover.step(0, slot, inputs, &mut out);
+        let result = step_one_token(&mut failover, 0, slot);
         assert_eq!(result.is_ok(), moves, "{error}");
         assert_eq!(failover.events().len(), usize::from(moves), "{error}");
         if !moves {
