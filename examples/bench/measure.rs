@@ -33,7 +33,7 @@ pub struct Settings {
     pub repeats: usize,
     pub warmup: usize,
     /// Sequences decoded together (`--batch`): each gets its own prompt and prefill, then every
-    /// decode step is one batched step of all of them. 1 runs the model's built-in sequence.
+    /// decode step is one batched step of all of them.
     pub batch: usize,
 }
 
@@ -63,15 +63,10 @@ fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
     })
 }
 
-/// The bench prompt: fixed pseudo-random ids (a multiplicative hash of the position), so every
-/// backend and every run sees the same tokens without a tokenizer.
-pub fn prompt(len: usize, vocab: usize) -> Vec<u32> {
-    prompt_of(0, len, vocab)
-}
-
-/// Sequence `index`'s prompt in a batch (index 0 is [`prompt`]): a different offset per
-/// sequence, so that the sequences of a batch diverge.
-fn prompt_of(index: u64, len: usize, vocab: usize) -> Vec<u32> {
+/// Sequence `index`'s bench prompt: fixed pseudo-random ids (a multiplicative hash of the
+/// position, offset per sequence so that the sequences of a batch diverge), so every backend and
+/// every run sees the same tokens without a tokenizer.
+fn prompt(index: u64, len: usize, vocab: usize) -> Vec<u32> {
     (0..len as u64)
         .map(|i| ((i * 2_654_435_761 + 12_345 + index * 7_919) % vocab as u64) as u32)
         .collect()
@@ -95,10 +90,11 @@ struct Sample {
     tokens: Vec<u32>,
 }
 
-/// One timed run of `batch` sequences: every prompt prefilled one after the other, then
-/// `gen_tokens` batched decode steps. Tokens and decode tok/s are those of the whole batch
-/// (sequence 0's tokens first); one sequence's rate is the aggregate over `batch`.
-fn run_batch(
+/// One timed run of `batch` sequences (1 without `--batch`): every prompt prefilled one after
+/// the other, then `gen_tokens` decode steps, each one step of the whole batch. Tokens and
+/// decode tok/s are those of the whole batch (sequence 0's tokens first); one sequence's rate is
+/// the aggregate over `batch`.
+fn run(
     model: &mut HybridModel,
     prompt_len: usize,
     gen_tokens: usize,
@@ -108,11 +104,12 @@ fn run_batch(
     let mut sequences = (0..batch)
         .map(|_| model.new_sequence())
         .collect::<std::result::Result<Vec<_>, _>>()?;
+    // The runtime's greedy choice: highest logit, lowest id on ties.
     let mut greedy = Sampler::new(SamplingParams::greedy())?;
     let started = Instant::now();
     let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(batch);
     for (i, sequence) in sequences.iter_mut().enumerate() {
-        let prompt = prompt_of(i as u64, prompt_len, vocab);
+        let prompt = prompt(i as u64, prompt_len, vocab);
         let logits = model.prefill(sequence, &prompt)?.to_vec1::<f32>()?;
         tokens.push(vec![greedy.sample(&logits, &[])?]);
     }
@@ -148,38 +145,6 @@ fn run_batch(
     })
 }
 
-fn run_once(model: &mut HybridModel, prompt: &[u32], gen_tokens: usize) -> Result<Sample> {
-    model.reset()?;
-    // The runtime's greedy choice: highest logit, lowest id on ties.
-    let mut greedy = Sampler::new(SamplingParams::greedy())?;
-    let started = Instant::now();
-    let mut logits = model.forward(prompt)?.to_vec1::<f32>()?;
-    let prefill = started.elapsed().as_secs_f64();
-    let mut tokens = vec![greedy.sample(&logits, &[])?];
-    let counters = model.gdn_backend().counters();
-    let gdn_before = model.gdn_time();
-    let started = Instant::now();
-    for _ in 0..gen_tokens {
-        let last = tokens[tokens.len() - 1];
-        logits = model.forward(&[last])?.to_vec1::<f32>()?;
-        tokens.push(greedy.sample(&logits, &[])?);
-    }
-    let decode = started.elapsed().as_secs_f64();
-    let gdn = (model.gdn_time() - gdn_before).as_secs_f64();
-    let after = model.gdn_backend().counters();
-    let moved = (after.bytes_to_device - counters.bytes_to_device)
-        + (after.bytes_from_device - counters.bytes_from_device);
-    let layers = model.gdn_layers().max(1);
-    Ok(Sample {
-        prefill_tok_s: prompt.len() as f64 / prefill,
-        decode_tok_s: gen_tokens as f64 / decode,
-        gdn_us_per_layer_token: gdn * 1e6 / (gen_tokens * layers) as f64,
-        gdn_share: gdn / decode,
-        bytes_moved_per_token: moved as f64 / gen_tokens as f64,
-        tokens,
-    })
-}
-
 /// Measures `backend` in this process.
 pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
     let started = Instant::now();
@@ -200,16 +165,13 @@ pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
             settings.gen_tokens
         );
     }
-    let prompt = prompt(settings.prompt_tokens, model.config().vocab_size);
-    let run = |model: &mut HybridModel| match settings.batch {
-        1 => run_once(model, &prompt, settings.gen_tokens),
-        b => run_batch(model, settings.prompt_tokens, settings.gen_tokens, b),
-    };
+    let (prompt_len, gen_tokens, batch) =
+        (settings.prompt_tokens, settings.gen_tokens, settings.batch);
     for _ in 0..settings.warmup {
-        run(&mut model)?;
+        run(&mut model, prompt_len, gen_tokens, batch)?;
     }
     let samples = (0..settings.repeats)
-        .map(|_| run(&mut model))
+        .map(|_| run(&mut model, prompt_len, gen_tokens, batch))
         .collect::<Result<Vec<_>>>()?;
     // Read before the bandwidth test allocates its buffer: the peak is the model's.
     let peak_rss_bytes = peak_rss_bytes();
