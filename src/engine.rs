@@ -22,6 +22,11 @@ impl Engine {
         &self.model
     }
 
+    /// Unwraps the model (e.g. to run several sequences on it).
+    pub fn into_model(self) -> HybridModel {
+        self.model
+    }
+
     /// The model, mutably (e.g. to export GDN state).
     pub fn model_mut(&mut self) -> &mut HybridModel {
         &mut self.model

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod golden;
+pub mod server;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

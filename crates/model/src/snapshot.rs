@@ -110,6 +110,22 @@ pub struct ModelState {
     pub layers: Vec<LayerState>,
 }
 
+impl ModelState {
+    /// Bytes of state data it holds: every GDN layer's conv and recurrent state and every
+    /// attention layer's cached keys and values (what a budget for kept states counts).
+    pub fn data_bytes(&self) -> usize {
+        let floats: usize = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                LayerState::Gdn { state, .. } => state.conv.len() + state.recurrent.len(),
+                LayerState::Attention(kv) => kv.keys.len() + kv.values.len(),
+            })
+            .sum();
+        floats * std::mem::size_of::<f32>()
+    }
+}
+
 /// A model state plus what is needed to continue it, and to refuse it in the wrong model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
