@@ -54,6 +54,8 @@ pub struct Job {
     pub max_tokens: usize,
     /// Generation ends before any of these strings; they are not sent.
     pub stop: Vec<String>,
+    /// EOS tokens do not end generation (they are generated like any other token).
+    pub ignore_eos: bool,
     /// Where the text and the outcome go. Dropping the receiver cancels the job.
     pub events: UnboundedSender<Event>,
 }
@@ -371,10 +373,9 @@ impl<'t> Engine<'t> {
             };
             let mut sequence = match self.model.new_sequence() {
                 Ok(sequence) => sequence,
-                Err(e) if !self.running.is_empty() => {
+                Err(_) if !self.running.is_empty() => {
                     // No free slot while others run (e.g. a backend with few slots): wait for
                     // one of them to finish.
-                    let _ = e;
                     self.waiting.push_front(job);
                     return;
                 }
@@ -531,7 +532,7 @@ impl<'t> Engine<'t> {
             Err(e) => return Outcome::Failed(format!("sampling failed: {e}")),
         };
         running.tokens.push(token);
-        let is_eos = self.eos.contains(&token);
+        let is_eos = !running.job.ignore_eos && self.eos.contains(&token);
         let text = if is_eos {
             String::new()
         } else {

@@ -281,6 +281,7 @@ fn start(
         sampling: prepared.sampling,
         max_tokens: prepared.max_tokens,
         stop: request.options.stop.clone(),
+        ignore_eos: request.options.ignore_eos,
         events: sender,
     };
     state.engine.submit(job).map_err(|e| match e {

@@ -64,6 +64,9 @@ pub struct RequestOptions {
     pub seed: Option<u64>,
     /// `repetition_penalty`.
     pub repetition_penalty: Option<f64>,
+    /// `ignore_eos` (an extension llama-server and vLLM share): generate `max_tokens` tokens
+    /// whatever is sampled, as benchmarks do.
+    pub ignore_eos: bool,
 }
 
 /// A parsed generation request.
@@ -97,6 +100,7 @@ struct CommonFields {
     stop: Option<Value>,
     seed: Option<i64>,
     repetition_penalty: Option<f64>,
+    ignore_eos: Option<bool>,
     n: Option<i64>,
     logprobs: Option<Value>,
     tools: Option<Value>,
@@ -202,6 +206,7 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<GenerationReques
             // OpenAI's seed is any 64-bit integer; its bits seed the generator.
             seed: common.seed.map(|s| s as u64),
             repetition_penalty: common.repetition_penalty,
+            ignore_eos: common.ignore_eos.unwrap_or(false),
         },
     })
 }
