@@ -7,9 +7,8 @@
 //! 2. drops requests whose client went away, freeing their sequences at once;
 //! 3. admits waiting jobs up to `max_batch` running sequences, continuing each from the
 //!    longest cached conversation state its prompt extends;
-//! 4. prefills at most `prefill_chunk` prompt tokens (the oldest prompts first, several short
-//!    ones at once), so a long prompt delays the running streams by one chunk per step instead
-//!    of by its whole length;
+//! 4. prefills one chunk of at most `prefill_chunk` prompt tokens for one sequence, so a long
+//!    prompt delays the running streams by one chunk per step instead of by its whole length;
 //! 5. runs one batched decode step over every sequence that has a token to feed;
 //! 6. finishes sequences (EOS, stop string, `max_tokens`), keeps their state in the cache and
 //!    frees them.
@@ -36,7 +35,7 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Most requests waiting for a place in the batch before new ones get 429 (`--max-queue`).
     pub max_queue: usize,
-    /// Most prompt tokens prefilled between two decode steps (`--prefill-chunk`).
+    /// Most prompt tokens prefilled between two decode steps.
     pub prefill_chunk: usize,
     /// Byte budget of the conversation state cache (`--state-cache-mb`); 0 disables it.
     pub state_cache_bytes: usize,
@@ -291,7 +290,7 @@ impl<'t> Engine<'t> {
         while self.receive() {
             self.drop_cancelled();
             self.admit();
-            self.prefill_chunks();
+            self.prefill_chunk();
             self.decode_step();
             if let Some(deadline) = self.drain_until {
                 if Instant::now() >= deadline {
@@ -439,50 +438,39 @@ impl<'t> Engine<'t> {
         hit
     }
 
-    /// Prefills at most `prefill_chunk` prompt tokens this turn, over as many prefilling
-    /// sequences as fit, oldest first: short prompts all start in one turn, a long one takes
-    /// a chunk per turn.
-    fn prefill_chunks(&mut self) {
-        let mut budget = self.config.prefill_chunk;
-        let mut i = 0;
-        while budget > 0 && i < self.running.len() {
-            let running = &mut self.running[i];
-            if running.next.is_some() {
-                i += 1;
-                continue;
-            }
-            let end = running.prompt_len.min(running.fed + budget);
-            let chunk = &running.tokens[running.fed..end];
-            budget -= chunk.len();
-            let started = Instant::now();
-            let logits = self
-                .model
-                .prefill(&mut running.sequence, chunk)
-                .and_then(|logits| Ok(logits.to_vec1::<f32>()?));
-            {
-                let mut stats = self.metrics.lock();
-                stats.prefill_tokens += chunk.len() as u64;
-                stats.prefill_time += started.elapsed();
-            }
-            match logits {
-                Ok(logits) => {
-                    running.fed = end;
-                    if end < running.prompt_len {
-                        i += 1;
-                        continue;
-                    }
+    /// Prefills the next chunk of the first sequence still prefilling. One sequence per turn:
+    /// spending the chunk budget on several short prompts at once made every new request of a
+    /// burst wait for all of them (8 streams, 0.8B Q8_0: time to first token p50 0.6 s → 2.6 s).
+    fn prefill_chunk(&mut self) {
+        let Some(i) = self.running.iter().position(|r| r.next.is_none()) else {
+            return;
+        };
+        let running = &mut self.running[i];
+        let end = running
+            .prompt_len
+            .min(running.fed + self.config.prefill_chunk);
+        let chunk = &running.tokens[running.fed..end];
+        let started = Instant::now();
+        let logits = self
+            .model
+            .prefill(&mut running.sequence, chunk)
+            .and_then(|logits| Ok(logits.to_vec1::<f32>()?));
+        {
+            let mut stats = self.metrics.lock();
+            stats.prefill_tokens += chunk.len() as u64;
+            stats.prefill_time += started.elapsed();
+        }
+        match logits {
+            Ok(logits) => {
+                running.fed = end;
+                if end == running.prompt_len {
                     let outcome = self.accept(i, &logits);
-                    let ended = !matches!(outcome, Outcome::Continue);
                     self.settle(i, outcome);
-                    // An ended sequence was swapped out: index i now holds another one.
-                    if !ended {
-                        i += 1;
-                    }
                 }
-                Err(e) => {
-                    let running = self.running.swap_remove(i);
-                    self.fail_running(running, format!("prefill failed: {e}"));
-                }
+            }
+            Err(e) => {
+                let running = self.running.swap_remove(i);
+                self.fail_running(running, format!("prefill failed: {e}"));
             }
         }
     }
