@@ -100,6 +100,15 @@ fn answers_equal_the_library_alone_streaming_or_not() {
         text,
         whole["choices"][0]["message"]["content"].as_str().unwrap()
     );
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(
+        finish["choices"][0]["finish_reason"],
+        whole["choices"][0]["finish_reason"]
+    );
+    assert!(
+        finish["usage"].is_null(),
+        "with include_usage, usage comes once: {finish}"
+    );
     let usage_chunk = chunks.last().unwrap();
     assert_eq!(
         usage_chunk["choices"],
@@ -234,7 +243,15 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
             "/v1/completions",
             json!({"prompt": long_prompt}).to_string().into(),
             400,
-            Some("messages"),
+            Some("prompt"),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "stop": "y".repeat(2000)})
+                .to_string()
+                .into(),
+            400,
+            Some("stop"),
         ),
         (
             "/v1/completions",

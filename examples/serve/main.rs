@@ -91,6 +91,7 @@ fn main() -> Result<()> {
     }
     for (flag, value) in [
         ("--max-batch", a.max_batch),
+        ("--max-queue", a.max_queue),
         ("--prefill-chunk", a.prefill_chunk),
     ] {
         if value == 0 {
@@ -115,7 +116,7 @@ fn main() -> Result<()> {
         Some(n) if n > max_positions => bail!(
             "--ctx-size {n} is more than the model's max_position_embeddings ({max_positions})"
         ),
-        Some(0) => bail!("--ctx-size must be at least 2"),
+        Some(n) if n < 2 => bail!("--ctx-size must be at least 2"),
         Some(n) => n,
         None => max_positions.min(DEFAULT_CTX),
     };

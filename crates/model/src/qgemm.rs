@@ -553,8 +553,8 @@ pub(crate) mod x86 {
                     _mm256_storeu_ps(row.as_mut_ptr().add(b), wide);
                 }
             }
-            for b in whole..blocks {
-                row[b] = widen_f16(scale(g, b));
+            for (b, out) in row.iter_mut().enumerate().skip(whole) {
+                *out = widen_f16(scale(g, b));
             }
         }
     }
@@ -648,8 +648,9 @@ pub(crate) mod x86 {
                         _mm256_storeu_ps(out.as_mut_ptr().add(o + b), product);
                     }
                 }
-                for b in whole..blocks {
-                    out[o + b] = w[b] * dx[b];
+                let tail = out[o + whole..o + blocks].iter_mut();
+                for ((out, w), x) in tail.zip(&w[whole..blocks]).zip(&dx[whole..blocks]) {
+                    *out = w * x;
                 }
             }
         }

@@ -14,7 +14,7 @@
 //!    frees them.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -141,6 +141,7 @@ pub struct EngineHandle {
     commands: Sender<Command>,
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
+    stopping: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -153,6 +154,18 @@ impl EngineHandle {
         config: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
+        for (value, what) in [
+            (config.max_batch, "max_batch (--max-batch)"),
+            (config.max_queue, "max_queue (--max-queue)"),
+            (config.prefill_chunk, "prefill_chunk (--prefill-chunk)"),
+        ] {
+            if value == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{what} must be at least 1"),
+                ));
+            }
+        }
         let (commands, receiver) = mpsc::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let max_queue = config.max_queue;
@@ -184,6 +197,7 @@ impl EngineHandle {
             commands,
             waiting,
             max_queue,
+            stopping: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -212,7 +226,22 @@ impl EngineHandle {
     /// Stops taking jobs: waiting ones fail with [`Failure::ShuttingDown`], running ones go on
     /// for at most the shutdown grace period and are then ended with `length`.
     pub fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Release);
         let _ = self.commands.send(Command::Shutdown);
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether the engine thread is still running (it stops after a shutdown, or if a model
+    /// call panicked).
+    pub fn is_running(&self) -> bool {
+        self.thread
+            .lock()
+            .map(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
+            .unwrap_or(false)
     }
 
     /// Waits for the engine thread to end (after [`shutdown`](Self::shutdown)).
@@ -309,6 +338,13 @@ impl<'t> Engine<'t> {
         loop {
             let idle = self.running.is_empty() && self.waiting.is_empty();
             if idle && self.drain_until.is_some() {
+                // Jobs sent while the last streams finished are answered, not dropped.
+                while let Ok(command) = self.commands.try_recv() {
+                    if let Command::Submit(job) = command {
+                        self.waiting_count.fetch_sub(1, Ordering::AcqRel);
+                        let _ = job.events.send(Event::Failed(Failure::ShuttingDown));
+                    }
+                }
                 return false;
             }
             let command = if idle {

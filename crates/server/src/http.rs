@@ -100,9 +100,20 @@ impl AppState {
             ));
         }
         let room = self.context.saturating_sub(prompt.len());
+        let prompt_field = match request.prompt {
+            PromptInput::Messages(_) => "messages",
+            _ => "prompt",
+        };
         let too_long = |asked: usize| {
             ApiError::invalid(
-                Some(if asked > 0 { "max_tokens" } else { "messages" }.to_string()),
+                Some(
+                    if asked > 0 {
+                        "max_tokens"
+                    } else {
+                        prompt_field
+                    }
+                    .to_string(),
+                ),
                 format!(
                     "this server's context is {} tokens (--ctx-size); the request asks for {} \
                      ({} in the prompt, {asked} to generate): shorten the prompt or lower \
@@ -238,9 +249,9 @@ async fn generate(
     endpoint: Endpoint,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let response = match start(&state, endpoint, body) {
-        Ok(started) if started.request.stream => Ok(stream_response(started)),
-        Ok(started) => collect_response(started).await,
+    let response = match start(&state, endpoint, body).await {
+        Ok(started) if started.request.stream => Ok(stream_response(&state, started)),
+        Ok(started) => collect_response(&state, started).await,
         Err(e) => Err(e),
     };
     let response = response.unwrap_or_else(IntoResponse::into_response);
@@ -257,8 +268,8 @@ struct Started {
     events: UnboundedReceiver<Event>,
 }
 
-fn start(
-    state: &AppState,
+async fn start(
+    state: &Arc<AppState>,
     endpoint: Endpoint,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Started, ApiError> {
@@ -272,9 +283,22 @@ fn start(
             ),
         )
     })?;
-    let request = parse_request(endpoint, &body)?;
     let serial = state.serial.fetch_add(1, Ordering::Relaxed);
-    let prepared = state.prepare(&request, serial)?;
+    // Parsing, the chat template and the tokenizer take time with long prompts: off the few
+    // async workers that relay every stream.
+    let shared = Arc::clone(state);
+    let (request, prepared) = tokio::task::spawn_blocking(move || {
+        let request = parse_request(endpoint, &body)?;
+        let prepared = shared.prepare(&request, serial)?;
+        Ok::<_, ApiError>((request, prepared))
+    })
+    .await
+    .map_err(|e| {
+        ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("preparing the request failed: {e}"),
+        )
+    })??;
     let (sender, events) = unbounded_channel();
     let job = Job {
         prompt: prepared.prompt,
@@ -326,7 +350,7 @@ fn failure_error(failure: Failure) -> ApiError {
 
 /// Waits for the whole answer (non-streaming request). Dropping this future (the client went
 /// away) drops the receiver, which cancels the job.
-async fn collect_response(mut started: Started) -> Result<Response, ApiError> {
+async fn collect_response(state: &AppState, mut started: Started) -> Result<Response, ApiError> {
     let mut text = String::new();
     while let Some(event) = started.events.recv().await {
         match event {
@@ -337,37 +361,47 @@ async fn collect_response(mut started: Started) -> Result<Response, ApiError> {
             Event::Failed(failure) => return Err(failure_error(failure)),
         }
     }
-    Err(failure_error(Failure::Engine(
-        "the engine stopped without finishing the request".into(),
-    )))
+    Err(lost(state))
+}
+
+/// The engine dropped a request without an outcome: it was stopping (or died).
+fn lost(state: &AppState) -> ApiError {
+    if state.engine.stopping() {
+        shutting_down()
+    } else {
+        failure_error(Failure::Engine(
+            "the engine stopped without finishing the request".into(),
+        ))
+    }
 }
 
 /// Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`.
-fn stream_response(started: Started) -> Response {
+fn stream_response(state: &Arc<AppState>, started: Started) -> Response {
     let include_usage = started.request.include_usage;
+    let state = Arc::clone(state);
     let mut pending = VecDeque::new();
     if started.answer.endpoint == Endpoint::Chat {
-        pending.push_back(json_event(&started.answer.chunk("", true, None)));
+        pending.push_back(json_event(&started.answer.chunk("", true, None, false)));
     }
     let stream = futures_util::stream::unfold(
-        (started, pending, false),
-        move |(mut started, mut pending, mut ended)| async move {
+        (started, pending, false, state),
+        move |(mut started, mut pending, mut ended, state)| async move {
             loop {
                 if let Some(event) = pending.pop_front() {
-                    return Some((Ok::<_, Infallible>(event), (started, pending, ended)));
+                    return Some((Ok::<_, Infallible>(event), (started, pending, ended, state)));
                 }
                 if ended {
                     return None;
                 }
                 match started.events.recv().await {
-                    Some(Event::Text(text)) => {
-                        pending.push_back(json_event(&started.answer.chunk(&text, false, None)))
-                    }
+                    Some(Event::Text(text)) => pending
+                        .push_back(json_event(&started.answer.chunk(&text, false, None, false))),
                     Some(Event::Done(completion)) => {
                         pending.push_back(json_event(&started.answer.chunk(
                             "",
                             false,
                             Some(&completion),
+                            !include_usage,
                         )));
                         if include_usage {
                             pending.push_back(json_event(&started.answer.usage_chunk(&completion)));
@@ -381,8 +415,7 @@ fn stream_response(started: Started) -> Response {
                         ended = true;
                     }
                     None => {
-                        let lost = Failure::Engine("the engine stopped mid-stream".into());
-                        pending.push_back(json_event(&failure_error(lost).body()));
+                        pending.push_back(json_event(&lost(&state).body()));
                         pending.push_back(SseEvent::default().data("[DONE]"));
                         ended = true;
                     }
@@ -416,8 +449,17 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     .into_response()
 }
 
-async fn health() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.engine.is_running() && !state.engine.stopping() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        // Stopping, or the engine thread died: a load balancer should stop sending requests.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable"})),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -87,6 +87,10 @@ pub struct GenerationRequest {
 /// Most stop strings a request may give (OpenAI's limit).
 const MAX_STOP_STRINGS: usize = 4;
 
+/// Longest stop string, in bytes: every generated token is matched against every stop string on
+/// the engine thread, so a huge one would slow every stream of the batch.
+const MAX_STOP_BYTES: usize = 1024;
+
 #[derive(Deserialize)]
 struct CommonFields {
     model: Option<String>,
@@ -335,6 +339,12 @@ fn stop_strings(value: Option<Value>) -> Result<Vec<String>, ApiError> {
     if stops.iter().any(String::is_empty) {
         return Err(bad("stop holds an empty string".into()));
     }
+    if let Some(long) = stops.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(bad(format!(
+            "a stop string is {} bytes long; at most {MAX_STOP_BYTES} are allowed",
+            long.len()
+        )));
+    }
     Ok(stops)
 }
 
@@ -395,8 +405,16 @@ impl AnswerId {
     }
 
     /// One stream chunk: `text` as the delta (the chat stream's first chunk also carries the
-    /// role), `completion` on the last one (its finish reason and usage).
-    pub fn chunk(&self, text: &str, first: bool, completion: Option<&Completion>) -> Value {
+    /// role), `completion` on the last one: its finish reason, and its usage when `with_usage`
+    /// (streams without `include_usage`; with it, the usage travels once, in
+    /// [`usage_chunk`](Self::usage_chunk), as OpenAI sends it).
+    pub fn chunk(
+        &self,
+        text: &str,
+        first: bool,
+        completion: Option<&Completion>,
+        with_usage: bool,
+    ) -> Value {
         let finish = completion.map(|c| c.finish_reason.as_str());
         let (object, choice) = match self.endpoint {
             Endpoint::Chat => {
@@ -424,7 +442,7 @@ impl AnswerId {
             "model": self.model,
             "choices": [choice],
         });
-        if let Some(completion) = completion {
+        if let Some(completion) = completion.filter(|_| with_usage) {
             chunk["usage"] = usage(&completion.usage);
         }
         chunk
@@ -563,7 +581,7 @@ mod tests {
     #[test]
     fn chunks_follow_openai_shapes() {
         let id = AnswerId::new(Endpoint::Chat, 7, 1, "m");
-        let first = id.chunk("", true, None);
+        let first = id.chunk("", true, None, false);
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
         let done = Completion {
@@ -574,7 +592,11 @@ mod tests {
                 cached_tokens: 1,
             },
         };
-        let last = id.chunk("", false, Some(&done));
+        assert!(id
+            .chunk("", false, Some(&done), false)
+            .get("usage")
+            .is_none());
+        let last = id.chunk("", false, Some(&done), true);
         assert_eq!(last["choices"][0]["finish_reason"], "length");
         assert_eq!(last["usage"]["total_tokens"], 5);
         assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
