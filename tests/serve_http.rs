@@ -293,37 +293,57 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
 }
 
 #[test]
-fn a_full_queue_answers_429_and_a_disconnect_frees_the_sequence() {
+fn a_full_queue_answers_429_with_retry_after() {
+    // One batch place and one queue place; eight requests of 500 tokens arrive together (the
+    // fixture needs ~0.2 s for 500 tokens, the eight arrive within milliseconds): one runs, one
+    // waits, the others are refused, and the server serves the rest in full.
     let server = Server::start(&["--max-batch", "1", "--max-queue", "1", "--ctx-size", "512"]);
-    // A long stream holds the only batch place; read its first chunk so it is surely running.
-    let mut running = server.send(
-        "POST",
-        "/v1/completions",
-        greedy_completion(&[1, 2, 3], 500, true)
-            .to_string()
-            .as_bytes(),
-    );
-    let mut first = [0u8; 256];
-    let n = running.read(&mut first).unwrap();
-    assert!(n > 0);
-    let waiting = server.send(
-        "POST",
-        "/v1/completions",
-        greedy_completion(&[4, 5, 6], 500, true)
-            .to_string()
-            .as_bytes(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.metric("hybrid_queue_depth") < 1.0 {
-        assert!(Instant::now() < deadline, "the second request never queued");
-        std::thread::sleep(Duration::from_millis(20));
+    let body =
+        json!({"prompt": [1, 2, 3], "max_tokens": 500, "temperature": 0, "ignore_eos": true});
+    let responses: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| server.post("/v1/completions", &body)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: Vec<_> = responses.iter().filter(|r| r.status == 429).collect();
+    assert!(!refused.is_empty(), "no request was refused");
+    for response in &refused {
+        assert!(response.header("retry-after").is_some());
+        assert_eq!(response.json()["error"]["type"], "rate_limit_error");
     }
-    let refused = server.post("/v1/completions", &greedy_completion(&[7], 2, false));
-    assert_eq!(refused.status, 429, "{}", refused.body);
-    assert!(refused.header("retry-after").is_some());
-    assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
+    for response in responses.iter().filter(|r| r.status != 429) {
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.json()["usage"]["completion_tokens"], 500);
+    }
+    assert_eq!(
+        server.metric("hybrid_requests_rejected_queue_full_total"),
+        refused.len() as f64
+    );
+}
 
-    // Both clients go away: their sequences are freed at once, not after 500 tokens.
+#[test]
+fn a_disconnect_frees_the_sequence() {
+    let server = Server::start(&["--max-batch", "1", "--ctx-size", "512"]);
+    let body = json!({"prompt": [1, 2, 3], "max_tokens": 500, "temperature": 0,
+                      "ignore_eos": true, "stream": true})
+    .to_string();
+    // A runs (its first chunk has arrived), B waits for A's batch place; both clients go away
+    // at once, long before 500 tokens: both sequences are freed without finishing.
+    let mut running = server.send("POST", "/v1/completions", body.as_bytes());
+    // The headers come at once; wait for A's first token, so that A holds the batch place.
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data:") {
+        let mut buffer = [0u8; 256];
+        let n = running.read(&mut buffer).unwrap();
+        assert!(n > 0, "A's stream ended early");
+        seen.extend_from_slice(&buffer[..n]);
+    }
+    let waiting = server.send("POST", "/v1/completions", body.as_bytes());
+    // B reaches the queue in milliseconds; A's 500 tokens take ~0.2 s even on this tiny model.
+    while server.metric("hybrid_queue_depth") < 1.0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     drop(running);
     drop(waiting);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -332,6 +352,11 @@ fn a_full_queue_answers_429_and_a_disconnect_frees_the_sequence() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(server.metric("hybrid_active_sequences"), 0.0);
+    assert_eq!(
+        server.metric("hybrid_completion_tokens_total"),
+        0.0,
+        "neither finished"
+    );
     let ok = server.post("/v1/completions", &greedy_completion(&[7], 2, false));
     assert_eq!(ok.status, 200);
 }

@@ -629,16 +629,17 @@ impl<'t> Engine<'t> {
     /// Sends the outcome, keeps the state for a continuing conversation, frees the sequence.
     fn complete(&mut self, running: Running<'t>, reason: FinishReason) {
         let usage = running.usage();
-        let _ = running.job.events.send(Event::Done(Completion {
-            finish_reason: reason,
-            usage,
-        }));
+        // Counted before the client hears of it, so /metrics read after an answer includes it.
         {
             let mut stats = self.metrics.lock();
             stats.prompt_tokens += usage.prompt_tokens as u64;
             stats.prompt_tokens_cached += usage.cached_tokens as u64;
             stats.completion_tokens += usage.completion_tokens as u64;
         }
+        let _ = running.job.events.send(Event::Done(Completion {
+            finish_reason: reason,
+            usage,
+        }));
         if self.cache.enabled() {
             if let Ok(state) = self.model.export_sequence(&running.sequence) {
                 let bytes = state.data_bytes();
@@ -650,8 +651,8 @@ impl<'t> Engine<'t> {
     }
 
     fn fail_job(&self, job: &Job, message: String) {
-        let _ = job.events.send(Event::Failed(Failure::Engine(message)));
         self.metrics.lock().engine_errors += 1;
+        let _ = job.events.send(Event::Failed(Failure::Engine(message)));
     }
 
     fn fail_running(&mut self, running: Running<'t>, message: String) {
