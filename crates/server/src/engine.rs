@@ -640,7 +640,8 @@ impl<'t> Engine<'t> {
             finish_reason: reason,
             usage,
         }));
-        if self.cache.enabled() {
+        // A state whose KV pages alone exceed the budget would be copied only to be dropped.
+        if self.cache.enabled() && running.sequence.kv_bytes() <= self.cache.budget() {
             if let Ok(state) = self.model.export_sequence(&running.sequence) {
                 let bytes = state.data_bytes();
                 let consumed = running.tokens[..running.fed].to_vec();
