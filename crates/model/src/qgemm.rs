@@ -303,10 +303,14 @@ fn rows_task(
     let blocks = k / BLOCK;
     let row_bytes = blocks * BLOCK_BYTES;
     let mut scales = vec![0f32; GROUP * blocks];
-    // The AVX2 two-row kernel's scale products (see `x86::combine_scales`).
-    let mut combined = vec![0f32; 2 * GROUP * blocks];
     let avx2 = tier >= Tier::Avx2;
     let avx512 = cfg!(target_arch = "x86_64") && tier >= Tier::Avx512;
+    // The AVX2 two-row kernel's scale products (see `x86::combine_scales`); other paths need none.
+    let mut combined = if avx2 && !avx512 && m > 1 {
+        vec![0f32; 2 * GROUP * blocks]
+    } else {
+        Vec::new()
+    };
     let x_rows = |r: usize| {
         (
             &rows.q[r * k..(r + 1) * k],
@@ -449,7 +453,9 @@ impl RowsAt<'_> {
     }
 }
 
-/// Each block's f16 scale of `group` weight rows as f32, `[group][blocks]`.
+/// Each block's f16 scale of `group` weight rows as f32, `[group][blocks]`: with F16C where
+/// present (half's own conversion dispatches at run time on every call, which cost more than
+/// the dot products here), else in portable Rust.
 fn widen_scales(weights: &[u8], group: usize, blocks: usize, out: &mut [f32], avx2: bool) {
     let row_bytes = blocks * BLOCK_BYTES;
     #[cfg(target_arch = "x86_64")]
@@ -463,22 +469,9 @@ fn widen_scales(weights: &[u8], group: usize, blocks: usize, out: &mut [f32], av
         for b in 0..blocks {
             let o = g * row_bytes + b * BLOCK_BYTES;
             let bits = u16::from_le_bytes([weights[o], weights[o + 1]]);
-            out[g * blocks + b] = widen(bits, avx2);
+            out[g * blocks + b] = f16::from_bits(bits).to_f32();
         }
     }
-}
-
-/// One f16 as f32: the F16C instruction where present (half's own conversion dispatches at
-/// run time on every call, which cost more than the dot products here).
-#[inline]
-fn widen(bits: u16, avx2: bool) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` is true only when the CPU has F16C.
-        return unsafe { x86::widen_f16(bits) };
-    }
-    let _ = avx2;
-    f16::from_bits(bits).to_f32()
 }
 
 /// The dot products of `group` weight rows with one activation row, in portable Rust.
