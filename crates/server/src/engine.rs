@@ -341,8 +341,7 @@ impl<'t> Engine<'t> {
                 // Jobs sent while the last streams finished are answered, not dropped.
                 while let Ok(command) = self.commands.try_recv() {
                     if let Command::Submit(job) = command {
-                        self.waiting_count.fetch_sub(1, Ordering::AcqRel);
-                        let _ = job.events.send(Event::Failed(Failure::ShuttingDown));
+                        self.refuse_shutting_down(job);
                     }
                 }
                 return false;
@@ -364,8 +363,7 @@ impl<'t> Engine<'t> {
             };
             match command {
                 Command::Submit(job) if self.drain_until.is_some() => {
-                    self.waiting_count.fetch_sub(1, Ordering::AcqRel);
-                    let _ = job.events.send(Event::Failed(Failure::ShuttingDown));
+                    self.refuse_shutting_down(job)
                 }
                 Command::Submit(job) => self.waiting.push_back(job),
                 Command::Shutdown => self.begin_shutdown(),
@@ -377,10 +375,15 @@ impl<'t> Engine<'t> {
         if self.drain_until.is_none() {
             self.drain_until = Some(Instant::now() + self.config.shutdown_grace);
         }
-        for job in self.waiting.drain(..) {
-            self.waiting_count.fetch_sub(1, Ordering::AcqRel);
-            let _ = job.events.send(Event::Failed(Failure::ShuttingDown));
+        for job in std::mem::take(&mut self.waiting) {
+            self.refuse_shutting_down(job);
         }
+    }
+
+    /// Answers a job that was counted as waiting with [`Failure::ShuttingDown`].
+    fn refuse_shutting_down(&self, job: Job) {
+        self.waiting_count.fetch_sub(1, Ordering::AcqRel);
+        let _ = job.events.send(Event::Failed(Failure::ShuttingDown));
     }
 
     /// Frees the sequences of clients that went away.
@@ -670,7 +673,6 @@ impl<'t> Engine<'t> {
     fn publish(&self) {
         let mut stats = self.metrics.lock();
         stats.active = self.running.len();
-        stats.queued = self.waiting_count.load(Ordering::Acquire);
         stats.gdn_time = self.model.gdn_time();
         stats.cache_entries = self.cache.len();
         stats.cache_bytes = self.cache.bytes();

@@ -146,23 +146,26 @@ pub fn serve(
             signal_state.engine.shutdown();
             let _ = stopping_tx.send(());
         });
-        let server = tokio::spawn(async move { server.await });
-        // Once stopping, connections get the grace period (plus a margin for the final chunks
-        // to reach their clients) and are then closed.
-        let mut server = server;
-        tokio::select! {
-            finished = &mut server => return finished.map_err(|e| ServerError::Serve(std::io::Error::other(e)))?.map_err(ServerError::Serve),
-            _ = stopping_rx => {}
-        }
-        match tokio::time::timeout(grace + Duration::from_secs(5), &mut server).await {
-            Ok(finished) => finished
-                .map_err(|e| ServerError::Serve(std::io::Error::other(e)))?
-                .map_err(ServerError::Serve),
-            Err(_) => {
-                server.abort();
-                Ok(())
-            }
-        }
+        let mut server = tokio::spawn(async move { server.await });
+        let ended = tokio::select! {
+            finished = &mut server => Some(finished),
+            _ = stopping_rx => None,
+        };
+        let finished = match ended {
+            Some(finished) => finished,
+            // Once stopping, connections get the grace period (plus a margin for the final
+            // chunks to reach their clients) and are then closed.
+            None => match tokio::time::timeout(grace + Duration::from_secs(5), &mut server).await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    server.abort();
+                    return Ok(());
+                }
+            },
+        };
+        finished
+            .map_err(|e| ServerError::Serve(std::io::Error::other(e)))?
+            .map_err(ServerError::Serve)
     });
     state.engine.shutdown();
     state.engine.join();

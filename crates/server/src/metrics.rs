@@ -43,7 +43,7 @@ pub struct Stats {
     pub batch_size: usize,
     /// Sequences admitted (prefilling or decoding).
     pub active: usize,
-    /// Requests waiting for a place in the batch.
+    /// Requests waiting for a place in the batch (read from the engine handle when scraped).
     pub queued: usize,
     /// State-cache lookups that found a state, and those that did not.
     pub cache_hits: u64,
