@@ -3,6 +3,7 @@
 //! bf16, Q8_0 with our kernel, Q4_K and Q6_K with ours and through candle's block dots). Decode speed is bound
 //! by these numbers; compare them with the machine's memory bandwidth.
 //!
+//! bf16 is also measured with eight activation rows (a batched decode step).
 //! Dense and Q8_0 kernels are measured at every SIMD tier this CPU has (`avx512`, `avx2`,
 //! `portable`), so one run compares the paths.
 //!
@@ -22,6 +23,8 @@ use hybrid_simd::Tier;
 /// the row length.
 const N: usize = 262144;
 const K: usize = 1024;
+/// Activation rows of the batched measurement: the largest decode batch the GEMV takes.
+const BATCH: usize = 8;
 
 fn matvec(c: &mut Criterion) {
     let x: Vec<f32> = (0..K)
@@ -55,6 +58,23 @@ fn matvec(c: &mut Criterion) {
             b.iter(|| gemv_at(tier, WeightRows::Bf16(&bf16_weights), K, &x, &mut y).expect("gemv"))
         });
     }
+    // A batched decode step: BATCH activation rows against the same weights, read once. The
+    // throughput is still weight bytes per second, so BATCH × this rate is the FLOP rate.
+    let xs: Vec<f32> = (0..BATCH)
+        .flat_map(|r| x.iter().map(move |v| v * (r + 1) as f32))
+        .collect();
+    let mut ys = vec![0f32; BATCH * N];
+    for &tier in &tiers {
+        group.bench_function(
+            BenchmarkId::new(format!("bf16 x{BATCH} rows"), tier.key()),
+            |b| {
+                b.iter(|| {
+                    gemv_at(tier, WeightRows::Bf16(&bf16_weights), K, &xs, &mut ys).expect("gemv")
+                })
+            },
+        );
+    }
+    drop(ys);
     drop(bf16_weights);
 
     for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
