@@ -370,20 +370,16 @@ pub(crate) unsafe fn int8_tile<const LEN: usize, const C: usize>(
 
 /// One register tile of the dense GEMM ([`crate::dense_gemm`]): 12 packed activation rows
 /// (`x[i · 12 + c]`) against 32 packed weight rows (`panel[i · 32 + r]`) over `k` columns, into
-/// `tile[c][r]`. Per column: two weight loads, twelve broadcasts and 24 independent FMAs, which
+/// `tile[c · 32 + r]`. Per column: two weight loads, twelve broadcasts and 24 independent FMAs, which
 /// keeps both FMA ports busy past their latency.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F; `panel` must hold `k × 32` values and `x` `k × 12`.
+/// The CPU must support AVX-512 F; `panel` must hold `k × 32` values, `x` `k × 12` and `tile`
+/// `12 × 32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(crate) unsafe fn dense_tile(
-    panel: &[f32],
-    x: &[f32],
-    k: usize,
-    tile: &mut [[f32; crate::dense_gemm::PANEL]; crate::dense_gemm::TILE_ROWS],
-) {
-    const ROWS: usize = crate::dense_gemm::TILE_ROWS;
-    debug_assert!(panel.len() >= k * 32 && x.len() >= k * ROWS);
+pub(crate) unsafe fn dense_tile(panel: &[f32], x: &[f32], k: usize, tile: &mut [f32]) {
+    const ROWS: usize = 12;
+    debug_assert!(panel.len() >= k * 32 && x.len() >= k * ROWS && tile.len() >= 32 * ROWS);
     let mut lo = [_mm512_setzero_ps(); ROWS];
     let mut hi = [_mm512_setzero_ps(); ROWS];
     let (w, xs) = (panel.as_ptr(), x.as_ptr());
@@ -400,10 +396,10 @@ pub(crate) unsafe fn dense_tile(
         }
     }
     for c in 0..ROWS {
-        // SAFETY: each tile row holds 32 f32s.
+        // SAFETY: `tile` holds ROWS rows of 32 f32s.
         unsafe {
-            _mm512_storeu_ps(tile[c].as_mut_ptr(), lo[c]);
-            _mm512_storeu_ps(tile[c].as_mut_ptr().add(16), hi[c]);
+            _mm512_storeu_ps(tile.as_mut_ptr().add(32 * c), lo[c]);
+            _mm512_storeu_ps(tile.as_mut_ptr().add(32 * c + 16), hi[c]);
         }
     }
 }

@@ -1,19 +1,21 @@
-//! The prefill GEMM for dense weights (f32, bf16, f16) on AVX-512 CPUs, `y = x Wᵀ` over a chunk
-//! of tokens.
+//! The prefill GEMM for dense weights (f32, bf16, f16) on AVX-512 and AVX2 CPUs, `y = x Wᵀ` over
+//! a chunk of tokens.
 //!
 //! candle's CPU matmul runs on the `gemm` crate, whose AVX-512 kernels need a nightly compiler:
 //! on a stable build every prefill projection ran its AVX2 microkernel (perf: 62 % of a
 //! 512-token prefill in `gemm_f32::microkernel::fma::f32::x2x6`), half the multiply-adds per
 //! instruction an AVX-512 CPU has, and bf16 weights were first widened to an f32 copy of the whole
-//! matrix per call. Here:
-//! - weights are widened panel by panel (32 rows, transposed so one 512-bit load holds
-//!   one column of 16 rows) into a buffer that stays in L2 while every activation row passes by;
-//! - activation rows are repacked once per call into tiles of 12 rows, interleaved
-//!   by column, so the kernel's broadcasts read consecutive memory (the last tile zero-padded);
-//! - the register tile is 12 activation rows × 32 weight rows: 24 accumulators, per column two
-//!   weight loads, twelve broadcasts and 24 FMAs.
-//!
-//! AVX2 CPUs keep candle's GEMM (its AVX2 kernel is this one's equal there).
+//! matrix per call (on the AVX2-only AMD EPYC host that copy — fresh pages, one more pass over
+//! the weights — left bf16 prefill 22 % behind f32). Here:
+//! - weights are widened panel by panel (32 rows on AVX-512, 16 on AVX2, transposed so one
+//!   vector load holds one column of a vector's worth of rows) into a buffer that stays in L2
+//!   while every activation row passes by;
+//! - activation rows are repacked once per call into tiles (12 rows on AVX-512, 6 on AVX2),
+//!   interleaved by column, so the kernel's broadcasts read consecutive memory (the last tile
+//!   zero-padded);
+//! - the register tile is one tile of activation rows × one panel: per column two weight loads,
+//!   a broadcast per activation row and two FMAs per broadcast (24 accumulators of 16 lanes on
+//!   AVX-512, 12 of 8 lanes on AVX2 — `crate::dense_gemm_avx2`).
 
 use hybrid_simd::Tier;
 
@@ -21,20 +23,26 @@ use crate::gemv::{WeightElement, WeightRows};
 use crate::parallel::by_weight_rows;
 use crate::Result;
 
-/// Weight rows per packed panel: two 16-lane vectors.
-pub(crate) const PANEL: usize = 32;
-/// Activation rows per register tile.
-pub(crate) const TILE_ROWS: usize = 12;
-/// Weight rows per parallel task (whole panels).
+/// Weight rows per parallel task (whole panels of either tier).
 const ROWS_PER_TASK: usize = 64;
+
+/// The register tile of one SIMD tier.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    /// Weight rows per packed panel.
+    panel: usize,
+    /// Activation rows per register tile.
+    tile_rows: usize,
+}
 
 /// True when [`dense_matmul`] has a kernel on this CPU (and `HYBRID_SIMD`).
 pub fn supported() -> bool {
-    hybrid_simd::tier() >= Tier::Avx512
+    hybrid_simd::tier() >= Tier::Avx2
 }
 
 /// `y[r][j] = Σ_i W[j][i] x[r][i]` for dense weights (`[n, k]` row-major, `n = len / k`) and f32
-/// activations `x` (`m × k`), writing `y` (`m × n`). Needs the AVX-512 tier ([`supported`]).
+/// activations `x` (`m × k`), writing `y` (`m × n`). Needs the AVX2 tier or above
+/// ([`supported`]).
 pub fn dense_matmul(weight: WeightRows<'_>, k: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     match weight {
         WeightRows::F32(w) => matmul(w, k, x, y),
@@ -47,8 +55,8 @@ fn matmul<W: WeightElement + Sync>(w: &[W], k: usize, x: &[f32], y: &mut [f32]) 
     let bad = |why: String| -> Result<()> {
         Err(candle_core::Error::Msg(format!("dense GEMM: {why}")).into())
     };
-    if !supported() {
-        return bad("needs the AVX-512 tier (check dense_gemm::supported first)".into());
+    if !supported() || !cfg!(target_arch = "x86_64") {
+        return bad("needs the AVX2 tier or above (check dense_gemm::supported first)".into());
     }
     if k == 0 || !w.len().is_multiple_of(k) || !x.len().is_multiple_of(k) {
         return bad(format!(
@@ -64,25 +72,46 @@ fn matmul<W: WeightElement + Sync>(w: &[W], k: usize, x: &[f32], y: &mut [f32]) 
             y.len()
         ));
     }
-    let tiles = pack_activations(x, k);
+    let avx512 = hybrid_simd::tier() >= Tier::Avx512;
+    let geometry = if avx512 {
+        Geometry {
+            panel: 32,
+            tile_rows: 12,
+        }
+    } else {
+        Geometry {
+            panel: 16,
+            tile_rows: 6,
+        }
+    };
+    let Geometry { panel, tile_rows } = geometry;
+    let tiles = pack_activations(x, k, tile_rows);
     by_weight_rows("dense GEMM", y, m, n, ROWS_PER_TASK, &|first, out| {
         let count = out.len() / m;
-        let mut panel = vec![0f32; k * PANEL];
-        let mut tile = [[0f32; PANEL]; TILE_ROWS];
+        let mut packed_panel = vec![0f32; k * panel];
+        let mut tile = vec![0f32; tile_rows * panel];
         let mut start = 0;
         while start < count {
-            let rows = PANEL.min(count - start);
-            pack_panel(
-                &w[(first + start) * k..(first + start + rows) * k],
-                k,
-                &mut panel,
-            );
-            for (t, packed) in tiles.chunks_exact(k * TILE_ROWS).enumerate() {
-                // SAFETY: the AVX-512 tier was checked above; `panel` holds k × PANEL values and
-                // `packed` k × TILE_ROWS.
-                unsafe { crate::avx512::dense_tile(&panel, packed, k, &mut tile) };
-                let c0 = t * TILE_ROWS;
-                for (c, values) in tile.iter().enumerate().take(m.saturating_sub(c0)) {
+            let rows = panel.min(count - start);
+            let weights = &w[(first + start) * k..(first + start + rows) * k];
+            pack_panel(weights, k, &mut packed_panel, geometry, avx512);
+            for (t, packed) in tiles.chunks_exact(k * tile_rows).enumerate() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the AVX2 tier (AVX-512 when `avx512`) was checked above; the panel
+                // holds k × panel values, `packed` k × tile_rows and `tile` tile_rows × panel.
+                unsafe {
+                    if avx512 {
+                        crate::avx512::dense_tile(&packed_panel, packed, k, &mut tile);
+                    } else {
+                        crate::dense_gemm_avx2::dense_tile(&packed_panel, packed, k, &mut tile);
+                    }
+                }
+                let c0 = t * tile_rows;
+                for (c, values) in tile
+                    .chunks_exact(panel)
+                    .enumerate()
+                    .take(m.saturating_sub(c0))
+                {
                     let at = (c0 + c) * count + start;
                     out[at..at + rows].copy_from_slice(&values[..rows]);
                 }
@@ -92,41 +121,54 @@ fn matmul<W: WeightElement + Sync>(w: &[W], k: usize, x: &[f32], y: &mut [f32]) 
     })
 }
 
-/// `x` (`m × k`) as tiles of 12 rows, each `[k][TILE_ROWS]` (column-interleaved),
-/// the last padded with zero rows.
-fn pack_activations(x: &[f32], k: usize) -> Vec<f32> {
+/// `x` (`m × k`) as tiles of `tile_rows` rows, each `[k][tile_rows]` (column-interleaved), the
+/// last padded with zero rows.
+fn pack_activations(x: &[f32], k: usize, tile_rows: usize) -> Vec<f32> {
     let m = x.len() / k;
-    let tiles = m.div_ceil(TILE_ROWS);
-    let mut packed = vec![0f32; tiles * k * TILE_ROWS];
+    let tiles = m.div_ceil(tile_rows);
+    let mut packed = vec![0f32; tiles * k * tile_rows];
     for (r, row) in x.chunks_exact(k).enumerate() {
-        let tile = &mut packed[(r / TILE_ROWS) * k * TILE_ROWS..];
-        let lane = r % TILE_ROWS;
+        let tile = &mut packed[(r / tile_rows) * k * tile_rows..];
+        let lane = r % tile_rows;
         for (i, &v) in row.iter().enumerate() {
-            tile[i * TILE_ROWS + lane] = v;
+            tile[i * tile_rows + lane] = v;
         }
     }
     packed
 }
 
-/// Up to [`PANEL`] weight rows (`w`, `k` values each) widened to f32 and transposed into
-/// `panel[i · PANEL + r]`; rows past the matrix are zero. Whole 16 × 16 blocks are transposed in
-/// registers (the scalar loop took 11 % of a bf16 prefill), the column tail here.
-fn pack_panel<W: WeightElement>(w: &[W], k: usize, panel: &mut [f32]) {
+/// Up to one panel of weight rows (`w`, `k` values each) widened to f32 and transposed into
+/// `panel[i · geometry.panel + r]`; rows past the matrix are zero. Whole square blocks (16 × 16
+/// on AVX-512, 8 × 8 on AVX2) are transposed in registers (the scalar loop took 11 % of a bf16
+/// prefill), the column tail here.
+fn pack_panel<W: WeightElement>(
+    w: &[W],
+    k: usize,
+    panel: &mut [f32],
+    geometry: Geometry,
+    avx512: bool,
+) {
     let rows = w.len() / k;
-    if rows < PANEL {
+    if rows < geometry.panel {
         panel.fill(0.0);
     }
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if supported() {
-        // SAFETY: the AVX-512 tier was checked; `w` holds `rows` ≤ PANEL whole rows and `panel`
-        // k × PANEL values.
-        unsafe { crate::avx512::pack_panel(w, k, panel) };
-        done = k / 16 * 16;
-    }
+    // SAFETY: `matmul` checked the tier (AVX-512 when `avx512`, else AVX2); `w` holds `rows` ≤
+    // one panel of whole rows and `panel` k × geometry.panel values.
+    let done = unsafe {
+        if avx512 {
+            crate::avx512::pack_panel(w, k, panel);
+            k / 16 * 16
+        } else {
+            crate::dense_gemm_avx2::pack_panel(w, k, panel);
+            k / 8 * 8
+        }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = 0;
     for (r, row) in w.chunks_exact(k).enumerate() {
         for (i, &v) in row.iter().enumerate().skip(done) {
-            panel[i * PANEL + r] = v.widen();
+            panel[i * geometry.panel + r] = v.widen();
         }
     }
 }
@@ -136,12 +178,15 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
-    /// Against a plain f64 product, for every weight type, with partial panels, tasks and tiles
-    /// and a column count that leaves a tail after the 16 × 16 transposed blocks.
+    /// Against a plain f64 product, for every weight type at this CPU's tier, with partial
+    /// panels, tasks and tiles and column counts that leave a tail after the transposed blocks
+    /// (16 × 16 on AVX-512, 8 × 8 on AVX2).
     #[test]
     fn dense_gemm_matches_a_plain_product() {
         if !supported() {
-            eprintln!("skipped: no AVX-512 tier on this CPU (candle's GEMM runs instead)");
+            eprintln!(
+                "skipped: SIMD tier below AVX2 (CPU or HYBRID_SIMD); candle's GEMM runs instead"
+            );
             return;
         }
         for (n, k, m) in [
@@ -150,6 +195,7 @@ mod tests {
             (5, 16, 1),
             (129, 48, 40),
             (20, 40, 9),
+            (23, 37, 7),
         ] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 64.0)

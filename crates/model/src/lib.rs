@@ -26,6 +26,8 @@ mod avx512;
 mod cached_attention;
 pub mod config;
 pub mod dense_gemm;
+#[cfg(target_arch = "x86_64")]
+mod dense_gemm_avx2;
 pub mod error;
 pub mod gdn_mixer;
 pub mod gemv;

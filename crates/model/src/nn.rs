@@ -166,7 +166,7 @@ fn dequantized_gemm(x: &Tensor, q: &candle_core::quantized::QTensor) -> Result<T
 }
 
 /// Dense weights on the CPU: a few rows (decode) go through [`crate::gemv`], which streams the
-/// weights once, more through [`crate::dense_gemm`] on AVX-512 CPUs; `None` when neither
+/// weights once, more through [`crate::dense_gemm`] on AVX2 and AVX-512 CPUs; `None` when neither
 /// applies (candle's matmul runs).
 fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     let (rows, in_dim) = x.dims2()?;
