@@ -1,7 +1,8 @@
 //! Several sequences on one model: a batch step gives every sequence exactly the greedy tokens
 //! it gives alone, on every GDN backend and every fixture; sequences of different lengths and
 //! positions share a batch; a sequence is refused by a model that did not make it, and after
-//! the GDN backend it lived on was migrated away; a sequence's snapshot restores into another.
+//! the GDN backend it lived on was migrated away; a sequence's snapshot restores into another; a
+//! sequence dropped without `free_sequence` gives its GDN slot back.
 
 use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions, Sequence};
@@ -231,4 +232,30 @@ fn a_sequence_snapshot_restores_into_another_sequence() {
         .unwrap();
     assert_eq!(from_a, from_b);
     assert!(a.kv_bytes() > 0);
+}
+
+/// A sequence dropped without `free_sequence` (a panic, an early return) gives its GDN slot back
+/// at the model's next `new_sequence`; one freed explicitly is not freed a second time.
+#[test]
+fn a_dropped_sequence_frees_its_gdn_slot() {
+    for backend in backends() {
+        let mut model = load(FIXTURES[0], backend);
+        let layers = model.config().num_hidden_layers();
+        let lost = model.new_sequence().expect("sequence");
+        let slot = lost.gdn_slot();
+        let gdn_layer = (0..layers)
+            .find(|&i| model.gdn_backend().export_state(i, slot).is_ok())
+            .expect("a GDN layer holds the new sequence's state");
+        drop(lost);
+        let kept = model.new_sequence().expect("sequence after a dropped one");
+        assert!(
+            model.gdn_backend().export_state(gdn_layer, slot).is_err(),
+            "{backend}: the dropped sequence's slot is still allocated"
+        );
+        model.free_sequence(kept).expect("free");
+        let again = model
+            .new_sequence()
+            .unwrap_or_else(|e| panic!("{backend}: after free_sequence: {e}"));
+        model.free_sequence(again).expect("free");
+    }
 }

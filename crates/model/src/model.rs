@@ -10,6 +10,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use candle_core::quantized::GgmlDType;
@@ -90,9 +91,36 @@ struct Owner {
     backend_generation: u64,
 }
 
+/// GDN slots of sequences dropped without [`HybridModel::free_sequence`] (a panic, an early
+/// return): every [`Sequence`] holds a handle and leaves its slot here when dropped, and the
+/// model frees the slots that are still its own at its next [`HybridModel::new_sequence`], so a
+/// lost sequence does not keep its recurrent state for the model's lifetime.
+#[derive(Debug, Clone, Default)]
+struct DroppedSlots(Arc<Mutex<Vec<(Owner, SlotId)>>>);
+
+impl DroppedSlots {
+    fn push(&self, owner: Owner, slot: SlotId) {
+        // A poisoned lock only means another thread panicked while pushing; the list is intact.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((owner, slot));
+    }
+
+    fn take(&self) -> Vec<(Owner, SlotId)> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+}
+
 /// One sequence's state: its slot in the GDN backend, its position, and a paged KV cache per
 /// attention layer. Made by [`HybridModel::new_sequence`]; hand it back with
-/// [`HybridModel::free_sequence`] to free its GDN slot (dropping it frees only the KV caches).
+/// [`HybridModel::free_sequence`] to free its GDN slot at once (one that is dropped instead
+/// has its slot freed by the model's next `new_sequence`).
 #[derive(Debug)]
 pub struct Sequence {
     owner: Owner,
@@ -100,12 +128,28 @@ pub struct Sequence {
     position: usize,
     /// Per layer: `Some` for attention layers, `None` for GDN layers.
     kv: Vec<Option<KvCache>>,
+    /// Where the slot goes when the sequence is dropped; `None` once it was freed.
+    on_drop: Option<DroppedSlots>,
+}
+
+impl Drop for Sequence {
+    fn drop(&mut self) {
+        if let Some(dropped) = self.on_drop.take() {
+            dropped.push(self.owner, self.slot);
+        }
+    }
 }
 
 impl Sequence {
     /// Tokens of this sequence processed so far.
     pub fn position(&self) -> usize {
         self.position
+    }
+
+    /// The GDN backend slot that holds this sequence's recurrent state (readable through
+    /// [`HybridModel::gdn_backend`]).
+    pub fn gdn_slot(&self) -> SlotId {
+        self.slot
     }
 
     /// Bytes the KV caches hold (whole pages).
@@ -124,6 +168,7 @@ struct Network {
     rope: Rope,
     gdn: Box<dyn GdnBackend>,
     owner: Owner,
+    dropped: DroppedSlots,
     gdn_time: Duration,
     /// The weight format's identifier (recorded in snapshots) and display name.
     format_id: String,
@@ -276,6 +321,7 @@ impl HybridModel {
                 model: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
                 backend_generation: 0,
             },
+            dropped: DroppedSlots::default(),
             gdn_time: Duration::ZERO,
             format_id: store.format_id(),
             format_name: store.format_name(),
@@ -336,12 +382,14 @@ impl HybridModel {
     }
 
     /// Frees `sequence`'s GDN slot.
-    pub fn free_sequence(&mut self, sequence: Sequence) -> Result<()> {
+    pub fn free_sequence(&mut self, mut sequence: Sequence) -> Result<()> {
         self.net.check_owner(&sequence)?;
         self.net
             .gdn
             .free_slot(sequence.slot)
-            .map_err(|source| ModelError::Gdn { layer: 0, source })
+            .map_err(|source| ModelError::Gdn { layer: 0, source })?;
+        sequence.on_drop = None;
+        Ok(())
     }
 
     /// Starts `sequence` again from position 0.
@@ -376,6 +424,7 @@ impl HybridModel {
 
 impl Network {
     fn new_sequence(&mut self) -> Result<Sequence> {
+        self.free_dropped_slots()?;
         let slot = self
             .gdn
             .alloc_slot()
@@ -393,7 +442,23 @@ impl Network {
             slot,
             position: 0,
             kv,
+            on_drop: Some(self.dropped.clone()),
         })
+    }
+
+    /// Frees the slots of dropped sequences that live on this model's current GDN backend
+    /// (those of a backend migrated away went with it). Tries every one; the first error wins.
+    fn free_dropped_slots(&mut self) -> Result<()> {
+        let mut first_error = None;
+        for (owner, slot) in self.dropped.take() {
+            if owner != self.owner {
+                continue;
+            }
+            if let Err(source) = self.gdn.free_slot(slot) {
+                first_error.get_or_insert(ModelError::Gdn { layer: 0, source });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// A sequence made by another model, or before this model's GDN backend was replaced,
