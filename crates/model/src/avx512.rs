@@ -368,6 +368,11 @@ pub(crate) unsafe fn int8_tile<const LEN: usize, const C: usize>(
     }
 }
 
+/// Weight rows per packed panel of the dense GEMM on this tier: two 16-lane vectors.
+pub(crate) const DENSE_PANEL: usize = 32;
+/// Activation rows per register tile of the dense GEMM on this tier.
+pub(crate) const DENSE_TILE_ROWS: usize = 12;
+
 /// One register tile of the dense GEMM ([`crate::dense_gemm`]): 12 packed activation rows
 /// (`x[i · 12 + c]`) against 32 packed weight rows (`panel[i · 32 + r]`) over `k` columns, into
 /// `tile[c · 32 + r]`. Per column: two weight loads, twelve broadcasts and 24 independent FMAs, which
@@ -378,8 +383,10 @@ pub(crate) unsafe fn int8_tile<const LEN: usize, const C: usize>(
 /// `12 × 32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(crate) unsafe fn dense_tile(panel: &[f32], x: &[f32], k: usize, tile: &mut [f32]) {
-    const ROWS: usize = 12;
-    debug_assert!(panel.len() >= k * 32 && x.len() >= k * ROWS && tile.len() >= 32 * ROWS);
+    const ROWS: usize = DENSE_TILE_ROWS;
+    debug_assert!(
+        panel.len() >= k * DENSE_PANEL && x.len() >= k * ROWS && tile.len() >= DENSE_PANEL * ROWS
+    );
     let mut lo = [_mm512_setzero_ps(); ROWS];
     let mut hi = [_mm512_setzero_ps(); ROWS];
     let (w, xs) = (panel.as_ptr(), x.as_ptr());

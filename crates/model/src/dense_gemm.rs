@@ -73,16 +73,22 @@ fn matmul<W: WeightElement + Sync>(w: &[W], k: usize, x: &[f32], y: &mut [f32]) 
         ));
     }
     let avx512 = hybrid_simd::tier() >= Tier::Avx512;
+    #[cfg(target_arch = "x86_64")]
     let geometry = if avx512 {
         Geometry {
-            panel: 32,
-            tile_rows: 12,
+            panel: crate::avx512::DENSE_PANEL,
+            tile_rows: crate::avx512::DENSE_TILE_ROWS,
         }
     } else {
         Geometry {
-            panel: 16,
-            tile_rows: 6,
+            panel: crate::dense_gemm_avx2::PANEL,
+            tile_rows: crate::dense_gemm_avx2::TILE_ROWS,
         }
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let geometry = Geometry {
+        panel: 1,
+        tile_rows: 1,
     };
     let Geometry { panel, tile_rows } = geometry;
     let tiles = pack_activations(x, k, tile_rows);
@@ -94,7 +100,8 @@ fn matmul<W: WeightElement + Sync>(w: &[W], k: usize, x: &[f32], y: &mut [f32]) 
         while start < count {
             let rows = panel.min(count - start);
             let weights = &w[(first + start) * k..(first + start + rows) * k];
-            pack_panel(weights, k, &mut packed_panel, geometry, avx512);
+            // SAFETY: the tier was checked above (AVX-512 when `avx512`, else AVX2).
+            unsafe { pack_panel(weights, k, &mut packed_panel, geometry, avx512) };
             for (t, packed) in tiles.chunks_exact(k * tile_rows).enumerate() {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the AVX2 tier (AVX-512 when `avx512`) was checked above; the panel
@@ -141,7 +148,10 @@ fn pack_activations(x: &[f32], k: usize, tile_rows: usize) -> Vec<f32> {
 /// `panel[i · geometry.panel + r]`; rows past the matrix are zero. Whole square blocks (16 × 16
 /// on AVX-512, 8 × 8 on AVX2) are transposed in registers (the scalar loop took 11 % of a bf16
 /// prefill), the column tail here.
-fn pack_panel<W: WeightElement>(
+///
+/// # Safety
+/// The CPU must support the AVX-512 tier when `avx512`, else the AVX2 tier (on x86-64).
+unsafe fn pack_panel<W: WeightElement>(
     w: &[W],
     k: usize,
     panel: &mut [f32],
@@ -153,8 +163,8 @@ fn pack_panel<W: WeightElement>(
         panel.fill(0.0);
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `matmul` checked the tier (AVX-512 when `avx512`, else AVX2); `w` holds `rows` ≤
-    // one panel of whole rows and `panel` k × geometry.panel values.
+    // SAFETY: the caller guarantees the tier (AVX-512 when `avx512`, else AVX2); `w` holds
+    // `rows` ≤ one panel of whole rows and `panel` k × geometry.panel values.
     let done = unsafe {
         if avx512 {
             crate::avx512::pack_panel(w, k, panel);
@@ -196,6 +206,7 @@ mod tests {
             (129, 48, 40),
             (20, 40, 9),
             (23, 37, 7),
+            (13, 24, 5),
         ] {
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 64.0)

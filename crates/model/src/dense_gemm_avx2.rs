@@ -15,8 +15,8 @@ pub(crate) const TILE_ROWS: usize = 6;
 /// weight rows (`panel[i · 16 + r]`) over `k` columns, into `tile[c · 16 + r]`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `panel` must hold `k × 16` values, `x` `k × 6` and `tile`
-/// `6 × 16`.
+/// The CPU must support AVX2, FMA and F16C; `panel` must hold `k × 16` values, `x` `k × 6` and
+/// `tile` `6 × 16`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn dense_tile(panel: &[f32], x: &[f32], k: usize, tile: &mut [f32]) {
     debug_assert!(

@@ -15,7 +15,7 @@ use crate::Result;
 const ROWS_PER_TASK: usize = 64;
 
 /// How many rows ahead of the ones being read the kernels prefetch. Several weight rows are read
-/// side by side (4 here, 8 in the Q8_0 kernel), each a short stream of 1–4 KiB, and the
+/// side by side (up to 4 here, 8 in the batched Q8_0 kernels), each a short stream of 1–4 KiB, and the
 /// hardware prefetchers stop at every 4 KiB page: measured with `benches/matvec.rs` on a 2-core
 /// Intel Xeon (AVX-512), prefetching two passes ahead took bf16 from ~14.5 to ~19–23 GiB/s and
 /// Q8_0 from ~12 to ~16 GiB/s (one or four passes ahead: no better).
@@ -85,10 +85,13 @@ pub fn gemv_at(
         }
         #[cfg(target_arch = "x86_64")]
         if avx2 {
-            match weight {
-                WeightRows::F32(w) => avx2_rows_batch(w, in_dim, first, count, x, out),
-                WeightRows::Bf16(w) => avx2_rows_batch(w, in_dim, first, count, &split, out),
-                WeightRows::F16(w) => avx2_rows_batch(w, in_dim, first, count, x, out),
+            // SAFETY: `avx2` is true only when the CPU supports the AVX2 tier (AVX2, FMA, F16C).
+            unsafe {
+                match weight {
+                    WeightRows::F32(w) => avx2_rows_batch(w, in_dim, first, count, x, out),
+                    WeightRows::Bf16(w) => avx2_rows_batch(w, in_dim, first, count, &split, out),
+                    WeightRows::F16(w) => avx2_rows_batch(w, in_dim, first, count, x, out),
+                }
             }
             return;
         }
@@ -149,8 +152,11 @@ fn dot_rows<W: WeightElement>(
 /// so a row of a batch gets bit for bit what it gets alone. Measured on the 2-core AMD EPYC
 /// (AVX2): the 0.8B shape's batch of eight ran 2.5× one sequence when each activation row made
 /// its own pass over the weights.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-fn avx2_rows_batch<W: WeightElement>(
+unsafe fn avx2_rows_batch<W: WeightElement>(
     w: &[W],
     in_dim: usize,
     first: usize,
@@ -176,15 +182,18 @@ fn avx2_rows_batch<W: WeightElement>(
             };
             let mut put = |gi: usize, k: usize, v: f32| out[(r + k) * count + local + gi] = v;
             let g = if local + g <= count { g } else { 1 };
-            match (g, take) {
-                (4, 1) => tile.run::<4, 1>(&mut put),
-                (4, 2) => tile.run::<4, 2>(&mut put),
-                (2, 3) => tile.run::<2, 3>(&mut put),
-                (2, 4) => tile.run::<2, 4>(&mut put),
-                (_, 1) => tile.run::<1, 1>(&mut put),
-                (_, 2) => tile.run::<1, 2>(&mut put),
-                (_, 3) => tile.run::<1, 3>(&mut put),
-                _ => tile.run::<1, 4>(&mut put),
+            // SAFETY: the caller guarantees the AVX2 tier.
+            unsafe {
+                match (g, take) {
+                    (4, 1) => tile.run::<4, 1>(&mut put),
+                    (4, 2) => tile.run::<4, 2>(&mut put),
+                    (2, 3) => tile.run::<2, 3>(&mut put),
+                    (2, 4) => tile.run::<2, 4>(&mut put),
+                    (_, 1) => tile.run::<1, 1>(&mut put),
+                    (_, 2) => tile.run::<1, 2>(&mut put),
+                    (_, 3) => tile.run::<1, 3>(&mut put),
+                    _ => tile.run::<1, 4>(&mut put),
+                }
             }
             local += g;
         }
@@ -206,15 +215,18 @@ struct Avx2Tile<'a, W> {
 #[cfg(target_arch = "x86_64")]
 impl<W: WeightElement> Avx2Tile<'_, W> {
     /// Weight rows `weight_row..+G` against activation rows `x_row..+R`, each sum handed to
-    /// `put(weight row offset, activation row offset, value)`. Must run on the AVX2 tier.
-    fn run<const G: usize, const R: usize>(&self, put: &mut dyn FnMut(usize, usize, f32)) {
+    /// `put(weight row offset, activation row offset, value)`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    unsafe fn run<const G: usize, const R: usize>(&self, put: &mut dyn FnMut(usize, usize, f32)) {
         let d = self.in_dim;
         let w: [&[W]; G] = std::array::from_fn(|g| {
             &self.w[(self.weight_row + g) * d..(self.weight_row + g + 1) * d]
         });
         let x: [&[f32]; R] =
             std::array::from_fn(|k| &self.x[(self.x_row + k) * d..(self.x_row + k + 1) * d]);
-        // SAFETY: `avx2_rows_batch` runs on the AVX2 tier only, which the CPU supports.
+        // SAFETY: the caller guarantees the AVX2 tier.
         let sums = unsafe { x86::dot_tile(w, x) };
         for (g, row) in sums.iter().enumerate() {
             for (k, &v) in row.iter().enumerate() {

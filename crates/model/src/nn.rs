@@ -9,8 +9,8 @@ use crate::gemv::{gemv, WeightRows};
 use crate::matrix::Matrix;
 use crate::weights::WeightStore;
 
-/// Rows up to which [`Linear`] uses the streaming GEMV instead of candle's matmul: decode is one
-/// row; a few more still read the weights once.
+/// Rows up to which [`Linear`] uses the streaming GEMV instead of a GEMM: decode is one row; a
+/// few more still read the weights once.
 const GEMV_MAX_ROWS: usize = 8;
 
 /// `y = x Wᵀ (+ b)` with W stored `[out, in]` as in HF checkpoints, in any [`Matrix`] format.

@@ -683,9 +683,9 @@ pub(crate) mod x86 {
     /// `[weight row][activation row]`.
     ///
     /// # Safety
-    /// As for [`dot_group`], for every row of `xq`, with `combined` holding
-    /// R × GROUP × `blocks` values, on a CPU with the features of the function that inlines
-    /// this.
+    /// `weights` must hold GROUP rows of `blocks` blocks, every row of `xq` `blocks` × 32
+    /// values and `combined` R × GROUP × `blocks` values; the CPU must have the features of the
+    /// function that inlines this.
     #[inline(always)]
     unsafe fn dot_group_rows<const G: usize, const R: usize>(
         weights: &[u8],
