@@ -173,7 +173,7 @@ unsafe fn avx2_rows_batch<W: WeightElement>(
         let g = if take <= 2 { 4 } else { 2 };
         let mut local = 0;
         while local < count {
-            let tile = Avx2Tile {
+            let tile = Tile {
                 w,
                 x,
                 in_dim,
@@ -185,54 +185,19 @@ unsafe fn avx2_rows_batch<W: WeightElement>(
             // SAFETY: the caller guarantees the AVX2 tier.
             unsafe {
                 match (g, take) {
-                    (4, 1) => tile.run::<4, 1>(&mut put),
-                    (4, 2) => tile.run::<4, 2>(&mut put),
-                    (2, 3) => tile.run::<2, 3>(&mut put),
-                    (2, 4) => tile.run::<2, 4>(&mut put),
-                    (_, 1) => tile.run::<1, 1>(&mut put),
-                    (_, 2) => tile.run::<1, 2>(&mut put),
-                    (_, 3) => tile.run::<1, 3>(&mut put),
-                    _ => tile.run::<1, 4>(&mut put),
+                    (4, 1) => tile.run_avx2::<4, 1>(&mut put),
+                    (4, 2) => tile.run_avx2::<4, 2>(&mut put),
+                    (2, 3) => tile.run_avx2::<2, 3>(&mut put),
+                    (2, 4) => tile.run_avx2::<2, 4>(&mut put),
+                    (_, 1) => tile.run_avx2::<1, 1>(&mut put),
+                    (_, 2) => tile.run_avx2::<1, 2>(&mut put),
+                    (_, 3) => tile.run_avx2::<1, 3>(&mut put),
+                    _ => tile.run_avx2::<1, 4>(&mut put),
                 }
             }
             local += g;
         }
         r += take;
-    }
-}
-
-/// One [`x86::dot_tile`] call of [`avx2_rows_batch`]: the weight and activation rows it starts
-/// at.
-#[cfg(target_arch = "x86_64")]
-struct Avx2Tile<'a, W> {
-    w: &'a [W],
-    x: &'a [f32],
-    in_dim: usize,
-    weight_row: usize,
-    x_row: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl<W: WeightElement> Avx2Tile<'_, W> {
-    /// Weight rows `weight_row..+G` against activation rows `x_row..+R`, each sum handed to
-    /// `put(weight row offset, activation row offset, value)`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    unsafe fn run<const G: usize, const R: usize>(&self, put: &mut dyn FnMut(usize, usize, f32)) {
-        let d = self.in_dim;
-        let w: [&[W]; G] = std::array::from_fn(|g| {
-            &self.w[(self.weight_row + g) * d..(self.weight_row + g + 1) * d]
-        });
-        let x: [&[f32]; R] =
-            std::array::from_fn(|k| &self.x[(self.x_row + k) * d..(self.x_row + k + 1) * d]);
-        // SAFETY: the caller guarantees the AVX2 tier.
-        let sums = unsafe { x86::dot_tile(w, x) };
-        for (g, row) in sums.iter().enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                put(g, k, v);
-            }
-        }
     }
 }
 
@@ -287,8 +252,8 @@ fn dot_rows_batch<W: WeightElement>(
     }
 }
 
-/// One [`crate::avx512::dot_tile`] call of [`dot_rows_batch`]: the weight and activation rows
-/// it starts at.
+/// One register-tile call of [`dot_rows_batch`] ([`crate::avx512::dot_tile`]) or
+/// [`avx2_rows_batch`] ([`x86::dot_tile`]): the weight and activation rows it starts at.
 #[cfg(target_arch = "x86_64")]
 struct Tile<'a, W> {
     w: &'a [W],
@@ -303,14 +268,39 @@ impl<W: WeightElement> Tile<'_, W> {
     /// Weight rows `weight_row..+G` against activation rows `x_row..+R`, each sum handed to
     /// `put(weight row offset, activation row offset, value)`. Must run on the AVX-512 tier.
     fn run<const G: usize, const R: usize>(&self, put: &mut dyn FnMut(usize, usize, f32)) {
+        let (w, x) = self.rows::<G, R>();
+        // SAFETY: `dot_rows_batch` runs on the AVX-512 tier only, which the CPU supports.
+        Self::emit(unsafe { crate::avx512::dot_tile(w, x) }, put);
+    }
+
+    /// [`Tile::run`] on the AVX2 kernel.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    unsafe fn run_avx2<const G: usize, const R: usize>(
+        &self,
+        put: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        let (w, x) = self.rows::<G, R>();
+        // SAFETY: the caller guarantees the AVX2 tier.
+        Self::emit(unsafe { x86::dot_tile(w, x) }, put);
+    }
+
+    /// The tile's `G` weight rows and `R` activation rows.
+    fn rows<const G: usize, const R: usize>(&self) -> ([&[W]; G], [&[f32]; R]) {
         let d = self.in_dim;
-        let w: [&[W]; G] = std::array::from_fn(|g| {
+        let w = std::array::from_fn(|g| {
             &self.w[(self.weight_row + g) * d..(self.weight_row + g + 1) * d]
         });
-        let x: [&[f32]; R] =
-            std::array::from_fn(|k| &self.x[(self.x_row + k) * d..(self.x_row + k + 1) * d]);
-        // SAFETY: `dot_rows_batch` runs on the AVX-512 tier only, which the CPU supports.
-        let sums = unsafe { crate::avx512::dot_tile(w, x) };
+        let x = std::array::from_fn(|k| &self.x[(self.x_row + k) * d..(self.x_row + k + 1) * d]);
+        (w, x)
+    }
+
+    /// Hands every sum of a tile to `put(weight row offset, activation row offset, value)`.
+    fn emit<const G: usize, const R: usize>(
+        sums: [[f32; R]; G],
+        put: &mut dyn FnMut(usize, usize, f32),
+    ) {
         for (g, row) in sums.iter().enumerate() {
             for (k, &v) in row.iter().enumerate() {
                 put(g, k, v);
