@@ -146,7 +146,7 @@ fn a_failed_migration_leaves_the_model_on_its_old_backend() {
     let (first, sampler) = generate(&mut engine, greedy(), PROMPT, 4);
     let before = engine.model().export_state().unwrap();
     let failing = Box::new(FailingImport {
-        inner: ReferenceBackend::new(),
+        inner: ReferenceBackend::default(),
         good_imports: 1,
     });
     let Err(err) = engine.model_mut().migrate_gdn_backend(failing) else {

@@ -262,7 +262,7 @@ fn main() -> Result<()> {
 
     // The oracle's first outputs, to check each backend before timing it.
     let check_steps = 3;
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     oracle.load_layer(0, spec, &constants[0])?;
     let oracle_slot = oracle.alloc_slot()?;
     let mut expected = Vec::new();

@@ -91,7 +91,7 @@ fn run_case(cxx: &str, shape: LayerSpec, ops: &[Op], seed: u64) {
     push_f32s(&mut script, &constants.conv_weight);
     push_f32s(&mut script, &constants.a_log);
     push_f32s(&mut script, &constants.dt_bias);
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     oracle.load_layer(0, shape, &constants).expect("oracle");
     let slot = oracle.alloc_slot().expect("slot");
     let (conv_dim, hv, value_dim) = (shape.conv_dim(), shape.num_v_heads, shape.value_dim());

@@ -35,7 +35,7 @@ const LAYERS: [(usize, fn() -> LayerSpec); 3] = [
 
 /// The backend and the oracle with the same layers and one slot each.
 fn pair(backend: &mut CudaBackend) -> (ReferenceBackend, SlotId, SlotId) {
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     for (layer, shape) in LAYERS {
         let c = random_constants(&shape(), layer as u64 + 7);
         backend.load_layer(layer, shape(), &c).expect("load");
@@ -198,7 +198,7 @@ fn prefill_across_the_backend_chunk_boundary() {
     let shape = LayerSpec::new(2, 4, 64, 128, 4);
     let c = random_constants(&shape, 9);
     backend.load_layer(0, shape, &c).expect("load");
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     oracle.load_layer(0, shape, &c).expect("oracle load");
     let slot = backend.alloc_slot().expect("slot");
     let oracle_slot = oracle.alloc_slot().expect("oracle slot");

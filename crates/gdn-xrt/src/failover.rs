@@ -174,6 +174,7 @@ fn add_counters(a: Counters, b: Counters) -> Counters {
         },
         steps: a.steps + b.steps,
         prefill_tokens: a.prefill_tokens + b.prefill_tokens,
+        run_time_ns: a.run_time_ns + b.run_time_ns,
     }
 }
 

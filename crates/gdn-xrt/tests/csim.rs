@@ -269,7 +269,7 @@ fn a_layer_bigger_than_one_card_or_too_many_cards_is_a_clear_error() {
 fn layers_spread_over_cards_when_one_is_full() {
     let big = LayerSpec::QWEN3_NEXT;
     let mut backend = XrtBackend::simulated_with(SimConfig::default()).expect("xrt-sim");
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     let layers = 14;
     for layer in 0..layers {
         let c = random_constants(&big, 100 + layer as u64);
@@ -377,7 +377,7 @@ fn the_top_function_keeps_state_across_invocations() {
         invoke_top_function(design, &KernelArgs::new(Op::Reset, layer, 0), &[], &mut []),
         "reset",
     );
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     oracle.load_layer(0, s, &c).expect("oracle");
     let oracle_slot = oracle.alloc_slot().expect("slot");
     for t in 0..2 {

@@ -60,9 +60,9 @@ fn setup(backend: &mut dyn GdnBackend) {
 fn live_sequences_move_mid_token_and_continue_exactly() {
     let mut failover = FailoverBackend::new(
         failing_card(7),
-        Box::new(|| Ok(Box::new(ReferenceBackend::new()))),
+        Box::new(|| Ok(Box::new(ReferenceBackend::default()))),
     );
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     setup(&mut failover);
     setup(&mut oracle);
     let slots: Vec<_> = (0..2)
@@ -136,7 +136,7 @@ fn live_sequences_move_mid_token_and_continue_exactly() {
 fn input_errors_are_not_device_failures() {
     let mut failover = FailoverBackend::new(
         failing_card(0),
-        Box::new(|| Ok(Box::new(ReferenceBackend::new()))),
+        Box::new(|| Ok(Box::new(ReferenceBackend::default()))),
     );
     setup(&mut failover);
     let slot = failover.alloc_slot().expect("slot");
@@ -271,10 +271,10 @@ fn only_device_faults_fail_over() {
     {
         let mut failover = FailoverBackend::new(
             Box::new(FailsOnce {
-                inner: ReferenceBackend::new(),
+                inner: ReferenceBackend::default(),
                 error: Some(error.clone()),
             }),
-            Box::new(|| Ok(Box::new(ReferenceBackend::new()))),
+            Box::new(|| Ok(Box::new(ReferenceBackend::default()))),
         );
         setup(&mut failover);
         let slot = failover.alloc_slot().expect("slot");

@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use crate::error::Result;
+use crate::error::{GdnError, Result};
+use crate::kernel::BatchMember;
 use crate::slots::SlotId;
 use crate::spec::{LayerConstants, LayerSpec, TokenInputs};
 use crate::state::SlotState;
@@ -43,10 +44,14 @@ pub struct Counters {
     pub bytes_from_device: u64,
     /// Time spent computing on the device, when the backend can tell (ns).
     pub device_time_ns: Option<u64>,
-    /// `step` calls that succeeded.
+    /// `step` calls that succeeded (and one-token members of successful `run_batch` calls).
     pub steps: u64,
-    /// Tokens processed by successful `prefill` calls.
+    /// Tokens processed by successful `prefill` calls (and by members of more than one token in
+    /// `run_batch`; a one-token member counts as a step).
     pub prefill_tokens: u64,
+    /// Host wall time of successful runs (`step`, `prefill`, `run_batch`), transfers and
+    /// waiting for the device included (ns): the GDN share of a model's time.
+    pub run_time_ns: u64,
 }
 
 impl Counters {
@@ -102,6 +107,27 @@ pub trait GdnBackend: Send {
         inputs: TokenInputs<'_>,
         out: &mut [f32],
     ) -> Result<()>;
+
+    /// Runs `layer` for several sequences at once: each member's tokens continue its own slot,
+    /// as `step` (one token) or `prefill` (more) would, in one call per layer.
+    ///
+    /// Backends built on [`Checked`](crate::Checked) validate every member first, so a rejected
+    /// batch changes no member's state. This default (for backends that are not) refuses a slot
+    /// named twice, then prefills the members one after another: a member rejected there leaves
+    /// the members before it advanced.
+    fn run_batch(&mut self, layer: usize, members: &mut [BatchMember<'_>]) -> Result<()> {
+        for (i, member) in members.iter().enumerate() {
+            if members[..i].iter().any(|m| m.slot == member.slot) {
+                return Err(GdnError::SlotRepeated(member.slot));
+            }
+        }
+        // Without the layer's spec the token count is unknown here; a prefill of one token
+        // leaves the state a step would.
+        for member in members.iter_mut() {
+            self.prefill(layer, member.slot, member.inputs, member.out)?;
+        }
+        Ok(())
+    }
 
     /// The slot's state of `layer` in the canonical layout.
     fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState>;

@@ -61,6 +61,10 @@ pub enum GdnError {
         value: f32,
     },
 
+    /// A batched call that names the same slot twice (a sequence advances once per call).
+    #[error("sequence slot {0} appears more than once in one batch")]
+    SlotRepeated(SlotId),
+
     /// `step` called with other than exactly one token.
     #[error("step takes exactly one token, got {0} (use prefill for several)")]
     NotOneToken(usize),
@@ -148,6 +152,7 @@ impl GdnError {
             | GdnError::UnknownSlot(_)
             | GdnError::NonFinite { .. }
             | GdnError::NotOneToken(_)
+            | GdnError::SlotRepeated(_)
             | GdnError::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             GdnError::Device { .. } => ErrorKind::DeviceFault,
             GdnError::UnknownBackend { .. }

@@ -11,6 +11,12 @@
 //! `g = −exp(A_log)·softplus(a + dt_bias)`, `β = sigmoid(b)`, and
 //! `S ← e^g S; δ = β(v − Sᵀk); S ← S + kδᵀ; o = Sᵀq`.
 //!
+//! ## Two layers
+//! A device implements the narrow [`GdnKernel`] (constants, new/reset/read/write state, one
+//! batched run per layer); the checked front [`Checked`] wraps it into a [`GdnBackend`] and keeps
+//! every rule of the contract — slots, validation, one token for `step`, no slot twice in a
+//! batch, counters and timing — in one place.
+//!
 //! ## Input policy
 //! Every call validates lengths and rejects NaN/±Inf in its inputs with a typed error *before*
 //! touching any state, so a rejected call leaves the slot exactly as it was.
@@ -18,9 +24,11 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod checked;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;
+pub mod kernel;
 pub mod math;
 pub mod reference;
 pub mod registry;
@@ -29,8 +37,10 @@ pub mod spec;
 pub mod state;
 
 pub use backend::{BackendInfo, Counters, GdnBackend, PrefillStrategy};
+pub use checked::Checked;
 pub use error::{ErrorKind, GdnError, Result};
-pub use reference::ReferenceBackend;
+pub use kernel::{Batch, BatchMember, DeviceCounters, GdnKernel, Layer, MemberMut};
+pub use reference::{ReferenceBackend, ReferenceKernel};
 pub use registry::{BackendFactory, BackendOptions, Registry, RegistryEntry};
 pub use slots::{LayerTable, SlotId};
 pub use spec::{LayerConstants, LayerSpec, TokenInputs, MAX_STATE_VALUES};

@@ -1,66 +1,30 @@
 //! The `reference` backend: DESIGN §3 written out literally in scalar code. It is the oracle every
 //! other backend is tested against, so clarity wins over speed everywhere in this file.
 
-use std::time::Instant;
-
-use crate::backend::{BackendInfo, Counters, GdnBackend, PrefillStrategy};
-use crate::error::{GdnError, Result};
+use crate::backend::{BackendInfo, PrefillStrategy};
+use crate::checked::Checked;
+use crate::error::Result;
+use crate::kernel::{Batch, GdnKernel, Layer};
 use crate::math::{l2_normalize, log_decay, query_scale, sigmoid, silu};
-use crate::slots::{LayerTable, SlotId};
-use crate::spec::{LayerConstants, LayerSpec, TokenInputs};
+use crate::spec::{LayerConstants, LayerSpec};
 use crate::state::SlotState;
 
-/// Scalar oracle backend; keeps every state in the canonical layout on the host.
-#[derive(Debug, Default)]
-pub struct ReferenceBackend {
-    table: LayerTable<LayerConstants, SlotState>,
-    counters: Counters,
-}
+/// The scalar oracle backend: the checked front over [`ReferenceKernel`].
+pub type ReferenceBackend = Checked<ReferenceKernel>;
 
-impl ReferenceBackend {
+/// Scalar oracle kernel; keeps every state in the canonical layout on the host.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReferenceKernel;
+
+impl ReferenceKernel {
     /// Registry name.
     pub const NAME: &'static str = "reference";
-
-    /// An empty backend with no layers and no slots.
-    pub fn new() -> Self {
-        Self::default()
-    }
 }
 
-impl ReferenceBackend {
-    /// Validates, then runs the tokens one after another; returns how many there were.
-    fn run_tokens(
-        &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
-        exactly_one: bool,
-    ) -> Result<usize> {
-        let started = Instant::now();
-        let (spec, constants, state) = self.table.get_mut(layer, slot)?;
-        let tokens = inputs.validate(spec, out)?;
-        if exactly_one && tokens != 1 {
-            return Err(GdnError::NotOneToken(tokens));
-        }
-        let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
-        for t in 0..tokens {
-            reference_token(
-                spec,
-                constants,
-                state,
-                &inputs.mixed_qkv[t * conv_dim..(t + 1) * conv_dim],
-                &inputs.a[t * hv..(t + 1) * hv],
-                &inputs.b[t * hv..(t + 1) * hv],
-                &mut out[t * value_dim..(t + 1) * value_dim],
-            );
-        }
-        self.counters.add_host_time(started);
-        Ok(tokens)
-    }
-}
+impl GdnKernel for ReferenceKernel {
+    type Constants = LayerConstants;
+    type State = SlotState;
 
-impl GdnBackend for ReferenceBackend {
     fn info(&self) -> BackendInfo {
         BackendInfo {
             name: Self::NAME.into(),
@@ -71,69 +35,66 @@ impl GdnBackend for ReferenceBackend {
         }
     }
 
-    fn load_layer(
+    fn load(
         &mut self,
-        layer: usize,
-        spec: LayerSpec,
+        _layer: usize,
+        _spec: &LayerSpec,
         constants: &LayerConstants,
-    ) -> Result<()> {
-        spec.validate()?;
-        constants.validate(&spec)?;
-        self.table
-            .insert_layer(layer, spec, constants.clone(), SlotState::zeros)
+        _live_slots: usize,
+    ) -> Result<LayerConstants> {
+        Ok(constants.clone())
     }
 
-    fn alloc_slot(&mut self) -> Result<SlotId> {
-        self.table.alloc_slot(SlotState::zeros)
+    fn new_state(&mut self, layer: Layer<'_, LayerConstants>) -> Result<SlotState> {
+        Ok(SlotState::zeros(layer.spec))
     }
 
-    fn reset_slot(&mut self, slot: SlotId) -> Result<()> {
-        self.table
-            .for_each_state_mut(slot, |spec, state| *state = SlotState::zeros(spec))
-    }
-
-    fn free_slot(&mut self, slot: SlotId) -> Result<()> {
-        self.table.free_slot(slot)
-    }
-
-    fn step(
-        &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
-    ) -> Result<()> {
-        self.run_tokens(layer, slot, inputs, out, true)?;
-        self.counters.steps += 1;
+    fn reset(&mut self, layer: Layer<'_, LayerConstants>, state: &mut SlotState) -> Result<()> {
+        *state = SlotState::zeros(layer.spec);
         Ok(())
     }
 
-    fn prefill(
+    /// Members one after another, tokens one after another: the oracle has no batched form.
+    fn run(
         &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
+        layer: Layer<'_, LayerConstants>,
+        batch: &mut Batch<'_, '_, SlotState>,
     ) -> Result<()> {
-        let tokens = self.run_tokens(layer, slot, inputs, out, false)?;
-        self.counters.prefill_tokens += tokens as u64;
+        let spec = layer.spec;
+        let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
+        for member in batch.iter_mut() {
+            let inputs = member.inputs;
+            for t in 0..inputs.a.len() / hv {
+                reference_token(
+                    spec,
+                    layer.constants,
+                    member.state,
+                    &inputs.mixed_qkv[t * conv_dim..(t + 1) * conv_dim],
+                    &inputs.a[t * hv..(t + 1) * hv],
+                    &inputs.b[t * hv..(t + 1) * hv],
+                    &mut member.out[t * value_dim..(t + 1) * value_dim],
+                );
+            }
+        }
         Ok(())
     }
 
-    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {
-        let (_, _, state) = self.table.get(layer, slot)?;
+    fn read_state(
+        &self,
+        _layer: Layer<'_, LayerConstants>,
+        state: &SlotState,
+    ) -> Result<SlotState> {
         Ok(state.clone())
     }
 
-    fn import_state(&mut self, layer: usize, slot: SlotId, imported: &SlotState) -> Result<()> {
-        let (spec, _, state) = self.table.get_mut(layer, slot)?;
-        imported.validate(spec)?;
-        state.clone_from(imported);
+    fn write_state(
+        &mut self,
+        _layer: Layer<'_, LayerConstants>,
+        state: &mut SlotState,
+        canonical: &SlotState,
+    ) -> Result<()> {
+        state.clone_from(canonical);
         Ok(())
-    }
-
-    fn counters(&self) -> Counters {
-        self.counters
     }
 }
 

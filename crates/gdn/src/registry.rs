@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::backend::GdnBackend;
 use crate::error::{GdnError, Result};
-use crate::reference::ReferenceBackend;
+use crate::reference::{ReferenceBackend, ReferenceKernel};
 
 /// Options a factory may use; each backend ignores what does not apply to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,8 +106,8 @@ impl Registry {
             })
             .collect();
         let mut registry = Registry { entries };
-        registry.register(ReferenceBackend::NAME, KNOWN_BACKENDS[0].1, |_| {
-            Ok(Box::new(ReferenceBackend::new()))
+        registry.register(ReferenceKernel::NAME, KNOWN_BACKENDS[0].1, |_| {
+            Ok(Box::new(ReferenceBackend::default()))
         });
         registry
     }

@@ -73,6 +73,123 @@ impl<C, S> LayerTable<C, S> {
         Ok(())
     }
 
+    /// Registers `layer` with a state from `new_state` for every live slot, all or nothing: when
+    /// `new_state` fails, nothing is registered and the states made so far are dropped.
+    pub fn try_insert_layer(
+        &mut self,
+        layer: usize,
+        spec: LayerSpec,
+        constants: C,
+        mut new_state: impl FnMut(&LayerSpec, &C) -> Result<S>,
+    ) -> Result<()> {
+        if self.layers.get(layer).is_some_and(Option::is_some) {
+            return Err(GdnError::LayerAlreadyLoaded(layer));
+        }
+        let states = self
+            .live
+            .iter()
+            .map(|&live| live.then(|| new_state(&spec, &constants)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || None);
+        }
+        self.layers[layer] = Some(LayerEntry {
+            spec,
+            constants,
+            states,
+        });
+        Ok(())
+    }
+
+    /// Allocates a slot with a state from `new_state(layer, spec, constants)` in every loaded
+    /// layer, all or nothing: when `new_state` fails, no slot is allocated and the states made so
+    /// far are handed to `undo`.
+    pub fn try_alloc_slot(
+        &mut self,
+        mut new_state: impl FnMut(usize, &LayerSpec, &C) -> Result<S>,
+        mut undo: impl FnMut(usize, &LayerSpec, &C, S),
+    ) -> Result<SlotId> {
+        let index = self.live.len();
+        let id = u32::try_from(index).map_err(|_| GdnError::OutOfSlots {
+            backend: "slot table".into(),
+            detail: "more than 2^32 slots allocated over the backend's lifetime".into(),
+        })?;
+        let mut made: Vec<(usize, S)> = Vec::new();
+        for (layer, entry) in self.layers.iter().enumerate() {
+            let Some(entry) = entry else { continue };
+            match new_state(layer, &entry.spec, &entry.constants) {
+                Ok(state) => made.push((layer, state)),
+                Err(e) => {
+                    for (layer, state) in made {
+                        if let Some(entry) = &self.layers[layer] {
+                            undo(layer, &entry.spec, &entry.constants, state);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.live.push(true);
+        for (layer, state) in made {
+            if let Some(entry) = self.layers[layer].as_mut() {
+                entry.states.push(Some(state));
+            }
+        }
+        // Layers are all visited above, so every loaded layer got its state; this keeps each
+        // layer's state vector as long as `live` even if that ever changes.
+        for entry in self.layers.iter_mut().flatten() {
+            entry.states.resize_with(self.live.len(), || None);
+        }
+        Ok(SlotId(id))
+    }
+
+    /// Frees a slot in every layer, handing each of its states to `release`; its id becomes
+    /// unknown for good.
+    pub fn free_slot_with(
+        &mut self,
+        slot: SlotId,
+        mut release: impl FnMut(usize, &LayerSpec, &C, S),
+    ) -> Result<()> {
+        let index = self.live_index(slot)?;
+        self.live[index] = false;
+        for (layer, entry) in self.layers.iter_mut().enumerate() {
+            if let Some(entry) = entry {
+                if let Some(state) = entry.states[index].take() {
+                    release(layer, &entry.spec, &entry.constants, state);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(layer, spec, constants, state)` on the slot's state in every loaded layer,
+    /// stopping at the first error.
+    pub fn try_for_each_state_mut(
+        &mut self,
+        slot: SlotId,
+        mut f: impl FnMut(usize, &LayerSpec, &C, &mut S) -> Result<()>,
+    ) -> Result<()> {
+        let index = self.live_index(slot)?;
+        for (layer, entry) in self.layers.iter_mut().enumerate() {
+            let Some(entry) = entry else { continue };
+            if let Some(state) = entry.states[index].as_mut() {
+                f(layer, &entry.spec, &entry.constants, state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded layer `layer` with every slot's state (indexed by `SlotId.0`, `None` for freed
+    /// slots), for a batched run.
+    pub fn layer_states_mut(&mut self, layer: usize) -> Result<(&LayerSpec, &C, &mut [Option<S>])> {
+        let entry = self
+            .layers
+            .get_mut(layer)
+            .and_then(Option::as_mut)
+            .ok_or(GdnError::UnknownLayer(layer))?;
+        Ok((&entry.spec, &entry.constants, &mut entry.states))
+    }
+
     /// Allocates a slot with a fresh state (from `new_state`) in every loaded layer.
     pub fn alloc_slot(&mut self, mut new_state: impl FnMut(&LayerSpec) -> S) -> Result<SlotId> {
         let index = self.live.len();

@@ -30,7 +30,7 @@ impl Pair {
             .load_layer(0, spec, &constants)
             .unwrap_or_else(|e| panic!("{label}: load_layer failed: {e}"));
         let slot = backend.alloc_slot().expect("alloc_slot");
-        let mut oracle = ReferenceBackend::new();
+        let mut oracle = ReferenceBackend::default();
         oracle.load_layer(0, spec, &constants).expect("oracle load");
         let oracle_slot = oracle.alloc_slot().expect("oracle slot");
         Pair {
@@ -229,7 +229,7 @@ pub fn slot_isolation(factory: Factory<'_>) {
         .collect();
     let mut oracles: Vec<(ReferenceBackend, SlotId)> = (0..3)
         .map(|_| {
-            let mut oracle = ReferenceBackend::new();
+            let mut oracle = ReferenceBackend::default();
             oracle.load_layer(0, shape, &constants).expect("load");
             let slot = oracle.alloc_slot().expect("alloc");
             (oracle, slot)
@@ -316,7 +316,7 @@ pub fn layer_loaded_after_slot(factory: Factory<'_>) {
         backend.export_state(3, slot).expect("export"),
         SlotState::zeros(&big)
     );
-    let mut oracle = ReferenceBackend::new();
+    let mut oracle = ReferenceBackend::default();
     oracle
         .load_layer(3, big, &random_constants(&big, 82))
         .expect("load");
@@ -382,7 +382,7 @@ pub fn migration_with_reference(factory: Factory<'_>) {
     let mut pair = Pair::new(factory, shape, 95);
     pair.run(30, 1200, true);
     // backend → reference
-    let mut target = ReferenceBackend::new();
+    let mut target = ReferenceBackend::default();
     target
         .load_layer(0, shape, &random_constants(&shape, 95))
         .expect("load");
@@ -650,4 +650,229 @@ pub fn counters_count(factory: Factory<'_>) {
         assert_eq!(after.bytes_to_device, 0);
         assert_eq!(after.bytes_from_device, 0);
     }
+}
+
+/// Three sequences of one layer with their inputs, for the batch checks: slot `i` gets
+/// `tokens[i]` tokens.
+struct BatchCase {
+    spec: LayerSpec,
+    inputs: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)>,
+}
+
+impl BatchCase {
+    fn new(spec: LayerSpec, tokens: &[usize], seed: u64) -> Self {
+        let inputs = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| random_inputs(&spec, t, seed + i as u64))
+            .collect();
+        BatchCase { spec, inputs }
+    }
+
+    /// Output buffers, one per member.
+    fn outputs(&self) -> Vec<Vec<f32>> {
+        self.inputs
+            .iter()
+            .map(|(_, a, _)| vec![0.0; a.len() / self.spec.num_v_heads * self.spec.value_dim()])
+            .collect()
+    }
+
+    /// The members over `slots` and `outs`.
+    fn members<'a>(
+        &'a self,
+        slots: &[SlotId],
+        outs: &'a mut [Vec<f32>],
+    ) -> Vec<crate::BatchMember<'a>> {
+        self.inputs
+            .iter()
+            .zip(slots)
+            .zip(outs.iter_mut())
+            .map(|(((x, a, b), &slot), out)| crate::BatchMember {
+                slot,
+                inputs: TokenInputs { mixed_qkv: x, a, b },
+                out,
+            })
+            .collect()
+    }
+}
+
+/// A backend with layer 0 of `spec` (constants from `seed`), `n` slots warmed up by a few
+/// different tokens each, so that a batch starts from distinct non-zero states.
+fn warmed(
+    factory: Factory<'_>,
+    spec: LayerSpec,
+    seed: u64,
+    n: usize,
+) -> (Box<dyn GdnBackend>, Vec<SlotId>) {
+    let mut backend = factory();
+    backend
+        .load_layer(0, spec, &random_constants(&spec, seed))
+        .expect("load");
+    let slots: Vec<SlotId> = (0..n)
+        .map(|_| backend.alloc_slot().expect("alloc"))
+        .collect();
+    for (i, &slot) in slots.iter().enumerate() {
+        let (x, a, b) = random_inputs(&spec, 2 + i, seed + 10 + i as u64);
+        prefill_all(backend.as_mut(), slot, &spec, &x, &a, &b);
+    }
+    (backend, slots)
+}
+
+/// A batched call equals its members run one by one (as steps or prefills) on the same backend,
+/// bit for bit in outputs and states, and matches the oracle; one-token members count as steps.
+pub fn batch_matches_members_one_by_one(factory: Factory<'_>) {
+    for (spec, tokens) in [
+        (LayerSpec::new(2, 4, 32, 32, 4), vec![1, 1, 1]),
+        (LayerSpec::new(2, 4, 32, 32, 4), vec![1, 70, 3]),
+        (LayerSpec::QWEN3_NEXT, vec![1, 1, 1, 1]),
+    ] {
+        let n = tokens.len();
+        let case = BatchCase::new(spec, &tokens, 1600);
+        let (mut batched, slots) = warmed(factory, spec, 1610, n);
+        let (mut single, single_slots) = warmed(factory, spec, 1610, n);
+        let oracle_factory = || -> Box<dyn GdnBackend> { Box::new(ReferenceBackend::default()) };
+        let (mut oracle, oracle_slots) = warmed(&oracle_factory, spec, 1610, n);
+        let label = format!("{} batch of {tokens:?}", batched.info().name);
+
+        let before = batched.counters();
+        let mut outs = case.outputs();
+        let mut members = case.members(&slots, &mut outs);
+        batched
+            .run_batch(0, &mut members)
+            .unwrap_or_else(|e| panic!("{label}: run_batch failed: {e}"));
+        drop(members);
+        let after = batched.counters();
+        let ones = tokens.iter().filter(|&&t| t == 1).count() as u64;
+        let more: u64 = tokens.iter().filter(|&&t| t > 1).map(|&t| t as u64).sum();
+        assert_eq!(after.steps - before.steps, ones, "{label}: steps counter");
+        assert_eq!(
+            after.prefill_tokens - before.prefill_tokens,
+            more,
+            "{label}: prefill_tokens counter"
+        );
+
+        for (i, (x, a, b)) in case.inputs.iter().enumerate() {
+            let one_by_one = if tokens[i] == 1 {
+                step_all(single.as_mut(), single_slots[i], &spec, x, a, b)
+            } else {
+                prefill_all(single.as_mut(), single_slots[i], &spec, x, a, b)
+            };
+            assert_eq!(
+                outs[i], one_by_one,
+                "{label}: member {i}'s outputs differ from its own call"
+            );
+            assert_eq!(
+                batched.export_state(0, slots[i]).expect("export"),
+                single.export_state(0, single_slots[i]).expect("export"),
+                "{label}: member {i}'s state differs from its own call"
+            );
+            let want = step_all(oracle.as_mut(), oracle_slots[i], &spec, x, a, b);
+            assert_close(
+                &format!("{label}: member {i} vs the oracle"),
+                &outs[i],
+                &want,
+                TOLERANCE,
+            );
+            compare_slot_states(
+                &format!("{label}: member {i}"),
+                &batched.export_state(0, slots[i]).expect("export"),
+                &oracle.export_state(0, oracle_slots[i]).expect("export"),
+            );
+        }
+    }
+}
+
+/// A batch with one bad member (non-finite input, wrong length, unknown or repeated slot,
+/// unloaded layer) is rejected with the member's error and changes no member's state or counter;
+/// an empty batch is a no-op.
+pub fn rejected_batch_changes_nothing(factory: Factory<'_>) {
+    let spec = LayerSpec::new(2, 4, 32, 32, 4);
+    let (mut backend, mut slots) = warmed(factory, spec, 1700, 3);
+    let freed = backend.alloc_slot().expect("alloc");
+    backend.free_slot(freed).expect("free");
+    let case = BatchCase::new(spec, &[1, 4, 1], 1710);
+    let states = |backend: &dyn GdnBackend, slots: &[SlotId]| -> Vec<SlotState> {
+        slots
+            .iter()
+            .map(|&s| backend.export_state(0, s).expect("export"))
+            .collect()
+    };
+    let before = states(backend.as_ref(), &slots);
+    let counters = backend.counters();
+    let label = backend.info().name;
+
+    let mut outs = case.outputs();
+    let mut poisoned = BatchCase::new(spec, &[1, 4, 1], 1710);
+    poisoned.inputs[2].1[3] = f32::NAN;
+    let mut members = poisoned.members(&slots, &mut outs);
+    let result = backend.run_batch(0, &mut members);
+    assert!(
+        matches!(
+            result,
+            Err(GdnError::NonFinite {
+                what: "a",
+                index: 3,
+                ..
+            })
+        ),
+        "{label}: NaN in the last member gave {result:?}"
+    );
+
+    let mut outs = case.outputs();
+    outs[1].pop();
+    let mut members = case.members(&slots, &mut outs);
+    let result = backend.run_batch(0, &mut members);
+    assert!(
+        matches!(result, Err(GdnError::ShapeMismatch { what: "out", .. })),
+        "{label}: a short output in the middle member gave {result:?}"
+    );
+
+    for (bad, want) in [
+        (freed, GdnError::UnknownSlot(freed)),
+        (slots[0], GdnError::SlotRepeated(slots[0])),
+    ] {
+        let mut outs = case.outputs();
+        let mut with_bad = slots.clone();
+        with_bad[2] = bad;
+        let mut members = case.members(&with_bad, &mut outs);
+        assert_eq!(
+            backend.run_batch(0, &mut members),
+            Err(want.clone()),
+            "{label}: batch with {want}"
+        );
+    }
+
+    let mut outs = case.outputs();
+    let mut members = case.members(&slots, &mut outs);
+    assert_eq!(
+        backend.run_batch(5, &mut members),
+        Err(GdnError::UnknownLayer(5)),
+        "{label}: batch on an unloaded layer"
+    );
+    drop(members);
+    assert_eq!(
+        backend.run_batch(0, &mut []),
+        Ok(()),
+        "{label}: empty batch"
+    );
+
+    assert_eq!(
+        states(backend.as_ref(), &slots),
+        before,
+        "{label}: a rejected batch changed a member's state"
+    );
+    let now = backend.counters();
+    assert_eq!(
+        (now.steps, now.prefill_tokens),
+        (counters.steps, counters.prefill_tokens),
+        "{label}: a rejected batch was counted"
+    );
+
+    // And the members still run.
+    slots.truncate(3);
+    let mut outs = case.outputs();
+    let mut members = case.members(&slots, &mut outs);
+    backend
+        .run_batch(0, &mut members)
+        .unwrap_or_else(|e| panic!("{label}: batch after rejections failed: {e}"));
 }
