@@ -16,9 +16,9 @@
 //! - **Threads** ([`pool`]): by default the process's hot pool ([`hybrid_pool::hot_pool`]), the
 //!   same spinning threads that run the model's weight GEMVs, so a decode step never waits for
 //!   another pool's sleeping workers; an explicit thread count gets a pool of its own. A dispatch
-//!   splits key-head groups over threads, so conv channels, state rows and outputs of different
-//!   threads are disjoint and one token is one dispatch without barriers. Nothing is allocated
-//!   per token.
+//!   splits (sequence, key-head group) pairs over threads, so conv channels, state rows and
+//!   outputs of different tasks are disjoint, and one token of every sequence of a batch is one
+//!   dispatch without barriers. Nothing is allocated per token.
 //! - **Prefill** (`token_batch.rs`): chunks of 64 tokens; within a chunk each value head runs its
 //!   tokens back to back with its 64 KiB state resident in L1/L2 ("state-stationary"), and the
 //!   arithmetic per token is exactly the decode step's, so prefill leaves bit-for-bit the state
@@ -40,7 +40,7 @@ mod token_batch;
 /// The worker pools (re-exported: benchmarks build their own for roofline loops).
 pub use hybrid_pool as pool;
 
-pub use backend::CpuBackend;
+pub use backend::{CpuBackend, CpuKernel};
 pub use kernels::Kernel;
 
 use hybrid_gdn::Registry;
@@ -48,13 +48,13 @@ use hybrid_gdn::Registry;
 /// Registers `cpu` (best kernel for this CPU) and `cpu-portable` (portable kernels) in `registry`.
 pub fn register(registry: &mut Registry) {
     registry.register(
-        CpuBackend::NAME,
+        CpuKernel::NAME,
         "fused single-pass kernel, AVX2+FMA when available, multi-threaded",
-        |options| Ok(Box::new(CpuBackend::new(options)?)),
+        |options| Ok(Box::new(CpuKernel::backend(options)?)),
     );
     registry.register(
-        CpuBackend::PORTABLE_NAME,
+        CpuKernel::PORTABLE_NAME,
         "the cpu backend forced onto its portable (non-intrinsics) kernels",
-        |options| Ok(Box::new(CpuBackend::portable(options)?)),
+        |options| Ok(Box::new(CpuKernel::portable_backend(options)?)),
     );
 }

@@ -52,6 +52,20 @@ impl<'a> SharedSlice<'a> {
         }
     }
 
+    /// The elements `[start, start + len)` as a slice of their own (same borrow).
+    pub(crate) fn sub(&self, start: usize, len: usize) -> SharedSlice<'a> {
+        assert!(
+            start + len <= self.len,
+            "SharedSlice sub-slice out of bounds"
+        );
+        SharedSlice {
+            // SAFETY: in bounds of the wrapped slice (checked above).
+            ptr: unsafe { self.ptr.add(start) },
+            len,
+            borrow: PhantomData,
+        }
+    }
+
     /// Read-only view of `len` elements from `start`.
     ///
     /// # Safety

@@ -3,10 +3,10 @@
 //! key-head splits).
 
 use hybrid_gdn::{BackendOptions, GdnBackend};
-use hybrid_gdn_cpu::CpuBackend;
+use hybrid_gdn_cpu::CpuKernel;
 
 fn cpu(threads: usize) -> Box<dyn GdnBackend> {
-    Box::new(CpuBackend::new(&BackendOptions::default().with_threads(threads)).expect("cpu"))
+    Box::new(CpuKernel::backend(&BackendOptions::default().with_threads(threads)).expect("cpu"))
 }
 
 mod one_thread {

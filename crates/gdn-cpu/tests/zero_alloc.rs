@@ -6,8 +6,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hybrid_gdn::conformance::{random_constants, random_inputs};
-use hybrid_gdn::{BackendOptions, GdnBackend, LayerSpec, TokenInputs};
-use hybrid_gdn_cpu::CpuBackend;
+use hybrid_gdn::{BackendOptions, BatchMember, GdnBackend, LayerSpec, TokenInputs};
+use hybrid_gdn_cpu::CpuKernel;
 
 struct CountingAllocator;
 
@@ -47,7 +47,7 @@ fn main() {
     let spec = LayerSpec::QWEN3_NEXT;
     for threads in [1, 2, 4] {
         let options = BackendOptions::default().with_threads(threads);
-        let mut backend = CpuBackend::new(&options).expect("cpu backend");
+        let mut backend = CpuKernel::backend(&options).expect("cpu backend");
         for layer in 0..2 {
             backend
                 .load_layer(layer, spec, &random_constants(&spec, layer as u64))
@@ -88,11 +88,53 @@ fn main() {
             )
             .expect("prefill");
         let during_prefill = ALLOCATIONS.load(Ordering::SeqCst) - before_prefill;
+
+        // A batched decode step of three sequences: one call per layer, also allocation-free
+        // once the batch's scratch has grown to it (the warm-up call).
+        let batch_slots = [
+            slot,
+            backend.alloc_slot().expect("slot"),
+            backend.alloc_slot().expect("slot"),
+        ];
+        let mut outs = [
+            vec![0.0f32; spec.value_dim()],
+            vec![0.0f32; spec.value_dim()],
+            vec![0.0f32; spec.value_dim()],
+        ];
+        let mut batch_step = |backend: &mut hybrid_gdn::Checked<CpuKernel>, layer: usize| {
+            let [o0, o1, o2] = &mut outs;
+            let mut members = [
+                BatchMember {
+                    slot: batch_slots[0],
+                    inputs,
+                    out: o0,
+                },
+                BatchMember {
+                    slot: batch_slots[1],
+                    inputs,
+                    out: o1,
+                },
+                BatchMember {
+                    slot: batch_slots[2],
+                    inputs,
+                    out: o2,
+                },
+            ];
+            backend.run_batch(layer, &mut members).expect("batch");
+        };
+        batch_step(&mut backend, 0);
+        let before_batch = ALLOCATIONS.load(Ordering::SeqCst);
+        for _ in 0..20 {
+            for layer in 0..2 {
+                batch_step(&mut backend, layer);
+            }
+        }
+        let during_batch = ALLOCATIONS.load(Ordering::SeqCst) - before_batch;
         println!(
             "zero_alloc: {threads} thread(s): {during} allocations in 100 decode steps, \
-             {during_prefill} in a 100-token prefill"
+             {during_prefill} in a 100-token prefill, {during_batch} in 40 batched steps of 3"
         );
-        if during != 0 || during_prefill != 0 {
+        if during != 0 || during_prefill != 0 || during_batch != 0 {
             eprintln!("FAILED: the cpu backend allocated on the per-token path");
             std::process::exit(1);
         }

@@ -1,7 +1,5 @@
 //! The GDN backend contract (DESIGN §4).
 
-use std::time::Instant;
-
 use crate::error::{GdnError, Result};
 use crate::kernel::BatchMember;
 use crate::slots::SlotId;
@@ -52,15 +50,6 @@ pub struct Counters {
     /// Host wall time of successful runs (`step`, `prefill`, `run_batch`), transfers and
     /// waiting for the device included (ns): the GDN share of a model's time.
     pub run_time_ns: u64,
-}
-
-impl Counters {
-    /// Adds the wall time since `started` to `device_time_ns`: for host backends the host is the
-    /// device, so kernel wall time is the device time.
-    pub fn add_host_time(&mut self, started: Instant) {
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.device_time_ns = Some(self.device_time_ns.unwrap_or(0).saturating_add(ns));
-    }
 }
 
 /// A Gated DeltaNet backend: owns every layer's constants and every slot's state on its device.
