@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use hybrid_decode::gdn::{BackendOptions, GdnBackend};
 use hybrid_decode::gdn_xrt::kernel::abi::Op;
 use hybrid_decode::gdn_xrt::kernel::csim::FaultPlan;
-use hybrid_decode::gdn_xrt::{FailoverBackend, RunState, SimConfig, XrtBackend};
+use hybrid_decode::gdn_xrt::{FailoverBackend, RunState, SimConfig, XrtKernel};
 use hybrid_decode::model::{HybridModel, LayerKind, LoadOptions};
 use hybrid_decode::runtime::{Sampler, SamplingParams};
 
@@ -69,7 +69,7 @@ fn a_card_failure_mid_generation_moves_the_state_to_cpu_without_changing_a_token
         nth: failing_run,
         state: RunState::Abort,
     };
-    let card = XrtBackend::simulated_with(SimConfig {
+    let card = XrtKernel::simulated_with(SimConfig {
         fault: Some(fault),
         ..SimConfig::default()
     })

@@ -66,11 +66,11 @@ pub fn device_bandwidth(
 /// model here: their bandwidth is measured on the GPU by crates/gdn-cuda/gpu_check.
 #[cfg(feature = "xrt")]
 pub fn modelled_device_bandwidth(info: &BackendInfo, spec: &LayerSpec) -> Option<DeviceBandwidth> {
-    use hybrid_decode::gdn_xrt::{latency, XrtBackend};
-    let design = XrtBackend::SIM_DESIGN;
+    use hybrid_decode::gdn_xrt::{latency, XrtKernel};
+    let design = XrtKernel::SIM_DESIGN;
     let clock_mhz = latency::KernelTiming::calibrated().clock_mhz;
-    let simulated = info.name == XrtBackend::SIM_NAME;
-    if !simulated && info.name != XrtBackend::NAME {
+    let simulated = info.name == XrtKernel::SIM_NAME;
+    if !simulated && info.name != XrtKernel::NAME {
         return None;
     }
     Some(DeviceBandwidth {

@@ -442,11 +442,11 @@ struct FpgaModel {
 impl FpgaModel {
     /// The model for `r`, if `r` is an `xrt-sim` row.
     fn for_row(r: &Row, spec: &LayerSpec) -> Option<Self> {
-        use hybrid_decode::gdn_xrt::{latency, XrtBackend};
-        if r.backend != XrtBackend::SIM_NAME {
+        use hybrid_decode::gdn_xrt::{latency, XrtKernel};
+        if r.backend != XrtKernel::SIM_NAME {
             return None;
         }
-        let design = XrtBackend::SIM_DESIGN;
+        let design = XrtKernel::SIM_DESIGN;
         let device_us = if r.regime == "prefill" {
             latency::device_us_per_prefill_token(spec, design, r.tokens)
         } else {

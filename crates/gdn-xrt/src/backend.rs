@@ -2,22 +2,22 @@
 //! more cards, real (XRT) or simulated (the kernel's C++ in-process).
 //!
 //! The host keeps no state: per (layer, slot) it only knows which card holds the layer and which
-//! device slot index the sequence has. Every call validates its input first (the shared policy),
-//! then sends one invocation per operation (or per chunk of prefill tokens):
-//! `load_layer` → LOAD (+ RESET of each live slot), `alloc_slot`/`reset_slot` → RESET per layer,
-//! `step`/`prefill` → STEP, `export_state`/`import_state` → EXPORT/IMPORT.
+//! device slot index the sequence has. The checked front validates every call first (the shared
+//! policy); the kernel then sends one invocation per operation (or per chunk of prefill tokens):
+//! load → LOAD, a new or reset state → RESET, a run → STEP per member (the HLS kernel has no slot
+//! table, so a batch is its members one after another), read/write state → EXPORT/IMPORT.
 //!
 //! Placement: a layer goes on the first open card with room for its constants and its slots'
 //! state (at least one slot); when none has room, the next card is opened (`device_index + n` for
 //! XRT, a fresh simulated card for `xrt-sim`). See the crate README for the policy and its cost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use hybrid_gdn::{
-    BackendInfo, BackendOptions, Counters, GdnBackend, GdnError, LayerConstants, LayerSpec,
-    LayerTable, PrefillStrategy, Result, SlotId, SlotState, TokenInputs,
+    BackendInfo, BackendOptions, Batch, Checked, DeviceCounters, GdnError, GdnKernel, Layer,
+    LayerConstants, LayerSpec, PrefillStrategy, Result, SlotState,
 };
 
 use crate::design::DesignPoint;
@@ -67,13 +67,13 @@ struct Card {
 }
 
 /// The cards and everything that changes when they are used (behind a mutex, because
-/// `export_state` takes `&self`).
+/// reading a state takes `&self`).
 struct Cards {
     name: &'static str,
     cards: Vec<Card>,
     opener: CardOpener,
     max_cards: usize,
-    counters: Counters,
+    counters: DeviceCounters,
 }
 
 impl Cards {
@@ -119,7 +119,6 @@ impl Cards {
     fn place(&mut self, layer: usize, spec: &LayerSpec, slots: usize) -> Result<usize> {
         let name = self.name;
         let limits = self.cards[0].info;
-        check_limits(layer, spec, &limits).map_err(|e| e.into_gdn(name))?;
         let footprint = Footprint::of(spec, &limits);
         if let Some(card) = self
             .cards
@@ -195,27 +194,34 @@ fn to_u32(value: usize, what: &str, backend: &str) -> Result<u32> {
     })
 }
 
-/// The FPGA backend (real or simulated). See the module docs.
-pub struct XrtBackend {
+/// The FPGA backend (real or simulated): the checked front over [`XrtKernel`].
+pub type XrtBackend = Checked<XrtKernel>;
+
+/// One (layer, slot) state: the device slot index it lives at on the layer's card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSlot(pub u32);
+
+/// The FPGA kernel (real or simulated). See the module docs.
+pub struct XrtKernel {
     name: &'static str,
     design: Option<DesignPoint>,
-    table: LayerTable<Placement, ()>,
-    /// Live slot → device slot index (the same index on every card).
-    slots: BTreeMap<SlotId, u32>,
+    /// Device slot indices bound to a live slot, per layer. Every slot is made and freed in all
+    /// layers together, so in practice a sequence has the same index on every layer.
+    in_use: BTreeMap<usize, BTreeSet<u32>>,
     cards: Mutex<Cards>,
 }
 
-impl std::fmt::Debug for XrtBackend {
+impl std::fmt::Debug for XrtKernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XrtBackend")
+        f.debug_struct("XrtKernel")
             .field("name", &self.name)
             .field("design", &self.design)
-            .field("slots", &self.slots)
+            .field("in_use", &self.in_use)
             .finish_non_exhaustive()
     }
 }
 
-impl XrtBackend {
+impl XrtKernel {
     /// Registry name of the backend on real cards.
     pub const NAME: &'static str = "xrt";
     /// Registry name of the C-simulation backend.
@@ -223,7 +229,7 @@ impl XrtBackend {
     /// The design point `xrt-sim` simulates by default.
     pub const SIM_DESIGN: DesignPoint = DesignPoint::FASTEST;
 
-    /// A backend named `name` whose cards come from `opener`; opens card 0 at once (so that a
+    /// A kernel named `name` whose cards come from `opener`; opens card 0 at once (so that a
     /// missing runtime, card or xclbin is reported here) and allows up to `max_cards` cards.
     pub fn with_cards(
         name: &'static str,
@@ -233,28 +239,27 @@ impl XrtBackend {
         let mut device = opener(0).map_err(|e| e.into_gdn(name))?;
         let info = query_info(device.as_mut()).map_err(|e| e.into_gdn(name))?;
         let design = DesignPoint::from_heads(info.p as usize);
-        Ok(XrtBackend {
+        Ok(XrtKernel {
             name,
             design,
-            table: LayerTable::default(),
-            slots: BTreeMap::new(),
+            in_use: BTreeMap::new(),
             cards: Mutex::new(Cards {
                 name,
                 cards: vec![Card { device, info }],
                 opener,
                 max_cards: max_cards.max(1),
-                counters: Counters::default(),
+                counters: DeviceCounters::default(),
             }),
         })
     }
 
-    /// `xrt-sim` with its defaults (registry factory; the options do not apply to it).
-    pub fn simulated(_options: &BackendOptions) -> Result<Self> {
+    /// The `xrt-sim` backend with its defaults (registry factory; the options do not apply).
+    pub fn simulated(_options: &BackendOptions) -> Result<XrtBackend> {
         Self::simulated_with(SimConfig::default())
     }
 
-    /// `xrt-sim` at a chosen design point, card limit and injected fault.
-    pub fn simulated_with(config: SimConfig) -> Result<Self> {
+    /// The `xrt-sim` backend at a chosen design point, card limit and injected fault.
+    pub fn simulated_with(config: SimConfig) -> Result<XrtBackend> {
         let opener: CardOpener = Box::new(move |_| {
             let device = match config.fault {
                 Some(fault) => SimDevice::with_fault(config.design, fault)?,
@@ -262,13 +267,17 @@ impl XrtBackend {
             };
             Ok(Box::new(device) as Box<dyn KernelDevice>)
         });
-        Self::with_cards(Self::SIM_NAME, opener, config.max_cards)
+        Ok(Checked::new(Self::with_cards(
+            Self::SIM_NAME,
+            opener,
+            config.max_cards,
+        )?))
     }
 
-    /// `xrt` on the card `options.device_index` (further cards, when the model does not fit on
-    /// one, are the following indices), with the xclbin from `options.xclbin` or
+    /// The `xrt` backend on the card `options.device_index` (further cards, when the model does
+    /// not fit on one, are the following indices), with the xclbin from `options.xclbin` or
     /// `$HYBRID_GDN_XCLBIN`. The XRT library is loaded here, at run time.
-    pub fn open(options: &BackendOptions) -> Result<Self> {
+    pub fn open(options: &BackendOptions) -> Result<XrtBackend> {
         let xclbin = options
             .xclbin
             .clone()
@@ -293,7 +302,7 @@ impl XrtBackend {
             let device = XrtDevice::open(api.clone(), XrtConfig::new(index, xclbin.clone()))?;
             Ok(Box::new(device) as Box<dyn KernelDevice>)
         });
-        Self::with_cards(Self::NAME, opener, 64)
+        Ok(Checked::new(Self::with_cards(Self::NAME, opener, 64)?))
     }
 
     /// The design point of the kernel on the cards (`None` if it reports an unknown P).
@@ -306,73 +315,17 @@ impl XrtBackend {
         lock(&self.cards).cards.iter().map(|c| c.info).collect()
     }
 
-    /// The card holding `layer`.
-    pub fn card_of_layer(&self, layer: usize) -> Result<usize> {
-        Ok(self.table.layer(layer)?.constants.card)
-    }
-
-    /// Validates, then runs the tokens in STEP invocations of at most [`MAX_TOKENS_PER_RUN`].
-    fn run_tokens(
-        &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
-        exactly_one: bool,
-    ) -> Result<usize> {
-        let (spec, placement, _) = self.table.get_mut(layer, slot)?;
-        let tokens = inputs.validate(spec, out)?;
-        if exactly_one && tokens != 1 {
-            return Err(GdnError::NotOneToken(tokens));
-        }
-        let device_slot = *self.slots.get(&slot).ok_or(GdnError::UnknownSlot(slot))?;
-        let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
-        let layer_arg = to_u32(layer, "layer index", self.name)?;
-        let mut cards = lock(&self.cards);
-        let mut first = 0;
-        while first < tokens {
-            let count = MAX_TOKENS_PER_RUN.min(tokens - first);
-            let range = first..first + count;
-            let args = KernelArgs {
-                tokens: count as u32,
-                ..KernelArgs::new(Op::Step, layer_arg, device_slot)
-            };
-            cards.invoke(
-                placement.card,
-                &args,
-                &[
-                    &inputs.mixed_qkv[range.start * conv_dim..range.end * conv_dim],
-                    &inputs.a[range.start * hv..range.end * hv],
-                    &inputs.b[range.start * hv..range.end * hv],
-                ],
-                &mut out[range.start * value_dim..range.end * value_dim],
-            )?;
-            first += count;
-        }
-        Ok(tokens)
-    }
-
-    /// RESET of `device_slot` in every loaded layer (binding its memory on first use).
-    fn reset_device_slot(&mut self, device_slot: u32) -> Result<()> {
-        let layers: Vec<(usize, usize)> = self
-            .table
-            .specs()
-            .map(|(layer, _)| self.table.layer(layer).map(|e| (layer, e.constants.card)))
-            .collect::<Result<_>>()?;
-        let mut cards = lock(&self.cards);
-        for (layer, card) in layers {
-            let args = KernelArgs::new(
-                Op::Reset,
-                to_u32(layer, "layer index", self.name)?,
-                device_slot,
-            );
-            cards.invoke(card, &args, &[], &mut [])?;
-        }
-        Ok(())
+    /// One invocation of `op` on (layer, device slot) with no data.
+    fn invoke_on(&self, op: Op, layer: Layer<'_, Placement>, slot: DeviceSlot) -> Result<()> {
+        let args = KernelArgs::new(op, to_u32(layer.index, "layer index", self.name)?, slot.0);
+        lock(&self.cards).invoke(layer.constants.card, &args, &[], &mut [])
     }
 }
 
-impl GdnBackend for XrtBackend {
+impl GdnKernel for XrtKernel {
+    type Constants = Placement;
+    type State = DeviceSlot;
+
     fn info(&self) -> BackendInfo {
         let cards = lock(&self.cards);
         let first = cards.cards[0].device.describe();
@@ -385,34 +338,34 @@ impl GdnBackend for XrtBackend {
         }
     }
 
-    fn load_layer(
+    /// The kernel's compile-time limits (layers, heads, head dims, conv kernel), with the error
+    /// the kernel itself would give.
+    fn check_layer(&self, layer: usize, spec: &LayerSpec) -> Result<()> {
+        let limits = lock(&self.cards).cards[0].info;
+        check_limits(layer, spec, &limits).map_err(|e| e.into_gdn(self.name))
+    }
+
+    fn load(
         &mut self,
         layer: usize,
-        spec: LayerSpec,
+        spec: &LayerSpec,
         constants: &LayerConstants,
-    ) -> Result<()> {
-        spec.validate()?;
-        constants.validate(&spec)?;
-        if self.table.layer(layer).is_ok() {
-            return Err(GdnError::LayerAlreadyLoaded(layer));
-        }
-        // Bind the live slots now; with none, bind device slot 0 (the next alloc_slot takes it),
-        // so that the card's own usage counters always include at least one slot per layer and
-        // placement never promises room that a later alloc_slot would not find.
-        let mut bind: Vec<u32> = self.slots.values().copied().collect();
-        if bind.is_empty() {
-            bind.push(0);
-        }
+        live_slots: usize,
+    ) -> Result<Placement> {
+        // Place for the live slots; with none, bind device slot 0 (the next new state takes
+        // it), so that the card's own usage counters always include at least one slot per layer
+        // and placement never promises room that a later slot would not find.
         let q_scale = hybrid_gdn::math::query_scale(spec.head_k_dim);
+        let name = self.name;
         let mut cards = lock(&self.cards);
-        let card = cards.place(layer, &spec, bind.len())?;
-        let layer_arg = to_u32(layer, "layer index", self.name)?;
+        let card = cards.place(layer, spec, live_slots.max(1))?;
+        let layer_arg = to_u32(layer, "layer index", name)?;
         let load = KernelArgs {
-            hk: to_u32(spec.num_k_heads, "num_k_heads", self.name)?,
-            hv: to_u32(spec.num_v_heads, "num_v_heads", self.name)?,
-            dk: to_u32(spec.head_k_dim, "head_k_dim", self.name)?,
-            dv: to_u32(spec.head_v_dim, "head_v_dim", self.name)?,
-            conv_kernel: to_u32(spec.conv_kernel, "conv_kernel", self.name)?,
+            hk: to_u32(spec.num_k_heads, "num_k_heads", name)?,
+            hv: to_u32(spec.num_v_heads, "num_v_heads", name)?,
+            dk: to_u32(spec.head_k_dim, "head_k_dim", name)?,
+            dv: to_u32(spec.head_v_dim, "head_v_dim", name)?,
+            conv_kernel: to_u32(spec.conv_kernel, "conv_kernel", name)?,
             q_scale,
             ..KernelArgs::new(Op::Load, layer_arg, 0)
         };
@@ -422,84 +375,98 @@ impl GdnBackend for XrtBackend {
             &[&constants.conv_weight, &constants.a_log, &constants.dt_bias],
             &mut [],
         )?;
-        for device_slot in bind {
-            let reset = KernelArgs::new(Op::Reset, layer_arg, device_slot);
-            cards.invoke(card, &reset, &[], &mut [])?;
+        if live_slots == 0 {
+            cards.invoke(
+                card,
+                &KernelArgs::new(Op::Reset, layer_arg, 0),
+                &[],
+                &mut [],
+            )?;
         }
         cards.refresh_info(card)?;
-        drop(cards);
-        self.table
-            .insert_layer(layer, spec, Placement { card, q_scale }, |_| ())
+        Ok(Placement { card, q_scale })
     }
 
-    fn alloc_slot(&mut self) -> Result<SlotId> {
+    /// The lowest device slot index free in the layer, bound and zeroed by a RESET.
+    fn new_state(&mut self, layer: Layer<'_, Placement>) -> Result<DeviceSlot> {
         let max_slots = lock(&self.cards).cards[0].info.max_slots;
-        let device_slot = (0..max_slots)
-            .find(|d| !self.slots.values().any(|used| used == d))
-            .ok_or_else(|| GdnError::OutOfSlots {
-                backend: self.name.into(),
-                detail: format!(
+        let used = self.in_use.entry(layer.index).or_default();
+        let index =
+            (0..max_slots)
+                .find(|d| !used.contains(d))
+                .ok_or_else(|| GdnError::OutOfSlots {
+                    backend: self.name.into(),
+                    detail: format!(
                     "all {max_slots} device slots (GDN_MAX_SLOTS) are in use: free a slot first"
                 ),
-            })?;
-        self.reset_device_slot(device_slot)?;
-        let slot = self.table.alloc_slot(|_| ())?;
-        self.slots.insert(slot, device_slot);
-        let mut cards = lock(&self.cards);
-        for card in 0..cards.cards.len() {
-            cards.refresh_info(card)?;
+                })?;
+        self.invoke_on(Op::Reset, layer, DeviceSlot(index))?;
+        lock(&self.cards).refresh_info(layer.constants.card)?;
+        self.in_use.entry(layer.index).or_default().insert(index);
+        Ok(DeviceSlot(index))
+    }
+
+    /// The device slot's memory stays bound to it and is zeroed again when the index is handed
+    /// out next.
+    fn release(&mut self, layer: Layer<'_, Placement>, state: DeviceSlot) {
+        if let Some(used) = self.in_use.get_mut(&layer.index) {
+            used.remove(&state.0);
         }
-        Ok(slot)
     }
 
-    fn reset_slot(&mut self, slot: SlotId) -> Result<()> {
-        let device_slot = *self.slots.get(&slot).ok_or(GdnError::UnknownSlot(slot))?;
-        self.reset_device_slot(device_slot)
+    fn reset(&mut self, layer: Layer<'_, Placement>, state: &mut DeviceSlot) -> Result<()> {
+        self.invoke_on(Op::Reset, layer, *state)
     }
 
-    fn free_slot(&mut self, slot: SlotId) -> Result<()> {
-        self.table.free_slot(slot)?;
-        // The device slot's memory stays bound to it on every card and is zeroed again when the
-        // index is handed out next.
-        self.slots.remove(&slot);
-        Ok(())
-    }
-
-    fn step(
+    /// Each member in STEP invocations of at most [`MAX_TOKENS_PER_RUN`] tokens, one member
+    /// after another (the kernel runs one (layer, slot) per invocation). A device failure at a
+    /// member leaves the members before it advanced and the rest untouched.
+    fn run(
         &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
+        layer: Layer<'_, Placement>,
+        batch: &mut Batch<'_, '_, DeviceSlot>,
     ) -> Result<()> {
-        self.run_tokens(layer, slot, inputs, out, true)?;
-        lock(&self.cards).counters.steps += 1;
+        let spec = layer.spec;
+        let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
+        let layer_arg = to_u32(layer.index, "layer index", self.name)?;
+        let mut cards = lock(&self.cards);
+        for member in batch.iter_mut() {
+            let inputs = member.inputs;
+            let tokens = inputs.a.len() / hv;
+            let mut first = 0;
+            while first < tokens {
+                let count = MAX_TOKENS_PER_RUN.min(tokens - first);
+                let range = first..first + count;
+                let args = KernelArgs {
+                    tokens: count as u32,
+                    ..KernelArgs::new(Op::Step, layer_arg, member.state.0)
+                };
+                cards.invoke(
+                    layer.constants.card,
+                    &args,
+                    &[
+                        &inputs.mixed_qkv[range.start * conv_dim..range.end * conv_dim],
+                        &inputs.a[range.start * hv..range.end * hv],
+                        &inputs.b[range.start * hv..range.end * hv],
+                    ],
+                    &mut member.out[range.start * value_dim..range.end * value_dim],
+                )?;
+                first += count;
+            }
+        }
         Ok(())
     }
 
-    fn prefill(
-        &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let tokens = self.run_tokens(layer, slot, inputs, out, false)?;
-        lock(&self.cards).counters.prefill_tokens += tokens as u64;
-        Ok(())
-    }
-
-    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {
-        let (spec, placement, _) = self.table.get(layer, slot)?;
-        let device_slot = *self.slots.get(&slot).ok_or(GdnError::UnknownSlot(slot))?;
+    fn read_state(&self, layer: Layer<'_, Placement>, state: &DeviceSlot) -> Result<SlotState> {
+        let spec = layer.spec;
         let conv_len = spec.conv_state_len();
         let mut canonical = vec![0.0f32; conv_len + spec.recurrent_state_len()];
         let args = KernelArgs::new(
             Op::Export,
-            to_u32(layer, "layer index", self.name)?,
-            device_slot,
+            to_u32(layer.index, "layer index", self.name)?,
+            state.0,
         );
-        lock(&self.cards).invoke(placement.card, &args, &[], &mut canonical)?;
+        lock(&self.cards).invoke(layer.constants.card, &args, &[], &mut canonical)?;
         let recurrent = canonical.split_off(conv_len);
         Ok(SlotState {
             conv: canonical,
@@ -507,24 +474,26 @@ impl GdnBackend for XrtBackend {
         })
     }
 
-    fn import_state(&mut self, layer: usize, slot: SlotId, state: &SlotState) -> Result<()> {
-        let (spec, placement, _) = self.table.get(layer, slot)?;
-        state.validate(spec)?;
-        let device_slot = *self.slots.get(&slot).ok_or(GdnError::UnknownSlot(slot))?;
+    fn write_state(
+        &mut self,
+        layer: Layer<'_, Placement>,
+        state: &mut DeviceSlot,
+        canonical: &SlotState,
+    ) -> Result<()> {
         let args = KernelArgs::new(
             Op::Import,
-            to_u32(layer, "layer index", self.name)?,
-            device_slot,
+            to_u32(layer.index, "layer index", self.name)?,
+            state.0,
         );
         lock(&self.cards).invoke(
-            placement.card,
+            layer.constants.card,
             &args,
-            &[&state.conv, &state.recurrent],
+            &[&canonical.conv, &canonical.recurrent],
             &mut [],
         )
     }
 
-    fn counters(&self) -> Counters {
-        lock(&self.cards).counters
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        Some(lock(&self.cards).counters)
     }
 }

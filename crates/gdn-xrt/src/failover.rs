@@ -22,8 +22,8 @@
 use std::collections::BTreeMap;
 
 use hybrid_gdn::{
-    BackendInfo, Counters, GdnBackend, GdnError, LayerConstants, LayerSpec, Result, SlotId,
-    SlotState, TokenInputs,
+    BackendInfo, BatchMember, Counters, GdnBackend, GdnError, LayerConstants, LayerSpec, Result,
+    SlotId, SlotState, TokenInputs,
 };
 
 /// Builds the fallback backend.
@@ -243,6 +243,53 @@ impl GdnBackend for FailoverBackend {
         self.with_failover(layer, slot, |backend, inner| {
             backend.prefill(layer, inner, inputs, out)
         })
+    }
+
+    /// Validates the whole batch first (so a rejected batch changes nothing), then runs it. While
+    /// the fallback is armed the members run one at a time, so that a device failure moves the
+    /// sequences with exactly the members before it advanced and retries only the failed one;
+    /// afterwards the active backend gets the whole batch at once.
+    fn run_batch(&mut self, layer: usize, members: &mut [BatchMember<'_>]) -> Result<()> {
+        let spec = self
+            .layers
+            .iter()
+            .find(|(index, _, _)| *index == layer)
+            .map(|(_, spec, _)| *spec)
+            .ok_or(GdnError::UnknownLayer(layer))?;
+        for (i, member) in members.iter().enumerate() {
+            self.inner_slot(member.slot)?;
+            if members[..i].iter().any(|m| m.slot == member.slot) {
+                return Err(GdnError::SlotRepeated(member.slot));
+            }
+            member.inputs.validate(&spec, member.out)?;
+        }
+        if self.fallback.is_none() {
+            // Nothing to fail over to: the members' slots become the active backend's for the
+            // call (in place, so nothing is allocated) and are given back afterwards.
+            for member in members.iter_mut() {
+                member.slot = self.inner_slot(member.slot)?;
+            }
+            let result = self.active.run_batch(layer, members);
+            for member in members.iter_mut() {
+                if let Some((&outer, _)) = self.slots.iter().find(|(_, &i)| i == member.slot) {
+                    member.slot = outer;
+                }
+            }
+            return result;
+        }
+        for member in members.iter_mut() {
+            let (slot, inputs) = (member.slot, member.inputs);
+            let out = &mut *member.out;
+            self.with_failover(layer, slot, |backend, inner| {
+                let mut one = [BatchMember {
+                    slot: inner,
+                    inputs,
+                    out: &mut *out,
+                }];
+                backend.run_batch(layer, &mut one)
+            })?;
+        }
+        Ok(())
     }
 
     fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {

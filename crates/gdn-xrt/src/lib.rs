@@ -9,7 +9,7 @@
 //!   step (prepare → retrieve → delta → update + write-back → output) that reads and writes each
 //!   state element once, P value heads per cycle ([`DesignPoint`]). Its interface is mirrored in
 //!   [`kernel::abi`].
-//! - **Backends** ([`XrtBackend`]): `xrt` drives a card through the XRT native C API, loaded at
+//! - **Backends** ([`XrtBackend`] = the checked front over [`XrtKernel`]): `xrt` drives a card through the XRT native C API, loaded at
 //!   run time ([`xrt`]); `xrt-sim` drives the same kernel C++ compiled into this crate, in-process
 //!   ([`kernel::csim`]). Both share every line of host logic.
 //! - **Placement** ([`state`]): layers go on the first card with room; more cards are opened when
@@ -33,7 +33,7 @@ pub mod state;
 pub mod xclbin;
 pub mod xrt;
 
-pub use backend::{SimConfig, XrtBackend};
+pub use backend::{DeviceSlot, SimConfig, XrtBackend, XrtKernel};
 pub use design::DesignPoint;
 pub use error::{RunState, XrtError};
 pub use failover::FailoverBackend;
@@ -44,16 +44,16 @@ use hybrid_gdn::Registry;
 /// present; otherwise the name stays known with the reason).
 pub fn register(registry: &mut Registry) {
     registry.register(
-        XrtBackend::SIM_NAME,
+        XrtKernel::SIM_NAME,
         "the FPGA kernel's C++ run in-process (C-simulation, design point P = 16)",
-        |options| Ok(Box::new(XrtBackend::simulated(options)?)),
+        |options| Ok(Box::new(XrtKernel::simulated(options)?)),
     );
     match xrt::probe::usable_target() {
         Ok(_) => registry.register(
-            XrtBackend::NAME,
+            XrtKernel::NAME,
             "AMD Alveo FPGA through the Xilinx Runtime (on-chip state, gdn_kernel xclbin)",
-            |options| Ok(Box::new(XrtBackend::open(options)?)),
+            |options| Ok(Box::new(XrtKernel::open(options)?)),
         ),
-        Err(reason) => registry.set_unavailable(XrtBackend::NAME, reason),
+        Err(reason) => registry.set_unavailable(XrtKernel::NAME, reason),
     }
 }

@@ -12,7 +12,7 @@
 #![cfg(feature = "card-tests")]
 
 use hybrid_gdn::{BackendOptions, GdnBackend};
-use hybrid_gdn_xrt::XrtBackend;
+use hybrid_gdn_xrt::XrtKernel;
 
 fn card() -> Box<dyn GdnBackend> {
     let device = std::env::var("HYBRID_GDN_DEVICE")
@@ -20,7 +20,7 @@ fn card() -> Box<dyn GdnBackend> {
         .and_then(|d| d.parse().ok())
         .unwrap_or(0);
     let options = BackendOptions::default().with_device_index(device);
-    Box::new(XrtBackend::open(&options).unwrap_or_else(|e| panic!("{e}")))
+    Box::new(XrtKernel::open(&options).unwrap_or_else(|e| panic!("{e}")))
 }
 
 hybrid_gdn::conformance_tests!(card, "../../models/goldens/gdn");

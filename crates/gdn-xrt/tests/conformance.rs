@@ -3,14 +3,14 @@
 //! bank layout differ per P, the arithmetic must not.
 
 use hybrid_gdn::GdnBackend;
-use hybrid_gdn_xrt::{DesignPoint, SimConfig, XrtBackend};
+use hybrid_gdn_xrt::{DesignPoint, SimConfig, XrtKernel};
 
 fn simulated(design: DesignPoint) -> Box<dyn GdnBackend> {
     let config = SimConfig {
         design,
         ..SimConfig::default()
     };
-    Box::new(XrtBackend::simulated_with(config).expect("xrt-sim"))
+    Box::new(XrtKernel::simulated_with(config).expect("xrt-sim"))
 }
 
 mod p2 {

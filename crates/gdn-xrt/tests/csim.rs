@@ -8,7 +8,7 @@ use hybrid_gdn_xrt::kernel::abi::{KernelArgs, KernelFault, Op, STATUS_WORDS};
 use hybrid_gdn_xrt::kernel::csim::{invoke_top_function, FaultPlan, SimDevice};
 use hybrid_gdn_xrt::kernel::{check_status, query_info, KernelDevice};
 use hybrid_gdn_xrt::state::Footprint;
-use hybrid_gdn_xrt::{DesignPoint, RunState, SimConfig, XrtBackend, XrtError};
+use hybrid_gdn_xrt::{DesignPoint, RunState, SimConfig, XrtError, XrtKernel};
 
 fn load_args(layer: u32, s: &LayerSpec) -> KernelArgs {
     KernelArgs {
@@ -224,7 +224,7 @@ fn capacity_faults_and_the_hosts_footprint_agree_with_the_kernel() {
 
 #[test]
 fn a_layer_bigger_than_one_card_or_too_many_cards_is_a_clear_error() {
-    let mut backend = XrtBackend::simulated_with(SimConfig {
+    let mut backend = XrtKernel::simulated_with(SimConfig {
         max_cards: 1,
         ..SimConfig::default()
     })
@@ -268,7 +268,7 @@ fn a_layer_bigger_than_one_card_or_too_many_cards_is_a_clear_error() {
 #[test]
 fn layers_spread_over_cards_when_one_is_full() {
     let big = LayerSpec::QWEN3_NEXT;
-    let mut backend = XrtBackend::simulated_with(SimConfig::default()).expect("xrt-sim");
+    let mut backend = XrtKernel::simulated_with(SimConfig::default()).expect("xrt-sim");
     let mut oracle = ReferenceBackend::default();
     let layers = 14;
     for layer in 0..layers {
@@ -277,11 +277,11 @@ fn layers_spread_over_cards_when_one_is_full() {
         oracle.load_layer(layer, big, &c).expect("oracle");
     }
     let cards: Vec<usize> = (0..layers)
-        .map(|l| backend.card_of_layer(l).expect("placed"))
+        .map(|l| backend.layer_constants(l).map(|p| p.card).expect("placed"))
         .collect();
     assert_eq!(&cards[..12], &[0; 12]);
     assert_eq!(&cards[12..], &[1, 1]);
-    assert_eq!(backend.card_info().len(), 2);
+    assert_eq!(backend.kernel().card_info().len(), 2);
     assert!(
         backend.info().device.contains("2 card(s)"),
         "{}",
@@ -331,12 +331,12 @@ fn all_design_points_compute_the_same_bits() {
     for s in shapes {
         let mut results = Vec::new();
         for design in DesignPoint::ALL {
-            let mut backend = XrtBackend::simulated_with(SimConfig {
+            let mut backend = XrtKernel::simulated_with(SimConfig {
                 design,
                 ..SimConfig::default()
             })
             .expect("xrt-sim");
-            assert_eq!(backend.design_point(), Some(design));
+            assert_eq!(backend.kernel().design_point(), Some(design));
             backend
                 .load_layer(2, s, &random_constants(&s, 9))
                 .expect("load");
@@ -437,7 +437,7 @@ fn an_injected_run_failure_is_a_typed_error_and_changes_nothing() {
         nth: 2,
         state: RunState::Error,
     };
-    let mut backend = XrtBackend::simulated_with(SimConfig {
+    let mut backend = XrtKernel::simulated_with(SimConfig {
         fault: Some(fault),
         ..SimConfig::default()
     })
@@ -479,7 +479,7 @@ fn an_injected_run_failure_is_a_typed_error_and_changes_nothing() {
 
 #[test]
 fn counters_count_the_bytes_a_card_would_move() {
-    let mut backend = XrtBackend::simulated_with(SimConfig::default()).expect("xrt-sim");
+    let mut backend = XrtKernel::simulated_with(SimConfig::default()).expect("xrt-sim");
     let s = LayerSpec::QWEN3_NEXT;
     backend
         .load_layer(0, s, &random_constants(&s, 1))

@@ -3,10 +3,10 @@
 //! matches an uninterrupted run; errors that are not device failures never trigger it.
 
 use hybrid_gdn::conformance::{assert_close, random_constants, random_inputs, TOLERANCE};
-use hybrid_gdn::{GdnBackend, GdnError, LayerSpec, ReferenceBackend, TokenInputs};
+use hybrid_gdn::{BatchMember, GdnBackend, GdnError, LayerSpec, ReferenceBackend, TokenInputs};
 use hybrid_gdn_xrt::kernel::abi::Op;
 use hybrid_gdn_xrt::kernel::csim::FaultPlan;
-use hybrid_gdn_xrt::{FailoverBackend, RunState, SimConfig, XrtBackend};
+use hybrid_gdn_xrt::{FailoverBackend, RunState, SimConfig, XrtKernel};
 
 const SPEC: LayerSpec = LayerSpec {
     num_k_heads: 2,
@@ -24,7 +24,7 @@ fn failing_card(nth: u64) -> Box<dyn GdnBackend> {
         state: RunState::Timeout,
     };
     Box::new(
-        XrtBackend::simulated_with(SimConfig {
+        XrtKernel::simulated_with(SimConfig {
             fault: Some(fault),
             ..SimConfig::default()
         })
@@ -130,6 +130,60 @@ fn live_sequences_move_mid_token_and_continue_exactly() {
         4 * 2 * LAYERS.len() as u64,
         "each step counted once"
     );
+}
+
+/// Batched decode through the failover: the card fails in the middle of a batch (the 5th STEP:
+/// token 0, layer 2, second member), the sequences move with the first member of that batch
+/// already advanced, only the failed member and the rest are retried, and after the failover the
+/// fallback takes whole batches; every output matches an uninterrupted oracle.
+#[test]
+fn a_failure_inside_a_batch_moves_the_sequences_exactly() {
+    let mut failover = FailoverBackend::new(
+        failing_card(4),
+        Box::new(|| Ok(Box::new(ReferenceBackend::default()))),
+    );
+    let mut oracle = ReferenceBackend::default();
+    setup(&mut failover);
+    setup(&mut oracle);
+    let slots: Vec<_> = (0..3)
+        .map(|_| failover.alloc_slot().expect("slot"))
+        .collect();
+    let oracle_slots: Vec<_> = (0..3).map(|_| oracle.alloc_slot().expect("slot")).collect();
+    for t in 0..3u64 {
+        for layer in LAYERS {
+            let inputs: Vec<_> = (0..3u64)
+                .map(|s| random_inputs(&SPEC, 1, 5000 + 100 * t + 10 * s + layer as u64))
+                .collect();
+            let mut got = vec![vec![0.0; SPEC.value_dim()]; 3];
+            let mut want = got.clone();
+            for (backend, slots, outs) in [
+                (&mut failover as &mut dyn GdnBackend, &slots, &mut got),
+                (&mut oracle as &mut dyn GdnBackend, &oracle_slots, &mut want),
+            ] {
+                let mut members: Vec<BatchMember<'_>> = inputs
+                    .iter()
+                    .zip(slots.iter())
+                    .zip(outs.iter_mut())
+                    .map(|(((x, a, b), &slot), out)| BatchMember {
+                        slot,
+                        inputs: TokenInputs { mixed_qkv: x, a, b },
+                        out,
+                    })
+                    .collect();
+                backend.run_batch(layer, &mut members).expect("batch");
+            }
+            for s in 0..3 {
+                assert_close(
+                    &format!("token {t} layer {layer} member {s}"),
+                    &got[s],
+                    &want[s],
+                    TOLERANCE,
+                );
+            }
+        }
+    }
+    assert_eq!(failover.events().len(), 1);
+    assert_eq!(failover.counters().steps, 3 * 3 * LAYERS.len() as u64);
 }
 
 #[test]

@@ -53,6 +53,8 @@ macro_rules! conformance_tests {
             error_paths,
             non_finite_inputs_leave_state_unchanged,
             counters_count,
+            batch_matches_members_one_by_one,
+            rejected_batch_changes_nothing,
         );
         #[test]
         fn hf_goldens() {
