@@ -2,11 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use hybrid_gdn::{
-    BackendInfo, BackendOptions, Counters, GdnBackend, GdnError, LayerConstants, LayerSpec,
-    LayerTable, PrefillStrategy, Result, SlotId, SlotState, TokenInputs,
+    BackendInfo, BackendOptions, BatchMember, Counters, GdnBackend, GdnError, LayerConstants,
+    LayerSpec, LayerTable, PrefillStrategy, Result, SlotId, SlotState, TokenInputs,
 };
 
 use crate::device::{self, device_error, no_panic, Gpu, NAME};
@@ -195,6 +196,7 @@ impl CudaBackend {
     /// inputs need layer l's output); it is the GPU-side cost of one token's GDN work, and the
     /// shape of the full-GPU placement, where candle's ops would be captured into the same graph.
     pub fn step_layers(&mut self, slot: SlotId, steps: &mut [LayerStep<'_>]) -> Result<()> {
+        let started = Instant::now();
         let mut in_offsets = Vec::with_capacity(steps.len());
         let mut out_offsets = Vec::with_capacity(steps.len());
         let (mut in_len, mut out_len) = (0, 0);
@@ -247,6 +249,7 @@ impl CudaBackend {
         self.counters.bytes_to_device += 4 * in_len as u64;
         self.counters.bytes_from_device += 4 * out_len as u64;
         self.counters.steps += steps.len() as u64;
+        self.add_run_time(started);
         Ok(())
     }
 
@@ -328,6 +331,12 @@ impl CudaBackend {
         self.sync("running the prefill kernels")?;
         self.counters.device_time_ns = self.timer.accumulate(self.counters.device_time_ns);
         Ok(tokens)
+    }
+
+    /// Adds the wall time since `started` to the run-time counter.
+    fn add_run_time(&mut self, started: Instant) {
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.counters.run_time_ns = self.counters.run_time_ns.saturating_add(ns);
     }
 
     fn ensure_prefill_scratch(&mut self, spec: &LayerSpec) -> Result<()> {
@@ -559,8 +568,10 @@ impl GdnBackend for CudaBackend {
         inputs: TokenInputs<'_>,
         out: &mut [f32],
     ) -> Result<()> {
+        let started = Instant::now();
         no_panic("a decode step", || self.step_one(layer, slot, inputs, out))?;
         self.counters.steps += 1;
+        self.add_run_time(started);
         Ok(())
     }
 
@@ -571,10 +582,37 @@ impl GdnBackend for CudaBackend {
         inputs: TokenInputs<'_>,
         out: &mut [f32],
     ) -> Result<()> {
+        let started = Instant::now();
         let tokens = no_panic("a prefill", || {
             self.prefill_tokens(layer, slot, inputs, out)
         })?;
         self.counters.prefill_tokens += tokens as u64;
+        self.add_run_time(started);
+        Ok(())
+    }
+
+    /// Validates every member first (a rejected batch changes nothing), then runs the members
+    /// one after another: a decode launch per one-token member, the prefill passes for longer
+    /// ones. Not yet one launch for the whole batch: that needs a batched decode kernel that
+    /// takes per-member state pointers (a follow-up of the GDN-kernel split, see hybrid_gdn's
+    /// `GdnKernel`).
+    fn run_batch(&mut self, layer: usize, members: &mut [BatchMember<'_>]) -> Result<()> {
+        let spec = self.table.layer(layer)?.spec;
+        for (i, member) in members.iter().enumerate() {
+            self.table.get(layer, member.slot)?;
+            if members[..i].iter().any(|m| m.slot == member.slot) {
+                return Err(GdnError::SlotRepeated(member.slot));
+            }
+            member.inputs.validate(&spec, member.out)?;
+        }
+        for member in members.iter_mut() {
+            let (slot, inputs) = (member.slot, member.inputs);
+            if inputs.a.len() == spec.num_v_heads {
+                self.step(layer, slot, inputs, member.out)?;
+            } else {
+                self.prefill(layer, slot, inputs, member.out)?;
+            }
+        }
         Ok(())
     }
 

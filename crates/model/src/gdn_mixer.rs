@@ -9,10 +9,8 @@
 //!   head g·r + j is the j-th of group g. The rows are permuted once here.
 //! - Qwen3.5 stores `in_proj_qkv` (already q | k | v), `in_proj_z`, `in_proj_b`, `in_proj_a`.
 
-use std::time::{Duration, Instant};
-
 use candle_core::{DType, Tensor};
-use hybrid_gdn::{GdnBackend, LayerConstants, LayerSpec, SlotId, TokenInputs};
+use hybrid_gdn::{BatchMember, GdnBackend, LayerConstants, LayerSpec, SlotId, TokenInputs};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
@@ -115,15 +113,15 @@ impl GdnMixer {
 
     /// `x` is `[T, hidden]`: the rows of several sequences one after the other, `spans[i] =
     /// (slot, count)` meaning `count` rows that continue the sequence in `slot`. Runs the core
-    /// on `backend` for `layer` (a step for one row, a prefill for more) and returns
-    /// `[T, hidden]` and the time spent in the backend. The projections run once for all rows.
+    /// of `layer` for all sequences in one batched backend call and returns `[T, hidden]`. The
+    /// projections run once for all rows; the time in the backend is in its counters.
     pub fn forward(
         &self,
         x: &Tensor,
         layer: usize,
         backend: &mut dyn GdnBackend,
         spans: &[(SlotId, usize)],
-    ) -> Result<(Tensor, Duration)> {
+    ) -> Result<Tensor> {
         let (tokens, _) = x.dims2()?;
         let spec = &self.spec;
         let (conv_dim, value_dim, hv) = (spec.conv_dim(), spec.value_dim(), spec.num_v_heads);
@@ -146,27 +144,36 @@ impl GdnMixer {
                 "GDN layer {layer}: {tokens} rows split as {spans:?}"
             )));
         }
+        // The output buffer is the one allocation the core adds (the tensor below takes it over);
+        // each member borrows its rows of it.
         let mut out = vec![0.0f32; tokens * value_dim];
-        let hidden_out = hv * spec.head_v_dim;
-        let started = Instant::now();
+        let mut rest = out.as_mut_slice();
         let mut first = 0;
-        for &(slot, count) in spans {
+        let mut members = spans.iter().map(|&(slot, count)| {
             let rows = first..first + count;
-            let inputs = TokenInputs {
-                mixed_qkv: &mixed_qkv[rows.start * conv_dim..rows.end * conv_dim],
-                a: &a[rows.start * hv..rows.end * hv],
-                b: &b[rows.start * hv..rows.end * hv],
-            };
-            let out = &mut out[rows.start * hidden_out..rows.end * hidden_out];
-            let result = if count == 1 {
-                backend.step(layer, slot, inputs, out)
-            } else {
-                backend.prefill(layer, slot, inputs, out)
-            };
-            result.map_err(|source| ModelError::Gdn { layer, source })?;
             first = rows.end;
-        }
-        let gdn_time = started.elapsed();
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(count * value_dim);
+            rest = tail;
+            BatchMember {
+                slot,
+                inputs: TokenInputs {
+                    mixed_qkv: &mixed_qkv[rows.start * conv_dim..rows.end * conv_dim],
+                    a: &a[rows.start * hv..rows.end * hv],
+                    b: &b[rows.start * hv..rows.end * hv],
+                },
+                out: mine,
+            }
+        });
+        // One sequence (plain decode or prefill) needs no member list on the heap.
+        let result = match (spans.len(), members.next()) {
+            (1, Some(only)) => backend.run_batch(layer, &mut [only]),
+            (_, first_member) => {
+                let mut all: Vec<BatchMember<'_>> =
+                    first_member.into_iter().chain(members).collect();
+                backend.run_batch(layer, &mut all)
+            }
+        };
+        result.map_err(|source| ModelError::Gdn { layer, source })?;
 
         let core = Tensor::from_vec(out, (tokens, hv, spec.head_v_dim), x.device())?;
         let z = z.reshape((tokens, hv, spec.head_v_dim))?;
@@ -175,7 +182,7 @@ impl GdnMixer {
             Some(order) => normed.index_select(order, 1)?,
             None => normed,
         };
-        Ok((self.out_proj.forward(&normed)?, gdn_time))
+        self.out_proj.forward(&normed)
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
-use hybrid_gdn::{GdnBackend, LayerConstants, SlotId};
+use hybrid_gdn::{Counters, GdnBackend, LayerConstants, SlotId};
 
 use crate::attention::{Attention, Rope};
 use crate::config::{LayerKind, ModelConfig};
@@ -177,7 +177,6 @@ struct Network {
     gdn: Box<dyn GdnBackend>,
     owner: Owner,
     dropped: DroppedSlots,
-    gdn_time: Duration,
     /// The weight format's identifier (recorded in snapshots) and display name.
     format_id: String,
     format_name: String,
@@ -330,7 +329,6 @@ impl HybridModel {
                 backend_generation: 0,
             },
             dropped: DroppedSlots::default(),
-            gdn_time: Duration::ZERO,
             format_id: store.format_id(),
             format_name: store.format_name(),
             fingerprint,
@@ -359,9 +357,16 @@ impl HybridModel {
         self.primary.position
     }
 
-    /// Cumulative wall time inside the GDN backend (every sequence).
+    /// The GDN backend's cumulative counters (every sequence): steps, prefill tokens, transfers
+    /// and `run_time_ns`, the wall time of its runs — the GDN share of the model's time.
+    pub fn gdn_counters(&self) -> Counters {
+        self.net.gdn.counters()
+    }
+
+    /// Cumulative wall time inside the GDN backend's runs (every sequence), from
+    /// [`gdn_counters`](Self::gdn_counters).
     pub fn gdn_time(&self) -> Duration {
-        self.net.gdn_time
+        Duration::from_nanos(self.net.gdn.counters().run_time_ns)
     }
 
     /// Starts the built-in sequence again: empties its KV caches and zeroes its GDN slot.
@@ -548,11 +553,7 @@ impl Network {
             // 1. Token mixer with residual.
             let normed = layer.input_norm.forward(&x)?;
             let mixed = match &mut layer.mixer {
-                Mixer::Gdn { mixer, .. } => {
-                    let (y, spent) = mixer.forward(&normed, i, self.gdn.as_mut(), &spans)?;
-                    self.gdn_time += spent;
-                    y
-                }
+                Mixer::Gdn { mixer, .. } => mixer.forward(&normed, i, self.gdn.as_mut(), &spans)?,
                 Mixer::Attention(attention) => {
                     let mut caches = sequences
                         .iter_mut()
