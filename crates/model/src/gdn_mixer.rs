@@ -188,7 +188,7 @@ impl GdnMixer {
 
 /// Row permutations that turn Qwen3-Next's per-group interleaving into
 /// `[q_all | k_all | v_all | z_all]` and `[b_all | a_all]`.
-fn deinterleave_rows(spec: &LayerSpec) -> (Vec<u32>, Vec<u32>) {
+pub(crate) fn deinterleave_rows(spec: &LayerSpec) -> (Vec<u32>, Vec<u32>) {
     let (hk, dk, dv, r) = (
         spec.num_k_heads,
         spec.head_k_dim,

@@ -45,6 +45,51 @@ use crate::matrix::{ggml_name, read_matrix, Matrix};
 const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, \
                                Q5_K, Q6_K";
 
+/// `(HF config.json field, GGUF key without the `<arch>.` prefix)` of every plain integer of
+/// the config: read by [`GgufCheckpoint::config`], written by [`crate::gguf_export`].
+pub(crate) const CONFIG_INTEGERS: &[(&str, &str)] = &[
+    ("num_hidden_layers", "block_count"),
+    ("hidden_size", "embedding_length"),
+    ("intermediate_size", "feed_forward_length"),
+    ("max_position_embeddings", "context_length"),
+    ("num_attention_heads", "attention.head_count"),
+    ("num_key_value_heads", "attention.head_count_kv"),
+    ("head_dim", "attention.key_length"),
+    ("linear_conv_kernel_dim", "ssm.conv_kernel"),
+    ("linear_key_head_dim", "ssm.state_size"),
+    ("linear_num_key_heads", "ssm.group_count"),
+    ("linear_num_value_heads", "ssm.time_step_rank"),
+    ("num_experts", "expert_count"),
+    ("num_experts_per_tok", "expert_used_count"),
+    ("moe_intermediate_size", "expert_feed_forward_length"),
+    (
+        "shared_expert_intermediate_size",
+        "expert_shared_feed_forward_length",
+    ),
+    ("full_attention_interval", "full_attention_interval"),
+];
+
+/// llama.cpp's `general.file_type` codes (`enum llama_ftype`) and the names it prints.
+pub(crate) const FILE_TYPES: &[(u32, &str)] = &[
+    (0, "F32"),
+    (1, "F16"),
+    (2, "Q4_0"),
+    (3, "Q4_1"),
+    (7, "Q8_0"),
+    (8, "Q5_0"),
+    (9, "Q5_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K_S"),
+    (12, "Q3_K_M"),
+    (13, "Q3_K_L"),
+    (14, "Q4_K_S"),
+    (15, "Q4_K_M"),
+    (16, "Q5_K_S"),
+    (17, "Q5_K_M"),
+    (18, "Q6_K"),
+    (32, "BF16"),
+];
+
 /// A GGUF checkpoint: the header, the tensor directory and the open file.
 ///
 /// Tensors are read with plain reads into the buffers the model keeps, not through a memory
@@ -272,26 +317,12 @@ impl GgufCheckpoint {
     /// The weight format llama.cpp names in `general.file_type` (`Q4_K_M`, …), or the type of
     /// the token embedding when that key is absent.
     pub fn file_type(&self) -> String {
-        let named = match self.metadata.get("general.file_type").and_then(as_u64) {
-            Some(0) => Some("F32"),
-            Some(1) => Some("F16"),
-            Some(2) => Some("Q4_0"),
-            Some(3) => Some("Q4_1"),
-            Some(7) => Some("Q8_0"),
-            Some(8) => Some("Q5_0"),
-            Some(9) => Some("Q5_1"),
-            Some(10) => Some("Q2_K"),
-            Some(11) => Some("Q3_K_S"),
-            Some(12) => Some("Q3_K_M"),
-            Some(13) => Some("Q3_K_L"),
-            Some(14) => Some("Q4_K_S"),
-            Some(15) => Some("Q4_K_M"),
-            Some(16) => Some("Q5_K_S"),
-            Some(17) => Some("Q5_K_M"),
-            Some(18) => Some("Q6_K"),
-            Some(32) => Some("BF16"),
-            _ => None,
-        };
+        let named = self
+            .metadata
+            .get("general.file_type")
+            .and_then(as_u64)
+            .and_then(|code| FILE_TYPES.iter().find(|(c, _)| u64::from(*c) == code))
+            .map(|&(_, name)| name);
         match named {
             Some(name) => name.to_string(),
             None => self
@@ -314,29 +345,7 @@ impl GgufCheckpoint {
             Architecture::Qwen35Moe => "qwen3_5_moe_text",
         };
         fields.insert("model_type".into(), model_type.into());
-        // (HF field, GGUF key) for every plain integer.
-        let integers = [
-            ("num_hidden_layers", "block_count"),
-            ("hidden_size", "embedding_length"),
-            ("intermediate_size", "feed_forward_length"),
-            ("max_position_embeddings", "context_length"),
-            ("num_attention_heads", "attention.head_count"),
-            ("num_key_value_heads", "attention.head_count_kv"),
-            ("head_dim", "attention.key_length"),
-            ("linear_conv_kernel_dim", "ssm.conv_kernel"),
-            ("linear_key_head_dim", "ssm.state_size"),
-            ("linear_num_key_heads", "ssm.group_count"),
-            ("linear_num_value_heads", "ssm.time_step_rank"),
-            ("num_experts", "expert_count"),
-            ("num_experts_per_tok", "expert_used_count"),
-            ("moe_intermediate_size", "expert_feed_forward_length"),
-            (
-                "shared_expert_intermediate_size",
-                "expert_shared_feed_forward_length",
-            ),
-            ("full_attention_interval", "full_attention_interval"),
-        ];
-        for (field, gguf) in integers {
+        for &(field, gguf) in CONFIG_INTEGERS {
             if let Some(v) = self.meta_usize(&key(gguf))? {
                 // llama.cpp writes 0 for an absent dense FFN in MoE models.
                 if !(field == "intermediate_size" && v == 0) {
@@ -445,7 +454,7 @@ impl GgufCheckpoint {
                 field,
                 problem,
             } => {
-                let gguf = integers
+                let gguf = CONFIG_INTEGERS
                     .iter()
                     .find(|(f, _)| *f == field)
                     .map(|(_, g)| key(g))
@@ -458,12 +467,7 @@ impl GgufCheckpoint {
             }
             other => other,
         })?;
-        let spec = config.gdn_spec();
-        if matches!(self.arch, Architecture::Qwen35 | Architecture::Qwen35Moe)
-            && spec.num_k_heads != spec.num_v_heads
-        {
-            self.tiled = Some((spec.num_k_heads, spec.gva_ratio(), spec.head_k_dim));
-        }
+        self.tiled = tiled_value_heads(&config);
         Ok(config)
     }
 
@@ -471,14 +475,7 @@ impl GgufCheckpoint {
     /// is the HF-order value channel that belongs at position `t`. `None` in HF order.
     pub fn value_head_order(&self, head_v_dim: usize) -> Option<Vec<u32>> {
         let (hk, r, _) = self.tiled?;
-        let mut order = Vec::with_capacity(hk * r * head_v_dim);
-        for j in 0..r {
-            for g in 0..hk {
-                let hf_head = g * r + j;
-                order.extend((0..head_v_dim).map(|e| (hf_head * head_v_dim + e) as u32));
-            }
-        }
-        Some(order)
+        Some(tiled_channel_order(hk, r, head_v_dim))
     }
 
     /// True when the HF tensor `name` has a GGUF counterpart in this file.
@@ -607,86 +604,13 @@ impl GgufCheckpoint {
 
     /// HF name → GGUF name and what the converter did to it.
     fn lookup(&self, name: &str) -> Option<(String, Kind)> {
-        let rest = name
-            .strip_prefix("model.language_model.")
-            .or_else(|| name.strip_prefix("model."))
-            .unwrap_or(name);
-        let plain = |s: &str| Some((s.to_string(), Kind::Plain));
-        match rest {
-            "embed_tokens.weight" => return plain("token_embd.weight"),
-            "norm.weight" => return plain("output_norm.weight"),
-            "lm_head.weight" => return plain("output.weight"),
-            _ => {}
-        }
-        let rest = rest.strip_prefix("layers.")?;
-        let (layer, field) = rest.split_once('.')?;
-        let layer: usize = layer.parse().ok()?;
-        let (gguf, kind) = match field {
-            "input_layernorm.weight" => ("attn_norm.weight", Kind::Plain),
-            "post_attention_layernorm.weight" => ("post_attention_norm.weight", Kind::Plain),
-            "linear_attn.in_proj_qkv.weight" => ("attn_qkv.weight", Kind::QkvRows),
-            "linear_attn.in_proj_z.weight" => ("attn_gate.weight", Kind::ValueRows),
-            "linear_attn.in_proj_b.weight" => ("ssm_beta.weight", Kind::HeadRows),
-            "linear_attn.in_proj_a.weight" => ("ssm_alpha.weight", Kind::HeadRows),
-            "linear_attn.in_proj_ba.weight" => ("ssm_ba.weight", Kind::Plain),
-            "linear_attn.conv1d.weight" => ("ssm_conv1d.weight", Kind::ConvChannels),
-            "linear_attn.A_log" => ("ssm_a", Kind::DecayRate),
-            "linear_attn.dt_bias" => ("ssm_dt.bias", Kind::HeadRows),
-            "linear_attn.norm.weight" => ("ssm_norm.weight", Kind::Plain),
-            "linear_attn.out_proj.weight" => ("ssm_out.weight", Kind::Plain),
-            "self_attn.q_proj.weight" => ("attn_q.weight", Kind::Plain),
-            "self_attn.k_proj.weight" => ("attn_k.weight", Kind::Plain),
-            "self_attn.v_proj.weight" => ("attn_v.weight", Kind::Plain),
-            "self_attn.o_proj.weight" => ("attn_output.weight", Kind::Plain),
-            "self_attn.q_proj.bias" => ("attn_q.bias", Kind::Plain),
-            "self_attn.k_proj.bias" => ("attn_k.bias", Kind::Plain),
-            "self_attn.v_proj.bias" => ("attn_v.bias", Kind::Plain),
-            "self_attn.o_proj.bias" => ("attn_output.bias", Kind::Plain),
-            "self_attn.q_norm.weight" => ("attn_q_norm.weight", Kind::Plain),
-            "self_attn.k_norm.weight" => ("attn_k_norm.weight", Kind::Plain),
-            "mlp.gate_proj.weight" => ("ffn_gate.weight", Kind::Plain),
-            "mlp.up_proj.weight" => ("ffn_up.weight", Kind::Plain),
-            "mlp.down_proj.weight" => ("ffn_down.weight", Kind::Plain),
-            "mlp.gate.weight" => ("ffn_gate_inp.weight", Kind::Plain),
-            "mlp.experts.gate_proj.weight" => ("ffn_gate_exps.weight", Kind::Plain),
-            "mlp.experts.up_proj.weight" => ("ffn_up_exps.weight", Kind::Plain),
-            "mlp.experts.down_proj.weight" => ("ffn_down_exps.weight", Kind::Plain),
-            "mlp.shared_expert.gate_proj.weight" => ("ffn_gate_shexp.weight", Kind::Plain),
-            "mlp.shared_expert.up_proj.weight" => ("ffn_up_shexp.weight", Kind::Plain),
-            "mlp.shared_expert.down_proj.weight" => ("ffn_down_shexp.weight", Kind::Plain),
-            "mlp.shared_expert_gate.weight" => ("ffn_gate_inp_shexp.weight", Kind::Plain),
-            _ => return None,
-        };
-        Some((format!("blk.{layer}.{gguf}"), kind))
+        gguf_tensor_name(name)
     }
 
     /// The HF-order row permutation for a tensor of `rows` rows of kind `kind`, when value
     /// heads are stored tiled.
     fn untile_rows(&self, kind: Kind, rows: usize) -> Option<Vec<u32>> {
-        let (hk, r, dk) = self.tiled?;
-        let hv = hk * r;
-        // Rows before `offset` are not value-head indexed (q and k of the qkv projection).
-        let (offset, width) = match kind {
-            Kind::HeadRows | Kind::DecayRate => (0, 1),
-            Kind::ValueRows => (0, rows / hv),
-            Kind::QkvRows | Kind::ConvChannels => {
-                // conv_dim = 2·Hk·dk + Hv·dv; the v part is the last Hv·dv rows.
-                let offset = 2 * hk * dk;
-                (offset, rows.checked_sub(offset)? / hv)
-            }
-            Kind::Plain => return None,
-        };
-        if width == 0 || offset + hv * width != rows {
-            return None;
-        }
-        let mut order: Vec<u32> = (0..offset as u32).collect();
-        for g in 0..hk {
-            for j in 0..r {
-                let tiled_head = j * hk + g;
-                order.extend((0..width).map(|e| (offset + tiled_head * width + e) as u32));
-            }
-        }
-        Some(order)
+        untiled_row_order(self.tiled?, kind, rows)
     }
 
     fn meta_usize(&self, key: &str) -> Result<Option<usize>> {
@@ -719,9 +643,123 @@ impl GgufCheckpoint {
     }
 }
 
+/// HF tensor name → GGUF tensor name and what llama.cpp's converter did to it (the one
+/// name table: the reader answers HF names with it, [`crate::gguf_export`] writes with it).
+pub(crate) fn gguf_tensor_name(name: &str) -> Option<(String, Kind)> {
+    let rest = name
+        .strip_prefix("model.language_model.")
+        .or_else(|| name.strip_prefix("model."))
+        .unwrap_or(name);
+    let plain = |s: &str| Some((s.to_string(), Kind::Plain));
+    match rest {
+        "embed_tokens.weight" => return plain("token_embd.weight"),
+        "norm.weight" => return plain("output_norm.weight"),
+        "lm_head.weight" => return plain("output.weight"),
+        _ => {}
+    }
+    let rest = rest.strip_prefix("layers.")?;
+    let (layer, field) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (gguf, kind) = match field {
+        "input_layernorm.weight" => ("attn_norm.weight", Kind::Plain),
+        "post_attention_layernorm.weight" => ("post_attention_norm.weight", Kind::Plain),
+        "linear_attn.in_proj_qkv.weight" => ("attn_qkv.weight", Kind::QkvRows),
+        "linear_attn.in_proj_z.weight" => ("attn_gate.weight", Kind::ValueRows),
+        "linear_attn.in_proj_b.weight" => ("ssm_beta.weight", Kind::HeadRows),
+        "linear_attn.in_proj_a.weight" => ("ssm_alpha.weight", Kind::HeadRows),
+        "linear_attn.in_proj_ba.weight" => ("ssm_ba.weight", Kind::Plain),
+        "linear_attn.conv1d.weight" => ("ssm_conv1d.weight", Kind::ConvChannels),
+        "linear_attn.A_log" => ("ssm_a", Kind::DecayRate),
+        "linear_attn.dt_bias" => ("ssm_dt.bias", Kind::HeadRows),
+        "linear_attn.norm.weight" => ("ssm_norm.weight", Kind::Plain),
+        "linear_attn.out_proj.weight" => ("ssm_out.weight", Kind::Plain),
+        "self_attn.q_proj.weight" => ("attn_q.weight", Kind::Plain),
+        "self_attn.k_proj.weight" => ("attn_k.weight", Kind::Plain),
+        "self_attn.v_proj.weight" => ("attn_v.weight", Kind::Plain),
+        "self_attn.o_proj.weight" => ("attn_output.weight", Kind::Plain),
+        "self_attn.q_proj.bias" => ("attn_q.bias", Kind::Plain),
+        "self_attn.k_proj.bias" => ("attn_k.bias", Kind::Plain),
+        "self_attn.v_proj.bias" => ("attn_v.bias", Kind::Plain),
+        "self_attn.o_proj.bias" => ("attn_output.bias", Kind::Plain),
+        "self_attn.q_norm.weight" => ("attn_q_norm.weight", Kind::Plain),
+        "self_attn.k_norm.weight" => ("attn_k_norm.weight", Kind::Plain),
+        "mlp.gate_proj.weight" => ("ffn_gate.weight", Kind::Plain),
+        "mlp.up_proj.weight" => ("ffn_up.weight", Kind::Plain),
+        "mlp.down_proj.weight" => ("ffn_down.weight", Kind::Plain),
+        "mlp.gate.weight" => ("ffn_gate_inp.weight", Kind::Plain),
+        "mlp.experts.gate_proj.weight" => ("ffn_gate_exps.weight", Kind::Plain),
+        "mlp.experts.up_proj.weight" => ("ffn_up_exps.weight", Kind::Plain),
+        "mlp.experts.down_proj.weight" => ("ffn_down_exps.weight", Kind::Plain),
+        "mlp.shared_expert.gate_proj.weight" => ("ffn_gate_shexp.weight", Kind::Plain),
+        "mlp.shared_expert.up_proj.weight" => ("ffn_up_shexp.weight", Kind::Plain),
+        "mlp.shared_expert.down_proj.weight" => ("ffn_down_shexp.weight", Kind::Plain),
+        "mlp.shared_expert_gate.weight" => ("ffn_gate_inp_shexp.weight", Kind::Plain),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{gguf}"), kind))
+}
+
+/// The HF-order row permutation of a tensor of `rows` rows of kind `kind` stored with value
+/// heads tiled (`tiled` = `(Hk, r, dk)`): HF row `i` is stored row `order[i]`. `None` when the
+/// kind has no value-head rows or the row count does not fit the layout.
+pub(crate) fn untiled_row_order(
+    tiled: (usize, usize, usize),
+    kind: Kind,
+    rows: usize,
+) -> Option<Vec<u32>> {
+    let (hk, r, dk) = tiled;
+    let hv = hk * r;
+    // Rows before `offset` are not value-head indexed (q and k of the qkv projection).
+    let (offset, width) = match kind {
+        Kind::HeadRows | Kind::DecayRate => (0, 1),
+        Kind::ValueRows => (0, rows / hv),
+        Kind::QkvRows | Kind::ConvChannels => {
+            // conv_dim = 2·Hk·dk + Hv·dv; the v part is the last Hv·dv rows.
+            let offset = 2 * hk * dk;
+            (offset, rows.checked_sub(offset)? / hv)
+        }
+        Kind::Plain => return None,
+    };
+    if width == 0 || offset + hv * width != rows {
+        return None;
+    }
+    let mut order: Vec<u32> = (0..offset as u32).collect();
+    for g in 0..hk {
+        for j in 0..r {
+            let tiled_head = j * hk + g;
+            order.extend((0..width).map(|e| (offset + tiled_head * width + e) as u32));
+        }
+    }
+    Some(order)
+}
+
+/// `(Hk, r, dk)` when llama.cpp's converter stores this model's value heads tiled (`j·Hk + g`
+/// instead of HF's grouped `g·r + j`): Qwen3.5 and Qwen3.5-MoE with fewer key than value heads.
+pub(crate) fn tiled_value_heads(config: &ModelConfig) -> Option<(usize, usize, usize)> {
+    let spec = config.gdn_spec();
+    (matches!(
+        config.architecture,
+        Architecture::Qwen35 | Architecture::Qwen35Moe
+    ) && spec.num_k_heads != spec.num_v_heads)
+        .then(|| (spec.num_k_heads, spec.gva_ratio(), spec.head_k_dim))
+}
+
+/// For value channels stored tiled (`Hk` key heads, `r` value heads each, `width` channels per
+/// head): entry `t` is the HF-order channel stored at position `t`.
+pub(crate) fn tiled_channel_order(hk: usize, r: usize, width: usize) -> Vec<u32> {
+    let mut order = Vec::with_capacity(hk * r * width);
+    for j in 0..r {
+        for g in 0..hk {
+            let hf_head = g * r + j;
+            order.extend((0..width).map(|e| (hf_head * width + e) as u32));
+        }
+    }
+    order
+}
+
 /// What the converter did to a tensor (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// Stored as HF has it (up to squeezed size-1 dims).
     Plain,
     /// `attn_qkv`: the value rows (after q and k) are in tiled head order.

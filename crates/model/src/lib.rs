@@ -32,6 +32,7 @@ pub mod error;
 pub mod gdn_mixer;
 pub mod gemv;
 pub mod gguf;
+pub mod gguf_export;
 pub mod int8_gemm;
 mod int8_unpack;
 pub mod kquant_gemv;

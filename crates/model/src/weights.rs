@@ -322,6 +322,25 @@ impl WeightStore {
         }
     }
 
+    /// Names of the checkpoint's safetensors tensors, sorted (empty for GGUF and random weights).
+    pub fn tensor_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Safetensors tensor `name` exactly as stored: its own dtype and shape.
+    pub fn get_stored(&self, name: &str) -> Result<Tensor> {
+        let entry = self.entry(name)?;
+        let shape = entry.shape.clone();
+        let dtype = match entry.dtype {
+            StDtype::BF16 => DType::BF16,
+            StDtype::F16 => DType::F16,
+            _ => DType::F32,
+        };
+        self.get_as(name, &shape, dtype)
+    }
+
     /// Tensor `name`, which must have shape `expected`, converted to `dtype`.
     pub fn get_as(&self, name: &str, expected: &[usize], dtype: DType) -> Result<Tensor> {
         if let Some(gguf) = &self.gguf {

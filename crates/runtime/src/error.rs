@@ -136,6 +136,15 @@ pub enum RuntimeError {
         supported: &'static str,
     },
 
+    /// A model directory whose tokenizer cannot be written into a GGUF file.
+    #[error("cannot write {path} into a GGUF file: {problem}")]
+    GgufExport {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it, and the way out where there is one.
+        problem: String,
+    },
+
     /// `--model` names a directory without config.json that holds several GGUF files.
     #[error(
         "--model {dir} holds {count} GGUF files and no config.json ({list}); pass the file to \

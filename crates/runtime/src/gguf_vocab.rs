@@ -87,6 +87,11 @@ const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN35`).
 const QWEN35_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// `tokenizer.ggml.pre` names and the split regex each stands for (read here, written by
+/// [`crate::gguf_vocab_export`]).
+pub const PRE_TOKENIZER_REGEXES: [(&str, &str); 2] =
+    [("qwen2", QWEN2_REGEX), ("qwen35", QWEN35_REGEX)];
+
 /// Token texts that end generation in Qwen vocabularies. llama.cpp adds these to its stop
 /// set by name when it loads a GGUF, because the converter stores only one EOS id.
 const QWEN_END_TOKENS: [&str; 2] = ["<|im_end|>", "<|endoftext|>"];
@@ -122,6 +127,18 @@ impl TokenType {
             6 => Self::Byte,
             _ => return None,
         })
+    }
+
+    /// The type's GGUF code (1..=6).
+    pub fn code(self) -> i32 {
+        match self {
+            Self::Normal => 1,
+            Self::Unknown => 2,
+            Self::Control => 3,
+            Self::UserDefined => 4,
+            Self::Unused => 5,
+            Self::Byte => 6,
+        }
     }
 }
 
@@ -179,18 +196,16 @@ impl GgufVocab {
             KEY_PRE,
             "it names the pre-tokenizer; pass the model's tokenizer.json with --tokenizer FILE",
         )?;
-        let regex = match pre {
-            "qwen2" => QWEN2_REGEX,
-            "qwen35" => QWEN35_REGEX,
-            other => {
-                return Err(RuntimeError::GgufUnsupportedTokenizer {
-                    path: path.to_path_buf(),
-                    key: KEY_PRE,
-                    value: other.to_owned(),
-                    supported: SUPPORTED_PRE,
-                })
-            }
-        };
+        let regex = PRE_TOKENIZER_REGEXES
+            .iter()
+            .find(|(name, _)| *name == pre)
+            .map(|&(_, regex)| regex)
+            .ok_or_else(|| RuntimeError::GgufUnsupportedTokenizer {
+                path: path.to_path_buf(),
+                key: KEY_PRE,
+                value: pre.to_owned(),
+                supported: SUPPORTED_PRE,
+            })?;
 
         let tokens = meta.string_array(
             KEY_TOKENS,

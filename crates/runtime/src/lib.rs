@@ -45,6 +45,7 @@ pub mod error;
 pub mod generate;
 pub mod generation_config;
 pub mod gguf_vocab;
+pub mod gguf_vocab_export;
 pub mod model;
 pub mod perplexity;
 pub mod sampling;
