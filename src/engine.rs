@@ -1,7 +1,5 @@
 //! The model as the runtime sees it: [`HybridModel`] behind [`LanguageModel`].
 
-use std::time::Duration;
-
 use hybrid_model::HybridModel;
 use hybrid_runtime::{LanguageModel, ModelError};
 
@@ -48,10 +46,6 @@ impl LanguageModel for Engine {
 
     fn reset(&mut self) -> Result<(), ModelError> {
         Ok(self.model.reset()?)
-    }
-
-    fn gdn_time(&self) -> Duration {
-        self.model.gdn_time()
     }
 
     fn position(&self) -> Option<usize> {

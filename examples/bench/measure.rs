@@ -115,7 +115,7 @@ fn run(
     }
     let prefill = started.elapsed().as_secs_f64();
     let counters = model.gdn_backend().counters();
-    let gdn_before = model.gdn_time();
+    let gdn_before = model.gdn_counters().run_time();
     let started = Instant::now();
     for _ in 0..gen_tokens {
         let last: Vec<u32> = tokens.iter().map(|t| t[t.len() - 1]).collect();
@@ -126,7 +126,7 @@ fn run(
         }
     }
     let decode = started.elapsed().as_secs_f64();
-    let gdn = (model.gdn_time() - gdn_before).as_secs_f64();
+    let gdn = (model.gdn_counters().run_time() - gdn_before).as_secs_f64();
     let after = model.gdn_backend().counters();
     for sequence in sequences {
         model.free_sequence(sequence)?;

@@ -198,14 +198,19 @@ fn main() -> Result<()> {
         generated: Vec::new(),
         phases: Vec::new(),
     };
+    // GDN time comes from the model's profiling counters, read around each phase.
+    let gdn_before = loaded.engine.model().gdn_counters().run_time();
     let mut generator = Generator::new(&mut loaded.engine, sampler, tokenizer)?;
     let options = GenerateOptions::new(first_phase, eos.clone());
-    run.push(match fed {
+    let mut phase = match fed {
         Some(fed) => generator.resume(&context, fed, &options, &mut on_token)?,
         None => generator.generate(&context, &options, &mut on_token)?,
-    });
+    };
     let mut sampler = generator.sampler_mut().clone();
     drop(generator);
+    let gdn_after = loaded.engine.model().gdn_counters().run_time();
+    phase.record_gdn(gdn_after.saturating_sub(gdn_before));
+    run.push(phase);
 
     // Phase 2: move the live GDN state, then continue on the new backend.
     let mut migration = Value::Null;
@@ -232,9 +237,15 @@ fn main() -> Result<()> {
             drop(old);
             let history = run.history();
             let options = GenerateOptions::new(a.max_new_tokens - first_phase, eos.clone());
+            let gdn_before = loaded.engine.model().gdn_counters().run_time();
             let mut generator = Generator::new(&mut loaded.engine, sampler, tokenizer)?;
-            run.push(generator.resume(&history, history.len() - 1, &options, &mut on_token)?);
+            let mut phase =
+                generator.resume(&history, history.len() - 1, &options, &mut on_token)?;
             sampler = generator.sampler_mut().clone();
+            drop(generator);
+            let gdn_after = loaded.engine.model().gdn_counters().run_time();
+            phase.record_gdn(gdn_after.saturating_sub(gdn_before));
+            run.push(phase);
         } else {
             eprintln!("generation stopped before --migrate-after; no migration");
         }

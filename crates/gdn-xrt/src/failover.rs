@@ -132,7 +132,7 @@ impl FailoverBackend {
             moved.insert(outer, new_slot);
         }
         let old = std::mem::replace(&mut self.active, target);
-        self.retired = add_counters(self.retired, old.counters());
+        self.retired = self.retired.plus(old.counters());
         self.events.push(FailoverEvent {
             from: old.info().name,
             to: self.active.info().name,
@@ -161,20 +161,6 @@ impl FailoverBackend {
             }
             other => other,
         }
-    }
-}
-
-fn add_counters(a: Counters, b: Counters) -> Counters {
-    Counters {
-        bytes_to_device: a.bytes_to_device + b.bytes_to_device,
-        bytes_from_device: a.bytes_from_device + b.bytes_from_device,
-        device_time_ns: match (a.device_time_ns, b.device_time_ns) {
-            (None, None) => None,
-            (x, y) => Some(x.unwrap_or(0) + y.unwrap_or(0)),
-        },
-        steps: a.steps + b.steps,
-        prefill_tokens: a.prefill_tokens + b.prefill_tokens,
-        run_time_ns: a.run_time_ns + b.run_time_ns,
     }
 }
 
@@ -302,6 +288,6 @@ impl GdnBackend for FailoverBackend {
     }
 
     fn counters(&self) -> Counters {
-        add_counters(self.retired, self.active.counters())
+        self.retired.plus(self.active.counters())
     }
 }

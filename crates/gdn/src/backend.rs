@@ -1,5 +1,7 @@
 //! The GDN backend contract (DESIGN §4).
 
+use std::time::Duration;
+
 use crate::error::{GdnError, Result};
 use crate::kernel::BatchMember;
 use crate::slots::SlotId;
@@ -50,6 +52,28 @@ pub struct Counters {
     /// Host wall time of successful runs (`step`, `prefill`, `run_batch`), transfers and
     /// waiting for the device included (ns): the GDN share of a model's time.
     pub run_time_ns: u64,
+}
+
+impl Counters {
+    /// [`run_time_ns`](Self::run_time_ns) as a duration.
+    pub fn run_time(&self) -> Duration {
+        Duration::from_nanos(self.run_time_ns)
+    }
+
+    /// The sum of two counter sets (e.g. a retired backend's and its successor's).
+    pub fn plus(self, other: Counters) -> Counters {
+        Counters {
+            bytes_to_device: self.bytes_to_device + other.bytes_to_device,
+            bytes_from_device: self.bytes_from_device + other.bytes_from_device,
+            device_time_ns: match (self.device_time_ns, other.device_time_ns) {
+                (None, None) => None,
+                (x, y) => Some(x.unwrap_or(0) + y.unwrap_or(0)),
+            },
+            steps: self.steps + other.steps,
+            prefill_tokens: self.prefill_tokens + other.prefill_tokens,
+            run_time_ns: self.run_time_ns + other.run_time_ns,
+        }
+    }
 }
 
 /// A Gated DeltaNet backend: owns every layer's constants and every slot's state on its device.

@@ -11,7 +11,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
@@ -177,6 +176,9 @@ struct Network {
     gdn: Box<dyn GdnBackend>,
     owner: Owner,
     dropped: DroppedSlots,
+    /// Counters of GDN backends the model migrated away from, so that its GDN counters keep
+    /// counting across a migration.
+    retired_gdn: Counters,
     /// The weight format's identifier (recorded in snapshots) and display name.
     format_id: String,
     format_name: String,
@@ -329,6 +331,7 @@ impl HybridModel {
                 backend_generation: 0,
             },
             dropped: DroppedSlots::default(),
+            retired_gdn: Counters::default(),
             format_id: store.format_id(),
             format_name: store.format_name(),
             fingerprint,
@@ -357,16 +360,12 @@ impl HybridModel {
         self.primary.position
     }
 
-    /// The GDN backend's cumulative counters (every sequence): steps, prefill tokens, transfers
-    /// and `run_time_ns`, the wall time of its runs — the GDN share of the model's time.
+    /// Cumulative GDN counters of the model (every sequence, every backend it ran on): steps,
+    /// prefill tokens, transfers and [`Counters::run_time`], the wall time of the backend's
+    /// runs — the GDN share of the model's time. Only differences of two readings mean
+    /// something to a profiler.
     pub fn gdn_counters(&self) -> Counters {
-        self.net.gdn.counters()
-    }
-
-    /// Cumulative wall time inside the GDN backend's runs (every sequence), from
-    /// [`gdn_counters`](Self::gdn_counters).
-    pub fn gdn_time(&self) -> Duration {
-        Duration::from_nanos(self.net.gdn.counters().run_time_ns)
+        self.net.retired_gdn.plus(self.net.gdn.counters())
     }
 
     /// Starts the built-in sequence again: empties its KV caches and zeroes its GDN slot.

@@ -11,8 +11,11 @@
 //!   fed); `decode_tok_s = decode_steps / decode` (llama.cpp's "eval time ... runs").
 //!   Sampling, detokenisation and the streaming callback are *not* in it; sampling is
 //!   reported separately in `sampling`.
-//! * **gdn** — the model's [`LanguageModel::gdn_time`] advance over prefill and decode;
-//!   `gdn_share = gdn / (prefill + decode)`, the fraction of model time spent in GDN layers.
+//! * **gdn** — time in the model's GDN layers over prefill and decode, which the runtime does
+//!   not measure: the caller reads it from the model's own profiling counters (e.g.
+//!   `HybridModel::gdn_counters`) around the run and records it with
+//!   [`GenerationOutput::record_gdn`]; `gdn_share = gdn / (prefill + decode)`. Zero until
+//!   recorded.
 //!
 //! Rates and shares are `0.0` when their denominator is zero (e.g. no decode step).
 //!
@@ -107,7 +110,8 @@ pub struct GenerationOutput {
     pub decode_steps: usize,
     /// Time spent choosing tokens (all stages of the sampler).
     pub sampling: Duration,
-    /// Time the model reports inside its GDN backend during prefill and decode.
+    /// Time in the model's GDN backend during prefill and decode, as the caller recorded it
+    /// with [`record_gdn`](Self::record_gdn) (zero until then).
     pub gdn: Duration,
     /// Prompt tokens per second of prefill.
     pub prefill_tok_s: f64,
@@ -118,6 +122,13 @@ pub struct GenerationOutput {
 }
 
 impl GenerationOutput {
+    /// Records the time the model spent in GDN layers during this run (read by the caller from
+    /// the model's profiling counters) and the `gdn_share` it makes of model time.
+    pub fn record_gdn(&mut self, gdn: Duration) {
+        self.gdn = gdn;
+        self.gdn_share = ratio(gdn, self.prefill + self.decode);
+    }
+
     /// A one-paragraph timing summary in llama.cpp's spirit, for printing after a run.
     pub fn summary(&self) -> String {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -263,7 +274,6 @@ impl<'a> Generator<'a> {
         on_token: &mut dyn FnMut(&GeneratedToken<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationOutput> {
         let vocab = self.model.vocab_size();
-        let gdn_start = self.model.gdn_time();
         let started = Instant::now();
         let mut logits = self
             .model
@@ -335,7 +345,6 @@ impl<'a> Generator<'a> {
             check_logits(&logits, vocab)?;
         }
 
-        let gdn = self.model.gdn_time().saturating_sub(gdn_start);
         let text = match self.tokenizer {
             Some(t) => {
                 let shown = if stop_reason == StopReason::Eos {
@@ -357,10 +366,10 @@ impl<'a> Generator<'a> {
             decode,
             decode_steps,
             sampling,
-            gdn,
+            gdn: Duration::ZERO,
             prefill_tok_s: rate(feed.len(), prefill),
             decode_tok_s: rate(decode_steps, decode),
-            gdn_share: ratio(gdn, prefill + decode),
+            gdn_share: 0.0,
         })
     }
 

@@ -3,8 +3,6 @@
 //! The runtime is model-agnostic: anything that can turn token ids into next-token logits while
 //! keeping one sequence's state can be driven by [`crate::Generator`].
 
-use std::time::Duration;
-
 /// The error a model implementation returns; the runtime wraps it, unchanged, in
 /// [`crate::RuntimeError::Model`] (reachable through `std::error::Error::source`).
 pub type ModelError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,12 +25,6 @@ pub trait LanguageModel {
 
     /// Drops the sequence state (a new sequence starts at position 0).
     fn reset(&mut self) -> Result<(), ModelError>;
-
-    /// Cumulative wall time spent inside the GDN backend since the model was created (for the
-    /// "share of time in GDN" report). The runtime only uses differences of two readings, so
-    /// the counter need not restart at [`reset`](Self::reset). Models without GDN layers
-    /// return [`Duration::ZERO`].
-    fn gdn_time(&self) -> Duration;
 
     /// Tokens of the current sequence the model has consumed, when it keeps count. The runtime
     /// uses it to check that [`crate::Generator::resume`] continues the state the model really

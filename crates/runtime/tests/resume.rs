@@ -6,7 +6,6 @@
 mod common;
 
 use std::ops::ControlFlow;
-use std::time::Duration;
 
 use common::BigramTableModel;
 use hybrid_runtime::{
@@ -129,9 +128,6 @@ impl LanguageModel for Positioned {
     }
     fn reset(&mut self) -> Result<(), ModelError> {
         self.0.reset()
-    }
-    fn gdn_time(&self) -> Duration {
-        self.0.gdn_time()
     }
     fn position(&self) -> Option<usize> {
         Some(self.0.position)

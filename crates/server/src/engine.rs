@@ -673,7 +673,7 @@ impl<'t> Engine<'t> {
     fn publish(&self) {
         let mut stats = self.metrics.lock();
         stats.active = self.running.len();
-        stats.gdn_time = self.model.gdn_time();
+        stats.gdn_time = self.model.gdn_counters().run_time();
         stats.cache_entries = self.cache.len();
         stats.cache_bytes = self.cache.bytes();
     }

@@ -380,7 +380,10 @@ impl HybridModel {
         self.primary.slot = slot;
         net.owner.backend_generation += 1;
         self.primary.owner = net.owner;
-        Ok(std::mem::replace(&mut net.gdn, to))
+        let old = std::mem::replace(&mut net.gdn, to);
+        // The model's GDN counters go on counting from where the old backend stopped.
+        net.retired_gdn = net.retired_gdn.plus(old.counters());
+        Ok(old)
     }
 
     /// Number of GDN (linear-attention) layers.

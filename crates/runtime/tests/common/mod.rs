@@ -173,8 +173,4 @@ impl LanguageModel for BigramTableModel {
         self.position = 0;
         Ok(())
     }
-
-    fn gdn_time(&self) -> Duration {
-        self.gdn
-    }
 }
