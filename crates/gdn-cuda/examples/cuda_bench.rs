@@ -22,7 +22,7 @@ use std::time::Instant;
 use hybrid_gdn::conformance::{random_constants, random_inputs};
 use hybrid_gdn::{BackendOptions, GdnBackend, LayerSpec, Result, SlotId, TokenInputs};
 use hybrid_gdn_cuda::device::device_error;
-use hybrid_gdn_cuda::{CudaBackend, Issue, LayerStep};
+use hybrid_gdn_cuda::{CudaBackend, CudaExt, CudaKernel, Issue, LayerStep};
 
 struct Options {
     spec: LayerSpec,
@@ -89,7 +89,7 @@ fn main() -> std::result::Result<(), String> {
 }
 
 fn run(o: &Options) -> Result<()> {
-    let mut backend = CudaBackend::new(&BackendOptions::default())?;
+    let mut backend = CudaKernel::backend(&BackendOptions::default())?;
     eprintln!("device: {}", backend.info().device);
     for layer in 0..o.layers {
         backend.load_layer(layer, o.spec, &random_constants(&o.spec, layer as u64))?;

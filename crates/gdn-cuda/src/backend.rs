@@ -1,15 +1,16 @@
-//! The `cuda` backend: GPU-resident state, one fused kernel launch per decode token.
+//! The `cuda` kernel: GPU-resident state, one fused kernel launch per decode token.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use hybrid_gdn::{
-    BackendInfo, BackendOptions, BatchMember, Counters, GdnBackend, GdnError, LayerConstants,
-    LayerSpec, LayerTable, PrefillStrategy, Result, SlotId, SlotState, TokenInputs,
+    BackendInfo, BackendOptions, Batch, Checked, DeviceCounters, GdnError, GdnKernel, Layer,
+    LayerConstants, LayerSpec, PrefillStrategy, Result, SlotId, SlotState, SlotStates, TokenInputs,
 };
 
+use crate::bench::Issue;
 use crate::device::{self, device_error, no_panic, Gpu, NAME};
 use crate::graphs::{self, GraphCache};
 use crate::kernels::{KernelConfig, LoadedKernels, PREFILL_COMMIT_THREADS, PREFILL_CONV_THREADS};
@@ -20,7 +21,10 @@ use crate::state::{CudaConstants, CudaSlotState};
 /// floats, 8 MiB at the Qwen3-Next shape). The recurrent state stays in registers within a chunk.
 pub const PREFILL_CHUNK: usize = 256;
 
-/// A loaded layer as the backend keeps it: device constants and the kernels of its shape.
+/// The CUDA backend: the checked front over [`CudaKernel`].
+pub type CudaBackend = Checked<CudaKernel>;
+
+/// A loaded layer as the kernel keeps it: device constants and the kernels of its shape.
 #[derive(Debug)]
 pub struct CudaLayer {
     /// Constants on the device.
@@ -29,7 +33,20 @@ pub struct CudaLayer {
     pub kernels: LoadedKernels,
 }
 
-/// One decode token of one layer, for [`CudaBackend::step_layers`].
+/// A slot's state in one layer, with an id that names it in the CUDA-graph cache (a graph holds
+/// the state's device addresses, so it must go when the state does).
+#[derive(Debug)]
+pub struct CudaState {
+    /// Process-unique id of this state.
+    pub id: u64,
+    /// The state in GPU memory.
+    pub memory: CudaSlotState,
+}
+
+/// Ids for [`CudaState`].
+static NEXT_STATE_ID: AtomicU64 = AtomicU64::new(0);
+
+/// One decode token of one layer, for [`CudaExt::step_layers`].
 #[derive(Debug)]
 pub struct LayerStep<'a> {
     /// Model layer index.
@@ -40,18 +57,17 @@ pub struct LayerStep<'a> {
     pub out: &'a mut [f32],
 }
 
-/// The CUDA Gated DeltaNet backend. See the crate docs for the design.
+/// The CUDA Gated DeltaNet kernel. See the crate docs for the design.
 #[derive(Debug)]
-pub struct CudaBackend {
+pub struct CudaKernel {
     pub(crate) gpu: Gpu,
     pub(crate) stream: Arc<CudaStream>,
-    pub(crate) table: LayerTable<CudaLayer, Option<CudaSlotState>>,
     kernels: HashMap<KernelConfig, LoadedKernels>,
     pub(crate) staging: Staging,
     prefill: Option<PrefillScratch>,
     pub(crate) timer: Timer,
-    graphs: GraphCache,
-    pub(crate) counters: Counters,
+    pub(crate) graphs: GraphCache,
+    pub(crate) counters: DeviceCounters,
 }
 
 /// Device buffers for one prefill chunk.
@@ -69,23 +85,28 @@ struct PrefillScratch {
     host: Vec<f32>,
 }
 
-impl CudaBackend {
+impl CudaKernel {
     /// Registry name.
     pub const NAME: &'static str = NAME;
 
     /// Opens GPU `HYBRID_GDN_CUDA_DEVICE` (default 0). Without a driver, NVRTC or GPU this is
     /// [`GdnError::Unavailable`] with the reason; it never panics. `options` are ignored (the
-    /// backend uses one host thread).
+    /// kernel uses one host thread).
     pub fn new(options: &BackendOptions) -> Result<Self> {
         let _ = options;
         Self::on_device(device::ordinal_from_env()?)
+    }
+
+    /// The `cuda` backend (front and kernel) on GPU `HYBRID_GDN_CUDA_DEVICE`.
+    pub fn backend(options: &BackendOptions) -> Result<CudaBackend> {
+        Ok(Checked::new(Self::new(options)?))
     }
 
     /// Opens GPU `ordinal`.
     pub fn on_device(ordinal: usize) -> Result<Self> {
         let gpu = device::open(ordinal)?;
         no_panic("setting up the cuda backend", || {
-            // SAFETY: every buffer of this backend is used on `stream` alone, which orders all
+            // SAFETY: every buffer of this kernel is used on `stream` alone, which orders all
             // uses, so cudarc's cross-stream event tracking (two event records per buffer per
             // launch) is pure overhead.
             unsafe { gpu.ctx.disable_event_tracking() };
@@ -94,16 +115,15 @@ impl CudaBackend {
                 .new_stream()
                 .map_err(|e| device_error("creating a CUDA stream", e))?;
             let timer = Timer::new(&gpu.ctx)?;
-            Ok(CudaBackend {
+            Ok(CudaKernel {
                 staging: Staging::default(),
                 timer,
                 stream,
                 gpu,
-                table: LayerTable::default(),
                 kernels: HashMap::new(),
                 prefill: None,
                 graphs: GraphCache::from_env(),
-                counters: Counters::default(),
+                counters: DeviceCounters::default(),
             })
         })
     }
@@ -113,7 +133,7 @@ impl CudaBackend {
         &self.gpu.ctx
     }
 
-    /// Turns CUDA-graph replay of [`step_layers`](Self::step_layers) on or off (default on;
+    /// Turns CUDA-graph replay of [`step_layers`](CudaExt::step_layers) on or off (default on;
     /// `HYBRID_GDN_CUDA_GRAPHS=0` turns it off).
     pub fn set_graphs(&mut self, enabled: bool) {
         self.graphs.set_enabled(enabled);
@@ -129,34 +149,26 @@ impl CudaBackend {
         Ok(loaded)
     }
 
-    /// Zero states for `n` slots of `spec`, all or nothing.
-    fn new_states(&self, spec: &LayerSpec, n: usize) -> Result<Vec<CudaSlotState>> {
-        (0..n)
-            .map(|_| CudaSlotState::zeros(&self.stream, spec))
-            .collect()
-    }
-
     fn sync(&self, doing: &str) -> Result<()> {
         self.stream
             .synchronize()
             .map_err(|e| device_error(doing, e))
     }
 
-    /// One token for `(layer, slot)` through the staging buffers: one upload, one launch, one
+    fn add_device_time(&mut self) {
+        self.counters.device_time_ns = self.timer.accumulate(self.counters.device_time_ns);
+    }
+
+    /// One (validated) token through the staging buffers: one upload, one launch, one
     /// download, one synchronisation.
     fn step_one(
         &mut self,
-        layer: usize,
-        slot: SlotId,
+        layer: Layer<'_, CudaLayer>,
+        state: &mut CudaState,
         inputs: TokenInputs<'_>,
         out: &mut [f32],
     ) -> Result<()> {
-        let (spec, _, _) = self.table.get(layer, slot)?;
-        let spec = *spec;
-        let tokens = inputs.validate(&spec, out)?;
-        if tokens != 1 {
-            return Err(GdnError::NotOneToken(tokens));
-        }
+        let spec = *layer.spec;
         let in_len = staged_input_len(&spec);
         let grew = self
             .staging
@@ -167,11 +179,10 @@ impl CudaBackend {
         self.staging.pack(0, inputs)?;
         self.staging.upload(&self.stream, in_len)?;
         self.timer.start(&self.stream)?;
-        let (_, entry, state) = self.table.get_mut(layer, slot)?;
         launch_decode(
             &self.stream,
-            entry,
-            live(state, slot)?,
+            layer.constants,
+            &mut state.memory,
             &mut self.staging,
             0,
             0,
@@ -180,118 +191,29 @@ impl CudaBackend {
         self.staging.download(&self.stream, spec.value_dim())?;
         self.sync("running the decode kernel")?;
         self.staging.unpack(0, out)?;
-        self.counters.device_time_ns = self.timer.accumulate(self.counters.device_time_ns);
+        self.add_device_time();
         self.counters.bytes_to_device += 4 * in_len as u64;
         self.counters.bytes_from_device += 4 * spec.value_dim() as u64;
         Ok(())
     }
 
-    /// One decode token for several layers of one slot in one round trip: a single upload of
-    /// every layer's inputs, one kernel launch per layer (replayed as one CUDA graph when graphs
-    /// are on), a single download and one synchronisation. The same as calling
-    /// [`GdnBackend::step`] for each entry in order; everything is validated before any state
-    /// is touched.
-    ///
-    /// With candle on the CPU a real model cannot use this for consecutive layers (layer l + 1's
-    /// inputs need layer l's output); it is the GPU-side cost of one token's GDN work, and the
-    /// shape of the full-GPU placement, where candle's ops would be captured into the same graph.
-    pub fn step_layers(&mut self, slot: SlotId, steps: &mut [LayerStep<'_>]) -> Result<()> {
-        let started = Instant::now();
-        let mut in_offsets = Vec::with_capacity(steps.len());
-        let mut out_offsets = Vec::with_capacity(steps.len());
-        let (mut in_len, mut out_len) = (0, 0);
-        for s in steps.iter() {
-            let (spec, _, _) = self.table.get(s.layer, slot)?;
-            let tokens = s.inputs.validate(spec, s.out)?;
-            if tokens != 1 {
-                return Err(GdnError::NotOneToken(tokens));
-            }
-            in_offsets.push(in_len);
-            out_offsets.push(out_len);
-            in_len += staged_input_len(spec);
-            out_len += spec.value_dim();
-        }
-        if steps.is_empty() {
-            return Ok(());
-        }
-        if self
-            .staging
-            .ensure(&self.gpu.ctx, &self.stream, in_len, out_len)?
-        {
-            self.graphs.clear();
-        }
-        for (s, &offset) in steps.iter().zip(&in_offsets) {
-            self.staging.pack(offset, s.inputs)?;
-        }
-        let layers: Vec<usize> = steps.iter().map(|s| s.layer).collect();
-        let lens = (in_len, out_len);
-        self.timer.start(&self.stream)?;
-        if self.graphs.enabled() {
-            let key = (slot, layers);
-            if !self.graphs.contains(&key) {
-                let stream = self.stream.clone();
-                let graph = graphs::capture(&stream, || {
-                    self.enqueue_layers(&stream, slot, &key.1, &in_offsets, &out_offsets, lens)
-                })?;
-                self.graphs.insert(key.clone(), graph);
-            }
-            self.graphs.launch(&key)?;
-        } else {
-            let stream = self.stream.clone();
-            self.enqueue_layers(&stream, slot, &layers, &in_offsets, &out_offsets, lens)?;
-        }
-        self.timer.stop(&self.stream)?;
-        self.sync("running the decode kernels of several layers")?;
-        for (s, &offset) in steps.iter_mut().zip(&out_offsets) {
-            self.staging.unpack(offset, s.out)?;
-        }
-        self.counters.device_time_ns = self.timer.accumulate(self.counters.device_time_ns);
-        self.counters.bytes_to_device += 4 * in_len as u64;
-        self.counters.bytes_from_device += 4 * out_len as u64;
-        self.counters.steps += steps.len() as u64;
-        self.add_run_time(started);
-        Ok(())
-    }
-
-    /// Upload, the layers' launches and the download, enqueued on `stream` (not synchronised).
-    fn enqueue_layers(
-        &mut self,
-        stream: &Arc<CudaStream>,
-        slot: SlotId,
-        layers: &[usize],
-        in_offsets: &[usize],
-        out_offsets: &[usize],
-        (in_len, out_len): (usize, usize),
-    ) -> Result<()> {
-        self.staging.upload(stream, in_len)?;
-        for ((&layer, &in_off), &out_off) in layers.iter().zip(in_offsets).zip(out_offsets) {
-            let (_, entry, state) = self.table.get_mut(layer, slot)?;
-            let state = live(state, slot)?;
-            launch_decode(stream, entry, state, &mut self.staging, in_off, out_off)?;
-        }
-        self.staging.download(stream, out_len)
-    }
-
-    /// T tokens in chunks of [`PREFILL_CHUNK`]: per chunk one upload, three launches (conv +
-    /// norm + gates for all tokens in parallel; the recurrence with state in registers; the
-    /// conv-history commit) and one download; one synchronisation at the end.
+    /// T (validated) tokens in chunks of [`PREFILL_CHUNK`]: per chunk one upload, three
+    /// launches (conv + norm + gates for all tokens in parallel; the recurrence with state in
+    /// registers; the conv-history commit) and one download; one synchronisation at the end.
     fn prefill_tokens(
         &mut self,
-        layer: usize,
-        slot: SlotId,
+        layer: Layer<'_, CudaLayer>,
+        state: &mut CudaState,
         inputs: TokenInputs<'_>,
         out: &mut [f32],
-    ) -> Result<usize> {
-        let (spec, _, _) = self.table.get(layer, slot)?;
-        let spec = *spec;
-        let tokens = inputs.validate(&spec, out)?;
+    ) -> Result<()> {
+        let spec = *layer.spec;
+        let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
+        let tokens = inputs.a.len() / hv;
         self.ensure_prefill_scratch(&spec)?;
         let Some(scratch) = self.prefill.as_mut() else {
             return Err(device_error_msg("prefill scratch missing after allocation"));
         };
-        let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
-        let (_, entry, state) = self.table.get_mut(layer, slot)?;
-        let state = live(state, slot)?;
         self.timer.start(&self.stream)?;
         let mut first = 0;
         while first < tokens {
@@ -313,7 +235,13 @@ impl CudaBackend {
                     .memcpy_htod(&scratch.host[..], &mut dst)
                     .map_err(|e| device_error("uploading prefill inputs", e))?;
             }
-            launch_prefill(&self.stream, entry, state, scratch, count)?;
+            launch_prefill(
+                &self.stream,
+                layer.constants,
+                &mut state.memory,
+                scratch,
+                count,
+            )?;
             {
                 let src = scratch.out.slice(..count * value_dim);
                 self.stream
@@ -329,14 +257,8 @@ impl CudaBackend {
         }
         self.timer.stop(&self.stream)?;
         self.sync("running the prefill kernels")?;
-        self.counters.device_time_ns = self.timer.accumulate(self.counters.device_time_ns);
-        Ok(tokens)
-    }
-
-    /// Adds the wall time since `started` to the run-time counter.
-    fn add_run_time(&mut self, started: Instant) {
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.counters.run_time_ns = self.counters.run_time_ns.saturating_add(ns);
+        self.add_device_time();
+        Ok(())
     }
 
     fn ensure_prefill_scratch(&mut self, spec: &LayerSpec) -> Result<()> {
@@ -370,6 +292,158 @@ impl CudaBackend {
             host: Vec::with_capacity(PREFILL_CHUNK * (conv_dim + 2 * hv)),
         });
         Ok(())
+    }
+
+    /// Upload, the layers' launches and the download for one slot, enqueued on `stream` (not
+    /// synchronised).
+    fn enqueue_layers(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        states: &mut SlotStates<'_, CudaLayer, CudaState>,
+        layers: &[usize],
+        offsets: &[(usize, usize)],
+        (in_len, out_len): (usize, usize),
+    ) -> Result<()> {
+        self.staging.upload(stream, in_len)?;
+        for (&layer, &(in_off, out_off)) in layers.iter().zip(offsets) {
+            let (layer, state) = states.get_mut(layer)?;
+            launch_decode(
+                stream,
+                layer.constants,
+                &mut state.memory,
+                &mut self.staging,
+                in_off,
+                out_off,
+            )?;
+        }
+        self.staging.download(stream, out_len)
+    }
+
+    /// [`CudaExt::step_layers`] inside the front.
+    fn step_layers_in(
+        &mut self,
+        states: &mut SlotStates<'_, CudaLayer, CudaState>,
+        steps: &mut [LayerStep<'_>],
+    ) -> Result<()> {
+        let mut offsets = Vec::with_capacity(steps.len());
+        let mut ids = Vec::with_capacity(steps.len());
+        let (mut in_len, mut out_len) = (0, 0);
+        for s in steps.iter() {
+            let (layer, state) = states.get_mut(s.layer)?;
+            let tokens = s.inputs.validate(layer.spec, s.out)?;
+            if tokens != 1 {
+                return Err(GdnError::NotOneToken(tokens));
+            }
+            offsets.push((in_len, out_len));
+            ids.push((s.layer, state.id));
+            in_len += staged_input_len(layer.spec);
+            out_len += layer.spec.value_dim();
+        }
+        if steps.is_empty() {
+            return Ok(());
+        }
+        if self
+            .staging
+            .ensure(&self.gpu.ctx, &self.stream, in_len, out_len)?
+        {
+            self.graphs.clear();
+        }
+        for (s, &(offset, _)) in steps.iter().zip(&offsets) {
+            self.staging.pack(offset, s.inputs)?;
+        }
+        let layers: Vec<usize> = steps.iter().map(|s| s.layer).collect();
+        let lens = (in_len, out_len);
+        self.timer.start(&self.stream)?;
+        let stream = self.stream.clone();
+        if self.graphs.enabled() {
+            if !self.graphs.contains(&ids) {
+                let graph = graphs::capture(&stream, || {
+                    self.enqueue_layers(&stream, states, &layers, &offsets, lens)
+                })?;
+                self.graphs.insert(ids.clone(), graph);
+            }
+            self.graphs.launch(&ids)?;
+        } else {
+            self.enqueue_layers(&stream, states, &layers, &offsets, lens)?;
+        }
+        self.timer.stop(&self.stream)?;
+        self.sync("running the decode kernels of several layers")?;
+        for (s, &(_, offset)) in steps.iter_mut().zip(&offsets) {
+            self.staging.unpack(offset, s.out)?;
+        }
+        self.add_device_time();
+        self.counters.bytes_to_device += 4 * in_len as u64;
+        self.counters.bytes_from_device += 4 * out_len as u64;
+        Ok(())
+    }
+}
+
+/// The CUDA-only calls of the `cuda` backend, on the checked front (each validates before it
+/// touches a state, and counts its steps and time in the front's counters).
+pub trait CudaExt {
+    /// One decode token for several layers of one slot in one round trip: a single upload of
+    /// every layer's inputs, one kernel launch per layer (replayed as one CUDA graph when graphs
+    /// are on), a single download and one synchronisation. The same as calling
+    /// [`GdnBackend::step`](hybrid_gdn::GdnBackend::step) for each entry in order; everything is
+    /// validated before any state is touched.
+    ///
+    /// With candle on the CPU a real model cannot use this for consecutive layers (layer l + 1's
+    /// inputs need layer l's output); it is the GPU-side cost of one token's GDN work, and the
+    /// shape of the full-GPU placement, where candle's ops would be captured into the same graph.
+    fn step_layers(&mut self, slot: SlotId, steps: &mut [LayerStep<'_>]) -> Result<()>;
+
+    /// Runs `iters` repetitions of one decode token through every layer in `layers` of `slot`
+    /// (each layer gets the same one-token `inputs`, staged once) and returns the mean µs per
+    /// repetition, from CUDA events around all repetitions ([`mod@crate::bench`]). The slot's
+    /// state advances `iters + 1` tokens (one untimed warm-up); outputs are not downloaded.
+    fn time_device_decode(
+        &mut self,
+        slot: SlotId,
+        layers: &[usize],
+        inputs: TokenInputs<'_>,
+        iters: usize,
+        issue: Issue,
+    ) -> Result<f64>;
+
+    /// Turns CUDA-graph replay of `step_layers` on or off.
+    fn set_graphs(&mut self, enabled: bool);
+
+    /// The device context (for callers that want to share the GPU).
+    fn context(&self) -> &Arc<CudaContext>;
+}
+
+impl CudaExt for CudaBackend {
+    fn step_layers(&mut self, slot: SlotId, steps: &mut [LayerStep<'_>]) -> Result<()> {
+        let count = steps.len() as u64;
+        self.with_slot(slot, count, |kernel, states| {
+            no_panic("decode steps of several layers", || {
+                kernel.step_layers_in(states, steps)
+            })
+        })
+    }
+
+    fn time_device_decode(
+        &mut self,
+        slot: SlotId,
+        layers: &[usize],
+        inputs: TokenInputs<'_>,
+        iters: usize,
+        issue: Issue,
+    ) -> Result<f64> {
+        let steps = (iters.saturating_add(1)).saturating_mul(layers.len()) as u64;
+        self.with_slot(slot, steps, |kernel, states| {
+            no_panic("timing the decode kernels", || {
+                kernel.time_device_decode_in(states, layers, inputs, iters, issue)
+            })
+        })
+    }
+
+    fn set_graphs(&mut self, enabled: bool) {
+        self.kernel_mut().set_graphs(enabled);
+    }
+
+    fn context(&self) -> &Arc<CudaContext> {
+        self.kernel().context()
     }
 }
 
@@ -486,7 +560,10 @@ fn launch_prefill(
         .map_err(err("gdn_prefill_commit"))
 }
 
-impl GdnBackend for CudaBackend {
+impl GdnKernel for CudaKernel {
+    type Constants = CudaLayer;
+    type State = CudaState;
+
     fn info(&self) -> BackendInfo {
         BackendInfo {
             name: NAME.into(),
@@ -497,152 +574,93 @@ impl GdnBackend for CudaBackend {
         }
     }
 
-    fn load_layer(
+    fn load(
         &mut self,
-        layer: usize,
-        spec: LayerSpec,
+        _layer: usize,
+        spec: &LayerSpec,
         constants: &LayerConstants,
-    ) -> Result<()> {
-        spec.validate()?;
-        constants.validate(&spec)?;
-        if self.table.layer(layer).is_ok() {
-            return Err(GdnError::LayerAlreadyLoaded(layer));
-        }
+        _live_slots: usize,
+    ) -> Result<CudaLayer> {
         no_panic("loading a layer", || {
-            let kernels = self.kernels_for(spec)?;
-            let (device_constants, bytes) = CudaConstants::upload(&self.stream, &spec, constants)?;
-            // Allocate every live slot's state first, so a full GPU leaves nothing half-loaded.
-            let mut states = self.new_states(&spec, self.table.live_slots())?.into_iter();
-            let entry = CudaLayer {
-                constants: device_constants,
-                kernels,
-            };
-            self.table
-                .insert_layer(layer, spec, entry, |_| states.next())?;
+            let kernels = self.kernels_for(*spec)?;
+            let (device_constants, bytes) = CudaConstants::upload(&self.stream, spec, constants)?;
             self.sync("uploading layer constants")?;
             self.counters.bytes_to_device += bytes;
-            Ok(())
+            Ok(CudaLayer {
+                constants: device_constants,
+                kernels,
+            })
         })
     }
 
-    fn alloc_slot(&mut self) -> Result<SlotId> {
+    fn new_state(&mut self, layer: Layer<'_, CudaLayer>) -> Result<CudaState> {
         no_panic("allocating a slot", || {
-            // Allocate in every loaded layer first (the order `LayerTable::alloc_slot` visits
-            // them), so a full GPU leaves no half-allocated slot.
-            let specs: Vec<LayerSpec> = self.table.specs().map(|(_, s)| *s).collect();
-            let mut states = Vec::with_capacity(specs.len());
-            for spec in &specs {
-                states.push(CudaSlotState::zeros(&self.stream, spec)?);
-            }
-            let mut states = states.into_iter();
-            let slot = self.table.alloc_slot(|_| states.next())?;
+            let memory = CudaSlotState::zeros(&self.stream, layer.spec)?;
             self.sync("zeroing a new slot")?;
-            Ok(slot)
+            Ok(CudaState {
+                id: NEXT_STATE_ID.fetch_add(1, Ordering::Relaxed),
+                memory,
+            })
         })
     }
 
-    fn reset_slot(&mut self, slot: SlotId) -> Result<()> {
+    /// Graphs captured with this state point at its memory: they go first.
+    fn release(&mut self, _layer: Layer<'_, CudaLayer>, state: CudaState) {
+        self.graphs.forget_state(state.id);
+    }
+
+    fn reset(&mut self, _layer: Layer<'_, CudaLayer>, state: &mut CudaState) -> Result<()> {
         no_panic("resetting a slot", || {
-            let stream = self.stream.clone();
-            let mut result = Ok(());
-            self.table.for_each_state_mut(slot, |_, state| {
-                if result.is_ok() {
-                    result = live(state, slot).and_then(|s| s.reset(&stream));
-                }
-            })?;
-            result?;
+            state.memory.reset(&self.stream)?;
             self.sync("zeroing a slot")
         })
     }
 
-    fn free_slot(&mut self, slot: SlotId) -> Result<()> {
-        // Graphs captured for this slot point at its memory: drop them first.
-        self.graphs.forget_slot(slot);
-        self.table.free_slot(slot)
-    }
-
-    fn step(
+    /// The members one after another: a decode launch per one-token member, the prefill passes
+    /// for longer ones. One launch for a whole batch needs a decode kernel that takes a table
+    /// of per-member state pointers; until then a batch costs what its members' calls cost.
+    fn run(
         &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
+        layer: Layer<'_, CudaLayer>,
+        batch: &mut Batch<'_, '_, CudaState>,
     ) -> Result<()> {
-        let started = Instant::now();
-        no_panic("a decode step", || self.step_one(layer, slot, inputs, out))?;
-        self.counters.steps += 1;
-        self.add_run_time(started);
-        Ok(())
-    }
-
-    fn prefill(
-        &mut self,
-        layer: usize,
-        slot: SlotId,
-        inputs: TokenInputs<'_>,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let started = Instant::now();
-        let tokens = no_panic("a prefill", || {
-            self.prefill_tokens(layer, slot, inputs, out)
-        })?;
-        self.counters.prefill_tokens += tokens as u64;
-        self.add_run_time(started);
-        Ok(())
-    }
-
-    /// Validates every member first (a rejected batch changes nothing), then runs the members
-    /// one after another: a decode launch per one-token member, the prefill passes for longer
-    /// ones. Not yet one launch for the whole batch: that needs a batched decode kernel that
-    /// takes per-member state pointers (a follow-up of the GDN-kernel split, see hybrid_gdn's
-    /// `GdnKernel`).
-    fn run_batch(&mut self, layer: usize, members: &mut [BatchMember<'_>]) -> Result<()> {
-        let spec = self.table.layer(layer)?.spec;
-        for (i, member) in members.iter().enumerate() {
-            self.table.get(layer, member.slot)?;
-            if members[..i].iter().any(|m| m.slot == member.slot) {
-                return Err(GdnError::SlotRepeated(member.slot));
-            }
-            member.inputs.validate(&spec, member.out)?;
-        }
-        for member in members.iter_mut() {
-            let (slot, inputs) = (member.slot, member.inputs);
-            if inputs.a.len() == spec.num_v_heads {
-                self.step(layer, slot, inputs, member.out)?;
+        let hv = layer.spec.num_v_heads;
+        for member in batch.iter_mut() {
+            let (inputs, out, state) = (member.inputs, member.out, member.state);
+            if inputs.a.len() == hv {
+                no_panic("a decode step", || self.step_one(layer, state, inputs, out))?;
             } else {
-                self.prefill(layer, slot, inputs, member.out)?;
+                no_panic("a prefill", || {
+                    self.prefill_tokens(layer, state, inputs, out)
+                })?;
             }
         }
         Ok(())
     }
 
-    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {
-        let (spec, _, state) = self.table.get(layer, slot)?;
-        let state = state.as_ref().ok_or(GdnError::UnknownSlot(slot))?;
-        let (exported, _bytes) = no_panic("exporting state", || state.export(&self.stream, spec))?;
-        // `export_state` takes `&self`, so the download cannot be added to the counters here.
+    fn read_state(&self, layer: Layer<'_, CudaLayer>, state: &CudaState) -> Result<SlotState> {
+        let (exported, _bytes) = no_panic("exporting state", || {
+            state.memory.export(&self.stream, layer.spec)
+        })?;
+        // Reading a state takes `&self`, so the download cannot be added to the counters here.
         Ok(exported)
     }
 
-    fn import_state(&mut self, layer: usize, slot: SlotId, imported: &SlotState) -> Result<()> {
-        let (spec, _, state) = self.table.get_mut(layer, slot)?;
-        imported.validate(spec)?;
-        let spec = *spec;
-        let state = live(state, slot)?;
+    fn write_state(
+        &mut self,
+        layer: Layer<'_, CudaLayer>,
+        state: &mut CudaState,
+        canonical: &SlotState,
+    ) -> Result<()> {
         let stream = self.stream.clone();
-        let bytes = no_panic("importing state", || state.import(&stream, &spec, imported))?;
+        let bytes = no_panic("importing state", || {
+            state.memory.import(&stream, layer.spec, canonical)
+        })?;
         self.counters.bytes_to_device += bytes;
         Ok(())
     }
 
-    fn counters(&self) -> Counters {
-        self.counters
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        Some(self.counters)
     }
-}
-
-/// The slot's state, which is always present: `load_layer` and `alloc_slot` allocate exactly
-/// the states `LayerTable` asks for before handing them over. `None` would mean that bookkeeping
-/// broke; it is reported, never unwrapped.
-fn live(state: &mut Option<CudaSlotState>, slot: SlotId) -> Result<&mut CudaSlotState> {
-    state.as_mut().ok_or(GdnError::UnknownSlot(slot))
 }

@@ -1,32 +1,32 @@
-//! CUDA graphs for [`step_layers`](crate::CudaBackend::step_layers).
+//! CUDA graphs for [`step_layers`](crate::CudaExt::step_layers).
 //!
 //! One token's GDN work over 36 layers is 36 small kernels of ~2 µs each; issued one by one,
 //! the host's launch cost (~2–4 µs per `cuLaunchKernel`) rather than the GPU sets the pace. A
-//! graph captured once per (slot, layer list) replays the upload, all launches and the download
+//! graph captured once per list of (layer, slot state) replays the upload, all launches and the download
 //! with one `cuGraphLaunch`. Nothing in a captured launch changes between tokens: inputs and
 //! outputs go through fixed staging buffers, and the conv ring position lives on the device
 //! (`meta`), advanced by the kernel itself.
 //!
-//! A graph holds raw device addresses, so it is dropped when its slot is freed or a staging
-//! buffer is reallocated.
+//! A graph holds raw device addresses, so it is dropped when one of its states is freed or a
+//! staging buffer is reallocated.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaGraph, CudaStream};
-use hybrid_gdn::{GdnError, Result, SlotId};
+use hybrid_gdn::{GdnError, Result};
 
 use crate::device::{device_error, NAME};
 
-/// Which graph: the slot and the layers in launch order.
-pub type GraphKey = (SlotId, Vec<usize>);
+/// Which graph: (layer, state id) of every launch, in launch order.
+pub type GraphKey = Vec<(usize, u64)>;
 
 /// An instantiated graph that can move between threads with its backend.
 pub struct SendGraph(CudaGraph);
 
 // SAFETY: CUDA graph objects may be used from any thread as long as calls on one graph are
 // serialised (CUDA driver API, "Graph object thread safety"); a `SendGraph` is only reachable
-// through `&mut CudaBackend`, which serialises every call.
+// through `&mut CudaKernel`, which serialises every call.
 unsafe impl Send for SendGraph {}
 
 impl SendGraph {
@@ -97,9 +97,10 @@ impl GraphCache {
         self.graphs.clear();
     }
 
-    /// Drops the graphs of `slot` (its memory is about to be freed).
-    pub fn forget_slot(&mut self, slot: SlotId) {
-        self.graphs.retain(|(s, _), _| *s != slot);
+    /// Drops the graphs that launch on the state `id` (its memory is about to be freed).
+    pub fn forget_state(&mut self, id: u64) {
+        self.graphs
+            .retain(|key, _| !key.iter().any(|&(_, state)| state == id));
     }
 }
 

@@ -17,9 +17,11 @@
 //!   tokens in parallel, (2) the recurrence token by token with each warp's state columns in
 //!   registers — the state is read and written once per chunk, not per token — (3) the conv
 //!   history commit. Sequential in the recurrence, so exactly the math of T decode steps.
-//! - **Many layers per round trip**: [`CudaBackend::step_layers`] uploads several layers'
+//! - **Many layers per round trip**: [`CudaExt::step_layers`] uploads several layers'
 //!   inputs at once and replays all their launches as one CUDA graph ([`graphs`]), and
-//!   [`CudaBackend::time_device_decode`] times the kernels GPU-side ([`mod@bench`]).
+//!   [`CudaExt::time_device_decode`] times the kernels GPU-side ([`mod@bench`]).
+//! - **Two layers**: [`CudaBackend`] is the checked front of `hybrid_gdn` over [`CudaKernel`];
+//!   the CUDA-only calls above are the [`CudaExt`] trait on it.
 //!
 //! ## Run-time compilation (NVRTC) rather than build time
 //! The kernels are compiled when a layer shape is first loaded, by NVRTC, for the GPU's own
@@ -36,7 +38,7 @@
 //! ## Loading CUDA without linking it
 //! cudarc (the version candle 0.11 uses) with `fallback-dynamic-loading`: `libcuda` and
 //! `libnvrtc` are opened with `dlopen` at run time, so nothing CUDA is needed to build or link,
-//! and on a machine without a driver [`CudaBackend::new`] answers [`GdnError::Unavailable`]
+//! and on a machine without a driver [`CudaKernel::new`] answers [`GdnError::Unavailable`]
 //! ("no CUDA driver (libcuda.so) found ..."). cudarc panics when a library is missing, so the
 //! libraries and every symbol used are probed first ([`device`]). The bindings are pinned to
 //! CUDA 12.8 (`cuda-12080`): drivers keep old entry points, so any driver ≥ 12.8 (the GPU
@@ -62,7 +64,7 @@ pub mod kernels;
 pub mod staging;
 pub mod state;
 
-pub use backend::{CudaBackend, LayerStep};
+pub use backend::{CudaBackend, CudaExt, CudaKernel, CudaState, LayerStep};
 pub use bench::Issue;
 
 use hybrid_gdn::Registry;
@@ -74,8 +76,8 @@ pub const SUMMARY: &str =
 /// Registers `cuda` in `registry`. Creating it on a machine without a GPU, driver or NVRTC
 /// answers [`hybrid_gdn::GdnError::Unavailable`] with the reason.
 pub fn register(registry: &mut Registry) {
-    registry.register(CudaBackend::NAME, SUMMARY, |options| {
-        Ok(Box::new(CudaBackend::new(options)?))
+    registry.register(CudaKernel::NAME, SUMMARY, |options| {
+        Ok(Box::new(CudaKernel::backend(options)?))
     });
 }
 

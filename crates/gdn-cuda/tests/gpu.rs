@@ -10,10 +10,10 @@ use hybrid_gdn::{
     BackendOptions, GdnBackend, LayerSpec, ReferenceBackend, SlotId, SlotState, TokenInputs,
 };
 use hybrid_gdn_cuda::backend::PREFILL_CHUNK;
-use hybrid_gdn_cuda::{CudaBackend, Issue, LayerStep};
+use hybrid_gdn_cuda::{CudaBackend, CudaExt, CudaKernel, Issue, LayerStep};
 
 fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::new(&BackendOptions::default()) {
+    match CudaKernel::backend(&BackendOptions::default()) {
         Ok(backend) => Some(backend),
         Err(err) => {
             if std::env::var("HYBRID_GDN_REQUIRE_GPU").is_ok_and(|v| v == "1") {

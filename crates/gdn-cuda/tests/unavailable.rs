@@ -2,11 +2,11 @@
 //! driver (CI, the developers' machines) it answers `Unavailable` naming what is missing.
 
 use hybrid_gdn::{BackendOptions, GdnBackend, GdnError, Registry};
-use hybrid_gdn_cuda::{device, CudaBackend};
+use hybrid_gdn_cuda::{device, CudaKernel};
 
 #[test]
 fn new_never_panics_and_explains_itself() {
-    match CudaBackend::new(&BackendOptions::default()) {
+    match CudaKernel::backend(&BackendOptions::default()) {
         Ok(backend) => {
             let info = backend.info();
             assert_eq!(info.name, "cuda");
@@ -26,7 +26,7 @@ fn without_a_driver_the_reason_names_libcuda() {
         eprintln!("a CUDA driver is present here; nothing to check");
         return;
     }
-    let err = CudaBackend::new(&BackendOptions::default()).expect_err("no driver, so no backend");
+    let err = CudaKernel::backend(&BackendOptions::default()).expect_err("no driver, so no backend");
     let text = err.to_string();
     assert!(
         matches!(err, GdnError::Unavailable { .. })
@@ -47,6 +47,6 @@ fn registry_serves_the_name_and_the_reason() {
 
 #[test]
 fn a_bad_device_index_is_unavailable_not_a_panic() {
-    let err = CudaBackend::on_device(1 << 20).expect_err("no machine has a millionth GPU");
+    let err = CudaKernel::on_device(1 << 20).expect_err("no machine has a millionth GPU");
     assert!(matches!(err, GdnError::Unavailable { .. }), "{err}");
 }

@@ -68,6 +68,35 @@ impl<K: GdnKernel> Checked<K> {
         &self.kernel
     }
 
+    /// The kernel, mutably, for device-specific settings (not for state: that goes through the
+    /// front).
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
+    }
+
+    /// A device-specific operation on one slot across layers that the [`GdnBackend`] contract
+    /// has no call for (e.g. several layers' decode in one round trip): runs `f` with the kernel
+    /// and the slot's states, adds its wall time to the run time and, when it succeeds, counts
+    /// `steps` steps. Like every call, `f` must validate its inputs before touching a state.
+    pub fn with_slot<R>(
+        &mut self,
+        slot: SlotId,
+        steps: u64,
+        f: impl FnOnce(&mut K, &mut SlotStates<'_, K::Constants, K::State>) -> Result<R>,
+    ) -> Result<R> {
+        let started = Instant::now();
+        self.table.live_slot(slot)?;
+        let mut states = SlotStates {
+            table: &mut self.table,
+            slot,
+        };
+        let result = f(&mut self.kernel, &mut states)?;
+        self.steps += steps;
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.run_time_ns = self.run_time_ns.saturating_add(ns);
+        Ok(result)
+    }
+
     /// The kernel's constants of a loaded layer (for device-specific queries such as placement).
     pub fn layer_constants(&self, layer: usize) -> Result<&K::Constants> {
         Ok(&self.table.layer(layer)?.constants)
@@ -125,6 +154,37 @@ impl<K: GdnKernel> Checked<K> {
     }
 }
 
+/// One live slot's states in every loaded layer, for [`Checked::with_slot`].
+pub struct SlotStates<'t, C, S> {
+    table: &'t mut LayerTable<C, S>,
+    slot: SlotId,
+}
+
+impl<C, S> SlotStates<'_, C, S> {
+    /// The slot.
+    pub fn slot(&self) -> SlotId {
+        self.slot
+    }
+
+    /// The geometry of a loaded layer.
+    pub fn spec(&self, layer: usize) -> Result<LayerSpec> {
+        Ok(self.table.layer(layer)?.spec)
+    }
+
+    /// A loaded layer and the slot's state in it.
+    pub fn get_mut(&mut self, layer: usize) -> Result<(Layer<'_, C>, &mut S)> {
+        let (spec, constants, state) = self.table.get_mut(layer, self.slot)?;
+        Ok((
+            Layer {
+                index: layer,
+                spec,
+                constants,
+            },
+            state,
+        ))
+    }
+}
+
 impl<K: GdnKernel> GdnBackend for Checked<K> {
     fn info(&self) -> BackendInfo {
         self.kernel.info()
@@ -147,7 +207,7 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
             .load(layer, &spec, constants, self.table.live_slots())?;
         let kernel = &mut self.kernel;
         self.table
-            .try_insert_layer(layer, spec, converted, |spec, constants| {
+            .insert_layer(layer, spec, converted, |spec, constants| {
                 kernel.new_state(Layer {
                     index: layer,
                     spec,
@@ -159,7 +219,7 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
     fn alloc_slot(&mut self) -> Result<SlotId> {
         // Both closures need the kernel mutably, one after the other: share it through a cell.
         let kernel = std::cell::RefCell::new(&mut self.kernel);
-        self.table.try_alloc_slot(
+        self.table.alloc_slot(
             |index, spec, constants| {
                 kernel.borrow_mut().new_state(Layer {
                     index,
@@ -181,7 +241,7 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
     fn reset_slot(&mut self, slot: SlotId) -> Result<()> {
         let kernel = &mut self.kernel;
         self.table
-            .try_for_each_state_mut(slot, |index, spec, constants, state| {
+            .for_each_state_mut(slot, |index, spec, constants, state| {
                 let layer = Layer {
                     index,
                     spec,
@@ -193,15 +253,14 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
 
     fn free_slot(&mut self, slot: SlotId) -> Result<()> {
         let kernel = &mut self.kernel;
-        self.table
-            .free_slot_with(slot, |index, spec, constants, state| {
-                let layer = Layer {
-                    index,
-                    spec,
-                    constants,
-                };
-                kernel.release(layer, state);
-            })
+        self.table.free_slot(slot, |index, spec, constants, state| {
+            let layer = Layer {
+                index,
+                spec,
+                constants,
+            };
+            kernel.release(layer, state);
+        })
     }
 
     fn step(

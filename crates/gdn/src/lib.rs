@@ -37,7 +37,7 @@ pub mod spec;
 pub mod state;
 
 pub use backend::{BackendInfo, Counters, GdnBackend, PrefillStrategy};
-pub use checked::Checked;
+pub use checked::{Checked, SlotStates};
 pub use error::{ErrorKind, GdnError, Result};
 pub use kernel::{Batch, BatchMember, DeviceCounters, GdnKernel, Layer, MemberMut};
 pub use reference::{ReferenceBackend, ReferenceKernel};

@@ -46,36 +46,9 @@ impl<C, S> Default for LayerTable<C, S> {
 }
 
 impl<C, S> LayerTable<C, S> {
-    /// Registers `layer` and gives every live slot a fresh state made by `new_state`.
-    pub fn insert_layer(
-        &mut self,
-        layer: usize,
-        spec: LayerSpec,
-        constants: C,
-        mut new_state: impl FnMut(&LayerSpec) -> S,
-    ) -> Result<()> {
-        if self.layers.get(layer).is_some_and(Option::is_some) {
-            return Err(GdnError::LayerAlreadyLoaded(layer));
-        }
-        if self.layers.len() <= layer {
-            self.layers.resize_with(layer + 1, || None);
-        }
-        let states = self
-            .live
-            .iter()
-            .map(|&live| live.then(|| new_state(&spec)))
-            .collect();
-        self.layers[layer] = Some(LayerEntry {
-            spec,
-            constants,
-            states,
-        });
-        Ok(())
-    }
-
     /// Registers `layer` with a state from `new_state` for every live slot, all or nothing: when
     /// `new_state` fails, nothing is registered and the states made so far are dropped.
-    pub fn try_insert_layer(
+    pub fn insert_layer(
         &mut self,
         layer: usize,
         spec: LayerSpec,
@@ -104,7 +77,7 @@ impl<C, S> LayerTable<C, S> {
     /// Allocates a slot with a state from `new_state(layer, spec, constants)` in every loaded
     /// layer, all or nothing: when `new_state` fails, no slot is allocated and the states made so
     /// far are handed to `undo`.
-    pub fn try_alloc_slot(
+    pub fn alloc_slot(
         &mut self,
         mut new_state: impl FnMut(usize, &LayerSpec, &C) -> Result<S>,
         mut undo: impl FnMut(usize, &LayerSpec, &C, S),
@@ -135,17 +108,12 @@ impl<C, S> LayerTable<C, S> {
                 entry.states.push(Some(state));
             }
         }
-        // Layers are all visited above, so every loaded layer got its state; this keeps each
-        // layer's state vector as long as `live` even if that ever changes.
-        for entry in self.layers.iter_mut().flatten() {
-            entry.states.resize_with(self.live.len(), || None);
-        }
         Ok(SlotId(id))
     }
 
     /// Frees a slot in every layer, handing each of its states to `release`; its id becomes
     /// unknown for good.
-    pub fn free_slot_with(
+    pub fn free_slot(
         &mut self,
         slot: SlotId,
         mut release: impl FnMut(usize, &LayerSpec, &C, S),
@@ -164,7 +132,7 @@ impl<C, S> LayerTable<C, S> {
 
     /// Calls `f(layer, spec, constants, state)` on the slot's state in every loaded layer,
     /// stopping at the first error.
-    pub fn try_for_each_state_mut(
+    pub fn for_each_state_mut(
         &mut self,
         slot: SlotId,
         mut f: impl FnMut(usize, &LayerSpec, &C, &mut S) -> Result<()>,
@@ -188,46 +156,6 @@ impl<C, S> LayerTable<C, S> {
             .and_then(Option::as_mut)
             .ok_or(GdnError::UnknownLayer(layer))?;
         Ok((&entry.spec, &entry.constants, &mut entry.states))
-    }
-
-    /// Allocates a slot with a fresh state (from `new_state`) in every loaded layer.
-    pub fn alloc_slot(&mut self, mut new_state: impl FnMut(&LayerSpec) -> S) -> Result<SlotId> {
-        let index = self.live.len();
-        let id = u32::try_from(index).map_err(|_| GdnError::OutOfSlots {
-            backend: "slot table".into(),
-            detail: "more than 2^32 slots allocated over the backend's lifetime".into(),
-        })?;
-        self.live.push(true);
-        for entry in self.layers.iter_mut().flatten() {
-            let state = new_state(&entry.spec);
-            entry.states.push(Some(state));
-        }
-        Ok(SlotId(id))
-    }
-
-    /// Frees a slot in every layer; its id becomes unknown for good.
-    pub fn free_slot(&mut self, slot: SlotId) -> Result<()> {
-        let index = self.live_index(slot)?;
-        self.live[index] = false;
-        for entry in self.layers.iter_mut().flatten() {
-            entry.states[index] = None;
-        }
-        Ok(())
-    }
-
-    /// Calls `f` on the slot's state in every loaded layer (e.g. to reset it).
-    pub fn for_each_state_mut(
-        &mut self,
-        slot: SlotId,
-        mut f: impl FnMut(&LayerSpec, &mut S),
-    ) -> Result<()> {
-        let index = self.live_index(slot)?;
-        for entry in self.layers.iter_mut().flatten() {
-            if let Some(state) = entry.states[index].as_mut() {
-                f(&entry.spec, state);
-            }
-        }
-        Ok(())
     }
 
     /// The loaded layer `layer`.
@@ -273,6 +201,11 @@ impl<C, S> LayerTable<C, S> {
     /// Number of live slots.
     pub fn live_slots(&self) -> usize {
         self.live.iter().filter(|&&l| l).count()
+    }
+
+    /// Checks that `slot` is live.
+    pub fn live_slot(&self, slot: SlotId) -> Result<()> {
+        self.live_index(slot).map(drop)
     }
 
     fn live_index(&self, slot: SlotId) -> Result<usize> {
