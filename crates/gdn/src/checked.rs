@@ -105,7 +105,8 @@ impl<K: GdnKernel> Checked<K> {
     /// Validates every member against `layer`, then runs them all in one kernel call.
     fn run(&mut self, layer: usize, members: &mut [BatchMember<'_>], call: Call) -> Result<()> {
         let started = Instant::now();
-        let (spec, constants, states) = self.table.layer_states_mut(layer)?;
+        let (layer, states) = self.table.layer_states_mut(layer)?;
+        let spec = layer.spec;
         let mut steps = 0u64;
         let mut prefill_tokens = 0u64;
         for member in members.iter() {
@@ -126,11 +127,6 @@ impl<K: GdnKernel> Checked<K> {
         if batch.is_empty() {
             return Ok(());
         }
-        let layer = Layer {
-            index: layer,
-            spec,
-            constants,
-        };
         self.kernel.run(layer, &mut batch)?;
         self.steps += steps;
         self.prefill_tokens += prefill_tokens;
@@ -173,15 +169,7 @@ impl<C, S> SlotStates<'_, C, S> {
 
     /// A loaded layer and the slot's state in it.
     pub fn get_mut(&mut self, layer: usize) -> Result<(Layer<'_, C>, &mut S)> {
-        let (spec, constants, state) = self.table.get_mut(layer, self.slot)?;
-        Ok((
-            Layer {
-                index: layer,
-                spec,
-                constants,
-            },
-            state,
-        ))
+        self.table.get_mut(layer, self.slot)
     }
 }
 
@@ -207,60 +195,28 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
             .load(layer, &spec, constants, self.table.live_slots())?;
         let kernel = &mut self.kernel;
         self.table
-            .insert_layer(layer, spec, converted, |spec, constants| {
-                kernel.new_state(Layer {
-                    index: layer,
-                    spec,
-                    constants,
-                })
-            })
+            .insert_layer(layer, spec, converted, |layer| kernel.new_state(layer))
     }
 
     fn alloc_slot(&mut self) -> Result<SlotId> {
         // Both closures need the kernel mutably, one after the other: share it through a cell.
         let kernel = std::cell::RefCell::new(&mut self.kernel);
         self.table.alloc_slot(
-            |index, spec, constants| {
-                kernel.borrow_mut().new_state(Layer {
-                    index,
-                    spec,
-                    constants,
-                })
-            },
-            |index, spec, constants, state| {
-                let layer = Layer {
-                    index,
-                    spec,
-                    constants,
-                };
-                kernel.borrow_mut().release(layer, state);
-            },
+            |layer| kernel.borrow_mut().new_state(layer),
+            |layer, state| kernel.borrow_mut().release(layer, state),
         )
     }
 
     fn reset_slot(&mut self, slot: SlotId) -> Result<()> {
         let kernel = &mut self.kernel;
         self.table
-            .for_each_state_mut(slot, |index, spec, constants, state| {
-                let layer = Layer {
-                    index,
-                    spec,
-                    constants,
-                };
-                kernel.reset(layer, state)
-            })
+            .for_each_state_mut(slot, |layer, state| kernel.reset(layer, state))
     }
 
     fn free_slot(&mut self, slot: SlotId) -> Result<()> {
         let kernel = &mut self.kernel;
-        self.table.free_slot(slot, |index, spec, constants, state| {
-            let layer = Layer {
-                index,
-                spec,
-                constants,
-            };
-            kernel.release(layer, state);
-        })
+        self.table
+            .free_slot(slot, |layer, state| kernel.release(layer, state))
     }
 
     fn step(
@@ -288,23 +244,13 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
     }
 
     fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {
-        let (spec, constants, state) = self.table.get(layer, slot)?;
-        let layer = Layer {
-            index: layer,
-            spec,
-            constants,
-        };
+        let (layer, state) = self.table.get(layer, slot)?;
         self.kernel.read_state(layer, state)
     }
 
     fn import_state(&mut self, layer: usize, slot: SlotId, imported: &SlotState) -> Result<()> {
-        let (spec, constants, state) = self.table.get_mut(layer, slot)?;
-        imported.validate(spec)?;
-        let layer = Layer {
-            index: layer,
-            spec,
-            constants,
-        };
+        let (layer, state) = self.table.get_mut(layer, slot)?;
+        imported.validate(layer.spec)?;
         self.kernel.write_state(layer, state, imported)
     }
 

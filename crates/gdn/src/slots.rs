@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::error::{GdnError, Result};
+use crate::kernel::Layer;
 use crate::spec::LayerSpec;
 
 /// Handle to a sequence slot. Ids are never reused, so a stale handle is an error, not a mix-up.
@@ -45,6 +46,17 @@ impl<C, S> Default for LayerTable<C, S> {
     }
 }
 
+impl<C, S> LayerEntry<C, S> {
+    /// The layer as a kernel sees it, at model index `index`.
+    fn view(&self, index: usize) -> Layer<'_, C> {
+        Layer {
+            index,
+            spec: &self.spec,
+            constants: &self.constants,
+        }
+    }
+}
+
 impl<C, S> LayerTable<C, S> {
     /// Registers `layer` with a state from `new_state` for every live slot, all or nothing: when
     /// `new_state` fails, nothing is registered and the states made so far are dropped.
@@ -53,15 +65,20 @@ impl<C, S> LayerTable<C, S> {
         layer: usize,
         spec: LayerSpec,
         constants: C,
-        mut new_state: impl FnMut(&LayerSpec, &C) -> Result<S>,
+        mut new_state: impl FnMut(Layer<'_, C>) -> Result<S>,
     ) -> Result<()> {
         if self.layers.get(layer).is_some_and(Option::is_some) {
             return Err(GdnError::LayerAlreadyLoaded(layer));
         }
+        let view = Layer {
+            index: layer,
+            spec: &spec,
+            constants: &constants,
+        };
         let states = self
             .live
             .iter()
-            .map(|&live| live.then(|| new_state(&spec, &constants)).transpose())
+            .map(|&live| live.then(|| new_state(view)).transpose())
             .collect::<Result<Vec<_>>>()?;
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, || None);
@@ -74,13 +91,13 @@ impl<C, S> LayerTable<C, S> {
         Ok(())
     }
 
-    /// Allocates a slot with a state from `new_state(layer, spec, constants)` in every loaded
-    /// layer, all or nothing: when `new_state` fails, no slot is allocated and the states made so
-    /// far are handed to `undo`.
+    /// Allocates a slot with a state from `new_state` in every loaded layer, all or nothing:
+    /// when `new_state` fails, no slot is allocated and the states made so far are handed to
+    /// `undo`.
     pub fn alloc_slot(
         &mut self,
-        mut new_state: impl FnMut(usize, &LayerSpec, &C) -> Result<S>,
-        mut undo: impl FnMut(usize, &LayerSpec, &C, S),
+        mut new_state: impl FnMut(Layer<'_, C>) -> Result<S>,
+        mut undo: impl FnMut(Layer<'_, C>, S),
     ) -> Result<SlotId> {
         let index = self.live.len();
         let id = u32::try_from(index).map_err(|_| GdnError::OutOfSlots {
@@ -90,12 +107,12 @@ impl<C, S> LayerTable<C, S> {
         let mut made: Vec<(usize, S)> = Vec::new();
         for (layer, entry) in self.layers.iter().enumerate() {
             let Some(entry) = entry else { continue };
-            match new_state(layer, &entry.spec, &entry.constants) {
+            match new_state(entry.view(layer)) {
                 Ok(state) => made.push((layer, state)),
                 Err(e) => {
                     for (layer, state) in made {
                         if let Some(entry) = &self.layers[layer] {
-                            undo(layer, &entry.spec, &entry.constants, state);
+                            undo(entry.view(layer), state);
                         }
                     }
                     return Err(e);
@@ -116,32 +133,36 @@ impl<C, S> LayerTable<C, S> {
     pub fn free_slot(
         &mut self,
         slot: SlotId,
-        mut release: impl FnMut(usize, &LayerSpec, &C, S),
+        mut release: impl FnMut(Layer<'_, C>, S),
     ) -> Result<()> {
         let index = self.live_index(slot)?;
         self.live[index] = false;
         for (layer, entry) in self.layers.iter_mut().enumerate() {
             if let Some(entry) = entry {
                 if let Some(state) = entry.states[index].take() {
-                    release(layer, &entry.spec, &entry.constants, state);
+                    release(entry.view(layer), state);
                 }
             }
         }
         Ok(())
     }
 
-    /// Calls `f(layer, spec, constants, state)` on the slot's state in every loaded layer,
-    /// stopping at the first error.
+    /// Calls `f` on the slot's state in every loaded layer, stopping at the first error.
     pub fn for_each_state_mut(
         &mut self,
         slot: SlotId,
-        mut f: impl FnMut(usize, &LayerSpec, &C, &mut S) -> Result<()>,
+        mut f: impl FnMut(Layer<'_, C>, &mut S) -> Result<()>,
     ) -> Result<()> {
         let index = self.live_index(slot)?;
         for (layer, entry) in self.layers.iter_mut().enumerate() {
             let Some(entry) = entry else { continue };
+            let view = Layer {
+                index: layer,
+                spec: &entry.spec,
+                constants: &entry.constants,
+            };
             if let Some(state) = entry.states[index].as_mut() {
-                f(layer, &entry.spec, &entry.constants, state)?;
+                f(view, state)?;
             }
         }
         Ok(())
@@ -149,13 +170,18 @@ impl<C, S> LayerTable<C, S> {
 
     /// The loaded layer `layer` with every slot's state (indexed by `SlotId.0`, `None` for freed
     /// slots), for a batched run.
-    pub fn layer_states_mut(&mut self, layer: usize) -> Result<(&LayerSpec, &C, &mut [Option<S>])> {
+    pub fn layer_states_mut(&mut self, layer: usize) -> Result<(Layer<'_, C>, &mut [Option<S>])> {
         let entry = self
             .layers
             .get_mut(layer)
             .and_then(Option::as_mut)
             .ok_or(GdnError::UnknownLayer(layer))?;
-        Ok((&entry.spec, &entry.constants, &mut entry.states))
+        let view = Layer {
+            index: layer,
+            spec: &entry.spec,
+            constants: &entry.constants,
+        };
+        Ok((view, &mut entry.states))
     }
 
     /// The loaded layer `layer`.
@@ -166,28 +192,33 @@ impl<C, S> LayerTable<C, S> {
             .ok_or(GdnError::UnknownLayer(layer))
     }
 
-    /// Spec, constants and the slot's state of `layer`, for a read-only use such as export.
-    pub fn get(&self, layer: usize, slot: SlotId) -> Result<(&LayerSpec, &C, &S)> {
+    /// The layer and the slot's state in it, for a read-only use such as export.
+    pub fn get(&self, layer: usize, slot: SlotId) -> Result<(Layer<'_, C>, &S)> {
         let index = self.live_index(slot)?;
         let entry = self.layer(layer)?;
         let state = entry.states[index]
             .as_ref()
             .ok_or(GdnError::UnknownSlot(slot))?;
-        Ok((&entry.spec, &entry.constants, state))
+        Ok((entry.view(layer), state))
     }
 
-    /// Spec, constants and the slot's mutable state of `layer`, for step, prefill and import.
-    pub fn get_mut(&mut self, layer: usize, slot: SlotId) -> Result<(&LayerSpec, &C, &mut S)> {
+    /// The layer and the slot's mutable state in it, for import and device-specific calls.
+    pub fn get_mut(&mut self, layer: usize, slot: SlotId) -> Result<(Layer<'_, C>, &mut S)> {
         let index = self.live_index(slot)?;
         let entry = self
             .layers
             .get_mut(layer)
             .and_then(Option::as_mut)
             .ok_or(GdnError::UnknownLayer(layer))?;
+        let view = Layer {
+            index: layer,
+            spec: &entry.spec,
+            constants: &entry.constants,
+        };
         let state = entry.states[index]
             .as_mut()
             .ok_or(GdnError::UnknownSlot(slot))?;
-        Ok((&entry.spec, &entry.constants, state))
+        Ok((view, state))
     }
 
     /// Specs of every loaded layer, by layer index.
