@@ -1,7 +1,8 @@
 //! The `cpu` kernel: fused single-pass GDN on the host, SIMD inner loops, persistent threads.
 //!
-//! A batched run is one pool dispatch per round of at most [`PREFILL_CHUNK`] tokens per member,
-//! over (member, key-head group) tasks: a decode step of B sequences is one dispatch, not B.
+//! A batched run is one pool dispatch per round of at most `PREFILL_CHUNK` (64) tokens per
+//! member, over (member, key-head group) tasks: a decode step of B sequences is one dispatch,
+//! not B.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
