@@ -26,7 +26,8 @@ fn without_a_driver_the_reason_names_libcuda() {
         eprintln!("a CUDA driver is present here; nothing to check");
         return;
     }
-    let err = CudaKernel::backend(&BackendOptions::default()).expect_err("no driver, so no backend");
+    let err =
+        CudaKernel::backend(&BackendOptions::default()).expect_err("no driver, so no backend");
     let text = err.to_string();
     assert!(
         matches!(err, GdnError::Unavailable { .. })
