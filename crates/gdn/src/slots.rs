@@ -55,6 +55,16 @@ impl<C, S> LayerEntry<C, S> {
             constants: &self.constants,
         }
     }
+
+    /// The layer as a kernel sees it, and every slot's state, borrowed apart.
+    fn view_mut(&mut self, index: usize) -> (Layer<'_, C>, &mut [Option<S>]) {
+        let view = Layer {
+            index,
+            spec: &self.spec,
+            constants: &self.constants,
+        };
+        (view, &mut self.states)
+    }
 }
 
 impl<C, S> LayerTable<C, S> {
@@ -156,12 +166,8 @@ impl<C, S> LayerTable<C, S> {
         let index = self.live_index(slot)?;
         for (layer, entry) in self.layers.iter_mut().enumerate() {
             let Some(entry) = entry else { continue };
-            let view = Layer {
-                index: layer,
-                spec: &entry.spec,
-                constants: &entry.constants,
-            };
-            if let Some(state) = entry.states[index].as_mut() {
+            let (view, states) = entry.view_mut(layer);
+            if let Some(state) = states[index].as_mut() {
                 f(view, state)?;
             }
         }
@@ -171,17 +177,11 @@ impl<C, S> LayerTable<C, S> {
     /// The loaded layer `layer` with every slot's state (indexed by `SlotId.0`, `None` for freed
     /// slots), for a batched run.
     pub fn layer_states_mut(&mut self, layer: usize) -> Result<(Layer<'_, C>, &mut [Option<S>])> {
-        let entry = self
-            .layers
+        self.layers
             .get_mut(layer)
             .and_then(Option::as_mut)
-            .ok_or(GdnError::UnknownLayer(layer))?;
-        let view = Layer {
-            index: layer,
-            spec: &entry.spec,
-            constants: &entry.constants,
-        };
-        Ok((view, &mut entry.states))
+            .map(|entry| entry.view_mut(layer))
+            .ok_or(GdnError::UnknownLayer(layer))
     }
 
     /// The loaded layer `layer`.
@@ -205,19 +205,8 @@ impl<C, S> LayerTable<C, S> {
     /// The layer and the slot's mutable state in it, for import and device-specific calls.
     pub fn get_mut(&mut self, layer: usize, slot: SlotId) -> Result<(Layer<'_, C>, &mut S)> {
         let index = self.live_index(slot)?;
-        let entry = self
-            .layers
-            .get_mut(layer)
-            .and_then(Option::as_mut)
-            .ok_or(GdnError::UnknownLayer(layer))?;
-        let view = Layer {
-            index: layer,
-            spec: &entry.spec,
-            constants: &entry.constants,
-        };
-        let state = entry.states[index]
-            .as_mut()
-            .ok_or(GdnError::UnknownSlot(slot))?;
+        let (view, states) = self.layer_states_mut(layer)?;
+        let state = states[index].as_mut().ok_or(GdnError::UnknownSlot(slot))?;
         Ok((view, state))
     }
 
