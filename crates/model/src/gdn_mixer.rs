@@ -125,25 +125,14 @@ impl GdnMixer {
         let (tokens, _) = x.dims2()?;
         let spec = &self.spec;
         let (conv_dim, value_dim, hv) = (spec.conv_dim(), spec.value_dim(), spec.num_v_heads);
-        let projected = self.in_proj.forward(x)?;
-        let as_f32 = projected.to_dtype(DType::F32)?;
-        let column = |start: usize, width: usize| -> Result<Vec<f32>> {
-            Ok(as_f32
-                .narrow(1, start, width)?
-                .contiguous()?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        };
-        let mixed_qkv = column(0, conv_dim)?;
-        let b = column(conv_dim + value_dim, hv)?;
-        let a = column(conv_dim + value_dim + hv, hv)?;
-        let z = projected.narrow(1, conv_dim, value_dim)?;
-
         if spans.iter().map(|&(_, count)| count).sum::<usize>() != tokens {
             return Err(ModelError::InvalidOption(format!(
                 "GDN layer {layer}: {tokens} rows split as {spans:?}"
             )));
         }
+        let projected = self.in_proj.forward(x)?;
+        let inputs = CoreInputs::new(&projected.to_dtype(DType::F32)?, spec, spans)?;
+        let z = projected.narrow(1, conv_dim, value_dim)?;
         // The output buffer is the one allocation the core adds (the tensor below takes it over);
         // each member borrows its rows of it.
         let mut out = vec![0.0f32; tokens * value_dim];
@@ -156,11 +145,7 @@ impl GdnMixer {
             rest = tail;
             BatchMember {
                 slot,
-                inputs: TokenInputs {
-                    mixed_qkv: &mixed_qkv[rows.start * conv_dim..rows.end * conv_dim],
-                    a: &a[rows.start * hv..rows.end * hv],
-                    b: &b[rows.start * hv..rows.end * hv],
-                },
+                inputs: inputs.rows(rows),
                 out: mine,
             }
         });
@@ -183,6 +168,92 @@ impl GdnMixer {
             None => normed,
         };
         self.out_proj.forward(&normed)
+    }
+}
+
+/// The core's inputs of one forward, copied out of the projection once.
+enum CoreInputs {
+    /// One row per sequence (a decode step): the whole `[T, width]` projection in one copy;
+    /// a row's `mixed_qkv`, `b` and `a` are slices of it.
+    Rows {
+        data: Vec<f32>,
+        width: usize,
+        conv_dim: usize,
+        value_dim: usize,
+        hv: usize,
+    },
+    /// Some sequence has several rows (a prefill): `mixed_qkv`, `a` and `b` each as their own
+    /// contiguous `T × width` block, so that a span's tokens are one slice.
+    Columns {
+        mixed_qkv: Vec<f32>,
+        a: Vec<f32>,
+        b: Vec<f32>,
+        conv_dim: usize,
+        hv: usize,
+    },
+}
+
+impl CoreInputs {
+    fn new(projected: &Tensor, spec: &LayerSpec, spans: &[(SlotId, usize)]) -> Result<Self> {
+        let (conv_dim, value_dim, hv) = (spec.conv_dim(), spec.value_dim(), spec.num_v_heads);
+        if spans.iter().all(|&(_, count)| count == 1) {
+            let (_, width) = projected.dims2()?;
+            let data = projected.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(CoreInputs::Rows {
+                data,
+                width,
+                conv_dim,
+                value_dim,
+                hv,
+            });
+        }
+        let column = |start: usize, width: usize| -> Result<Vec<f32>> {
+            Ok(projected
+                .narrow(1, start, width)?
+                .contiguous()?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        Ok(CoreInputs::Columns {
+            mixed_qkv: column(0, conv_dim)?,
+            b: column(conv_dim + value_dim, hv)?,
+            a: column(conv_dim + value_dim + hv, hv)?,
+            conv_dim,
+            hv,
+        })
+    }
+
+    /// The inputs of the tokens in `rows` (a single row for [`CoreInputs::Rows`], which is only
+    /// made when every span has one).
+    fn rows(&self, rows: std::ops::Range<usize>) -> TokenInputs<'_> {
+        match *self {
+            CoreInputs::Rows {
+                ref data,
+                width,
+                conv_dim,
+                value_dim,
+                hv,
+            } => {
+                let row = &data[rows.start * width..rows.end * width];
+                let b = conv_dim + value_dim;
+                TokenInputs {
+                    mixed_qkv: &row[..conv_dim],
+                    b: &row[b..b + hv],
+                    a: &row[b + hv..b + 2 * hv],
+                }
+            }
+            CoreInputs::Columns {
+                ref mixed_qkv,
+                ref a,
+                ref b,
+                conv_dim,
+                hv,
+            } => TokenInputs {
+                mixed_qkv: &mixed_qkv[rows.start * conv_dim..rows.end * conv_dim],
+                a: &a[rows.start * hv..rows.end * hv],
+                b: &b[rows.start * hv..rows.end * hv],
+            },
+        }
     }
 }
 
