@@ -193,9 +193,15 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
         let converted = self
             .kernel
             .load(layer, &spec, constants, self.table.live_slots())?;
-        let kernel = &mut self.kernel;
-        self.table
-            .insert_layer(layer, spec, converted, |layer| kernel.new_state(layer))
+        // Both closures need the kernel mutably, one after the other: share it through a cell.
+        let kernel = std::cell::RefCell::new(&mut self.kernel);
+        self.table.insert_layer(
+            layer,
+            spec,
+            converted,
+            |layer| kernel.borrow_mut().new_state(layer),
+            |layer, state| kernel.borrow_mut().release(layer, state),
+        )
     }
 
     fn alloc_slot(&mut self) -> Result<SlotId> {
@@ -275,7 +281,7 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ReferenceBackend, SlotState};
+    use crate::{Batch, ReferenceBackend, ReferenceKernel, SlotState};
 
     fn spec() -> LayerSpec {
         LayerSpec::new(1, 2, 4, 4, 2)
@@ -379,5 +385,107 @@ mod tests {
             Err(GdnError::SlotRepeated(slots[0]))
         );
         assert_eq!(states(&backend, &slots), before);
+    }
+
+    /// A kernel whose states are numbered and whose `new_state` fails from the `fail_at`-th call
+    /// on: the front must hand every state it made back (`release`) when a call fails midway.
+    #[derive(Default)]
+    struct Flaky {
+        made: u32,
+        fail_at: u32,
+        released: Vec<u32>,
+    }
+
+    impl GdnKernel for Flaky {
+        type Constants = ();
+        type State = u32;
+
+        fn info(&self) -> BackendInfo {
+            ReferenceKernel.info()
+        }
+
+        fn load(&mut self, _: usize, _: &LayerSpec, _: &LayerConstants, _: usize) -> Result<()> {
+            Ok(())
+        }
+
+        fn new_state(&mut self, _: Layer<'_, ()>) -> Result<u32> {
+            if self.made >= self.fail_at {
+                return Err(GdnError::OutOfSlots {
+                    backend: "flaky".into(),
+                    detail: "full".into(),
+                });
+            }
+            self.made += 1;
+            Ok(self.made)
+        }
+
+        fn release(&mut self, _: Layer<'_, ()>, state: u32) {
+            self.released.push(state);
+        }
+
+        fn reset(&mut self, _: Layer<'_, ()>, _: &mut u32) -> Result<()> {
+            Ok(())
+        }
+
+        fn run(&mut self, _: Layer<'_, ()>, _: &mut Batch<'_, '_, u32>) -> Result<()> {
+            Ok(())
+        }
+
+        fn read_state(&self, layer: Layer<'_, ()>, _: &u32) -> Result<SlotState> {
+            Ok(SlotState::zeros(layer.spec))
+        }
+
+        fn write_state(&mut self, _: Layer<'_, ()>, _: &mut u32, _: &SlotState) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn states_made_by_a_failed_call_go_back_to_the_kernel() {
+        let spec = spec();
+        let constants = LayerConstants {
+            conv_weight: values(spec.conv_dim() * spec.conv_kernel, 1.0),
+            a_log: values(spec.num_v_heads, 2.0),
+            dt_bias: values(spec.num_v_heads, 3.0),
+        };
+        let mut backend = Checked::new(Flaky {
+            fail_at: 3,
+            ..Flaky::default()
+        });
+        let released = |backend: &Checked<Flaky>| {
+            let mut r = backend.kernel().released.clone();
+            r.sort_unstable();
+            r
+        };
+        backend.load_layer(0, spec, &constants).unwrap();
+        backend.load_layer(1, spec, &constants).unwrap();
+        let slot = backend.alloc_slot().unwrap(); // states 1 and 2
+                                                  // A second slot gets state 3 in layer 0, then none in layer 1: 3 goes back.
+        assert!(matches!(
+            backend.alloc_slot(),
+            Err(GdnError::OutOfSlots { .. })
+        ));
+        assert_eq!(released(&backend), [3]);
+        // A layer whose state cannot be made for the live slot does not load.
+        assert!(backend.load_layer(2, spec, &constants).is_err());
+        assert_eq!(
+            backend.layer_constants(2).err(),
+            Some(GdnError::UnknownLayer(2))
+        );
+        backend.kernel_mut().fail_at = 4;
+        backend.load_layer(2, spec, &constants).unwrap(); // state 4
+        backend.free_slot(slot).unwrap();
+        assert_eq!(
+            released(&backend),
+            [1, 2, 3, 4],
+            "freeing hands back every state"
+        );
+        // With two live slots, a layer that gets a state for the first only gives it back.
+        backend.kernel_mut().fail_at = 100;
+        backend.alloc_slot().unwrap(); // 5, 6, 7
+        backend.alloc_slot().unwrap(); // 8, 9, 10
+        backend.kernel_mut().fail_at = 11;
+        assert!(backend.load_layer(3, spec, &constants).is_err());
+        assert_eq!(released(&backend), [1, 2, 3, 4, 11]);
     }
 }

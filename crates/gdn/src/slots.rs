@@ -69,13 +69,14 @@ impl<C, S> LayerEntry<C, S> {
 
 impl<C, S> LayerTable<C, S> {
     /// Registers `layer` with a state from `new_state` for every live slot, all or nothing: when
-    /// `new_state` fails, nothing is registered and the states made so far are dropped.
+    /// `new_state` fails, nothing is registered and the states made so far are handed to `undo`.
     pub fn insert_layer(
         &mut self,
         layer: usize,
         spec: LayerSpec,
         constants: C,
         mut new_state: impl FnMut(Layer<'_, C>) -> Result<S>,
+        mut undo: impl FnMut(Layer<'_, C>, S),
     ) -> Result<()> {
         if self.layers.get(layer).is_some_and(Option::is_some) {
             return Err(GdnError::LayerAlreadyLoaded(layer));
@@ -85,11 +86,19 @@ impl<C, S> LayerTable<C, S> {
             spec: &spec,
             constants: &constants,
         };
-        let states = self
-            .live
-            .iter()
-            .map(|&live| live.then(|| new_state(view)).transpose())
-            .collect::<Result<Vec<_>>>()?;
+        let mut states = Vec::with_capacity(self.live.len());
+        for &live in &self.live {
+            match live.then(|| new_state(view)).transpose() {
+                Ok(state) => states.push(state),
+                Err(e) => {
+                    states
+                        .into_iter()
+                        .flatten()
+                        .for_each(|state| undo(view, state));
+                    return Err(e);
+                }
+            }
+        }
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, || None);
         }
