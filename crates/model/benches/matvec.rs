@@ -74,7 +74,6 @@ fn matvec(c: &mut Criterion) {
             },
         );
     }
-    drop(ys);
     drop(bf16_weights);
 
     for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
@@ -87,6 +86,12 @@ fn matvec(c: &mut Criterion) {
             for &tier in &tiers {
                 group.bench_function(BenchmarkId::new(&name, tier.key()), |b| {
                     b.iter(|| q8_0_matmul_at(tier, &bytes, N, K, &x, &mut y).expect("q8_0"))
+                });
+            }
+            for &tier in &tiers {
+                let batch = BenchmarkId::new(format!("{name} x{BATCH} rows"), tier.key());
+                group.bench_function(batch, |b| {
+                    b.iter(|| q8_0_matmul_at(tier, &bytes, N, K, &xs, &mut ys).expect("q8_0"))
                 });
             }
         } else {
