@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::quantized::gguf_file::Content;
+use candle_core::{Device, Tensor};
 use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions};
 
@@ -41,7 +42,11 @@ fn to_gguf(args: &[&str]) -> std::process::Output {
 }
 
 fn export(fixture: &str, ty: &str, out: &Path) {
-    let model = common::fixture(fixture);
+    export_dir(&common::fixture(fixture), ty, out);
+}
+
+fn export_dir(model: &Path, ty: &str, out: &Path) {
+    let fixture = model.display();
     let output = to_gguf(&[
         "--model",
         model.to_str().unwrap(),
@@ -138,6 +143,59 @@ fn f32_files_equal_llama_cpps_converter_output() {
         export(fixture, "f32", &out);
         assert_same_file(&out, &committed(&format!("{fixture}-f32.gguf")));
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// transformers ≥ 5 saves MoE experts fused (`experts.gate_up_proj` `[E, 2I, H]`,
+/// `experts.down_proj` `[E, H, I]`); the MoE fixture rewritten that way must give the same file
+/// as llama.cpp's converter made from the per-expert original.
+#[test]
+fn fused_expert_checkpoints_give_the_same_file() {
+    let dir = scratch("fused");
+    let source = common::fixture("qwen3.5-moe-tiny");
+    // Same directory name: `general.name` comes from it.
+    let model = dir.join("qwen3.5-moe-tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(source.join(file), model.join(file)).unwrap();
+    }
+    let mut tensors =
+        candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+    let prefixes: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(".experts.0.gate_proj.weight"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        !prefixes.is_empty(),
+        "the MoE fixture has per-expert tensors"
+    );
+    for prefix in prefixes {
+        let mut gate_up = Vec::new();
+        let mut down = Vec::new();
+        for e in 0.. {
+            let name = |m: &str| format!("{prefix}.experts.{e}.{m}.weight");
+            let Some(gate) = tensors.remove(&name("gate_proj")) else {
+                break;
+            };
+            let up = tensors.remove(&name("up_proj")).unwrap();
+            gate_up.push(Tensor::cat(&[gate, up], 0).unwrap());
+            down.push(tensors.remove(&name("down_proj")).unwrap());
+        }
+        let fused = format!("{prefix}.experts.gate_up_proj");
+        tensors.insert(fused, Tensor::stack(&gate_up, 0).unwrap());
+        let fused = format!("{prefix}.experts.down_proj");
+        tensors.insert(fused, Tensor::stack(&down, 0).unwrap());
+    }
+    candle_core::safetensors::save(&tensors, model.join("model.safetensors")).unwrap();
+    let out = dir.join("fused-f32.gguf");
+    export_dir(&model, "f32", &out);
+    assert_same_file(&out, &committed("qwen3.5-moe-tiny-f32.gguf"));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

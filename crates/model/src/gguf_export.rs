@@ -291,14 +291,8 @@ pub fn export_tensors(
             let all = stored.index_select(&ids, 0)?;
             let prefix = name.trim_end_matches("in_proj_qkvz.weight");
             let (qkv, z) = (spec.conv_dim(), spec.value_dim());
-            emit(
-                gguf_name(&format!("{prefix}in_proj_qkv.weight"))?,
-                all.narrow(0, 0, qkv)?,
-            )?;
-            emit(
-                gguf_name(&format!("{prefix}in_proj_z.weight"))?,
-                all.narrow(0, qkv, z)?,
-            )?;
+            let parts = [("in_proj_qkv", 0, qkv), ("in_proj_z", qkv, z)];
+            emit_parts(&mut emit, &all, 0, prefix, &parts)?;
             continue;
         }
         // Per-expert matrices: stacked once every expert of a layer is read.
@@ -313,14 +307,8 @@ pub fn export_tensors(
         if rest.ends_with("mlp.experts.gate_up_proj") {
             let half = stored.dim(1)? / 2;
             let prefix = name.trim_end_matches("gate_up_proj");
-            emit(
-                gguf_name(&format!("{prefix}gate_proj.weight"))?,
-                stored.narrow(1, 0, half)?,
-            )?;
-            emit(
-                gguf_name(&format!("{prefix}up_proj.weight"))?,
-                stored.narrow(1, half, half)?,
-            )?;
+            let parts = [("gate_proj", 0, half), ("up_proj", half, half)];
+            emit_parts(&mut emit, &stored, 1, prefix, &parts)?;
             continue;
         }
         let hf = if rest.ends_with("mlp.experts.down_proj") {
@@ -393,6 +381,24 @@ fn transform(
         }
         None => Ok(values),
     }
+}
+
+/// Hands `(start, len)` slices of `tensor` along `dim` to `emit` as the GGUF tensors of the HF
+/// names `<prefix><matrix>.weight` (one fused HF tensor that the converter splits in two).
+fn emit_parts(
+    emit: &mut dyn FnMut(String, Tensor) -> Result<()>,
+    tensor: &Tensor,
+    dim: usize,
+    prefix: &str,
+    parts: &[(&str, usize, usize)],
+) -> Result<()> {
+    for &(matrix, start, len) in parts {
+        emit(
+            gguf_name(&format!("{prefix}{matrix}.weight"))?,
+            tensor.narrow(dim, start, len)?,
+        )?;
+    }
+    Ok(())
 }
 
 /// `<prefix>.mlp.experts.<N>.<matrix>.weight` → (`<prefix>.mlp`, N, `<matrix>`).
