@@ -43,7 +43,7 @@ use loading::ModelRequest;
 
 /// Perplexity of a model on a text, and KL divergence against a saved base run.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// The text to score (UTF-8).
     #[arg(long)]

@@ -28,7 +28,7 @@ use hybrid_decode::runtime::gguf_vocab_export::vocab_metadata;
 
 /// Write a safetensors checkpoint as a GGUF file llama.cpp loads.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
     #[arg(long)]
