@@ -22,8 +22,8 @@
 use std::collections::BTreeMap;
 
 use hybrid_gdn::{
-    BackendInfo, BatchMember, Counters, GdnBackend, GdnError, LayerConstants, LayerSpec, Result,
-    SlotId, SlotState, TokenInputs,
+    slot_named_earlier, BackendInfo, BatchMember, Counters, GdnBackend, GdnError, LayerConstants,
+    LayerSpec, Result, SlotId, SlotState, TokenInputs,
 };
 
 /// Builds the fallback backend.
@@ -244,7 +244,7 @@ impl GdnBackend for FailoverBackend {
             .ok_or(GdnError::UnknownLayer(layer))?;
         for (i, member) in members.iter().enumerate() {
             self.inner_slot(member.slot)?;
-            if members[..i].iter().any(|m| m.slot == member.slot) {
+            if slot_named_earlier(members, i) {
                 return Err(GdnError::SlotRepeated(member.slot));
             }
             member.inputs.validate(&spec, member.out)?;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{GdnError, Result};
-use crate::kernel::BatchMember;
+use crate::kernel::{slot_named_earlier, BatchMember};
 use crate::slots::SlotId;
 use crate::spec::{LayerConstants, LayerSpec, TokenInputs};
 use crate::state::SlotState;
@@ -129,10 +129,8 @@ pub trait GdnBackend: Send {
     /// named twice, then prefills the members one after another: a member rejected there leaves
     /// the members before it advanced.
     fn run_batch(&mut self, layer: usize, members: &mut [BatchMember<'_>]) -> Result<()> {
-        for (i, member) in members.iter().enumerate() {
-            if members[..i].iter().any(|m| m.slot == member.slot) {
-                return Err(GdnError::SlotRepeated(member.slot));
-            }
+        if let Some(i) = (0..members.len()).find(|&i| slot_named_earlier(members, i)) {
+            return Err(GdnError::SlotRepeated(members[i].slot));
         }
         // Without the layer's spec the token count is unknown here; a prefill of one token
         // leaves the state a step would.

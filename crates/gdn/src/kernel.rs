@@ -42,6 +42,14 @@ pub struct BatchMember<'a> {
     pub out: &'a mut [f32],
 }
 
+/// True when member `i` of `members` names a slot an earlier member already named: the one
+/// rule that makes a batch's states disjoint, checked by the front, the trait's default
+/// `run_batch` and wrappers such as fail-over alike. Batches are a few dozen sequences at most,
+/// so the quadratic scan costs less than a set would, and allocates nothing.
+pub fn slot_named_earlier(members: &[BatchMember<'_>], i: usize) -> bool {
+    members[..i].iter().any(|m| m.slot == members[i].slot)
+}
+
 /// Disjoint states, one per member, of one layer: what [`GdnKernel::run`] gets from the front.
 ///
 /// The front builds a batch only after checking that every member's slot is live in the layer,
@@ -66,9 +74,7 @@ impl<'b, 'a, S> Batch<'b, 'a, S> {
             if !states.get(index).is_some_and(Option::is_some) {
                 return Err(Fault::Unknown(member.slot));
             }
-            // Batches are a few dozen sequences at most, so the quadratic scan costs less than a
-            // set would, and allocates nothing.
-            if members[..i].iter().any(|m| m.slot == member.slot) {
+            if slot_named_earlier(members, i) {
                 return Err(Fault::Repeated(member.slot));
             }
         }

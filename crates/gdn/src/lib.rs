@@ -39,7 +39,9 @@ pub mod state;
 pub use backend::{BackendInfo, Counters, GdnBackend, PrefillStrategy};
 pub use checked::{Checked, SlotStates};
 pub use error::{ErrorKind, GdnError, Result};
-pub use kernel::{Batch, BatchMember, DeviceCounters, GdnKernel, Layer, MemberMut};
+pub use kernel::{
+    slot_named_earlier, Batch, BatchMember, DeviceCounters, GdnKernel, Layer, MemberMut,
+};
 pub use reference::{ReferenceBackend, ReferenceKernel};
 pub use registry::{BackendFactory, BackendOptions, Registry, RegistryEntry};
 pub use slots::{LayerTable, SlotId};
