@@ -114,7 +114,7 @@ impl TokenizerConfig {
 }
 
 /// A special token field: a string, an AddedToken object `{"content": ...}`, or null.
-fn special_token(
+pub(crate) fn special_token(
     fields: &serde_json::Map<String, Json>,
     name: &str,
     origin: &Path,
@@ -138,7 +138,8 @@ fn special_token(
     }
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>> {
+/// The text of `path`, or `None` when it does not exist.
+pub(crate) fn read_optional(path: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

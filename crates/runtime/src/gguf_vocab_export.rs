@@ -20,6 +20,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::Value;
 use serde_json::Value as Json;
 
+use crate::chat::{read_optional, special_token, TOKENIZER_CONFIG_FILE};
 use crate::error::{Result, RuntimeError};
 use crate::gguf_vocab::{
     TokenType, KEY_ADD_BOS, KEY_ADD_EOS, KEY_BOS_ID, KEY_CHAT_TEMPLATE, KEY_EOS_ID, KEY_MERGES,
@@ -130,7 +131,9 @@ pub fn vocab_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Valu
         (KEY_MERGES.to_string(), Value::Array(merges)),
     ];
 
-    let tokenizer_config = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Json::Null);
+    let tokenizer_config_path = dir.join(TOKENIZER_CONFIG_FILE);
+    let tokenizer_config = read_json(&tokenizer_config_path)?.unwrap_or(Json::Null);
+    let fields = tokenizer_config.as_object().cloned().unwrap_or_default();
     let config = read_json(&dir.join("config.json"))?.unwrap_or(Json::Null);
     let config = config.get("text_config").unwrap_or(&config);
     let id_of = |text: &str| -> Option<u32> {
@@ -144,12 +147,8 @@ pub fn vocab_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, Valu
         (KEY_PAD_ID, "pad"),
         (KEY_BOS_ID, "bos"),
     ] {
-        let named = match &tokenizer_config[format!("{name}_token")] {
-            Json::String(text) => Some(text.as_str()),
-            Json::Object(token) => token.get("content").and_then(Json::as_str),
-            _ => None,
-        };
-        let id = named.and_then(id_of).or_else(|| {
+        let named = special_token(&fields, &format!("{name}_token"), &tokenizer_config_path)?;
+        let id = named.as_deref().and_then(id_of).or_else(|| {
             config[format!("{name}_token_id")]
                 .as_u64()
                 .and_then(|id| u32::try_from(id).ok())
@@ -213,20 +212,10 @@ fn pre_tokenizer_name(pre: &Json) -> Option<&'static str> {
 
 /// `path` parsed as JSON; `None` when the file does not exist.
 fn read_json(path: &Path) -> Result<Option<Json>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(RuntimeError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| RuntimeError::GgufExport {
-            path: path.to_path_buf(),
-            problem: format!("not valid JSON: {e}"),
+    read_optional(path)?
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| RuntimeError::json(path, format!("not valid JSON: {e}")))
         })
+        .transpose()
 }
