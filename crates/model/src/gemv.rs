@@ -143,11 +143,13 @@ fn dot_rows<W: WeightElement>(
 }
 
 /// Weight rows `first..first + count` of `w` against every row of `x` (`[rows][in]`) on the
-/// AVX2 tier, into `out` laid out `[rows][count]`: activation rows four at a time (a batch of
-/// eight is two passes over a task's weights, the second from cache), each against weight rows
-/// in register tiles — four of them for one or two activation rows, two for three or four — so
-/// a widened weight vector serves every activation row of the tile and up to eight accumulators keep
-/// both FMA pipes busy ([`x86::dot_tile`]). `x` is as the kernel reads it: for bf16 weights
+/// AVX2 tier, into `out` laid out `[rows][count]`: weight rows in register tiles — four of them
+/// for one or two activation rows, two for more — each against the activation rows four at a
+/// time while the tile's weights are in L1, so a widened weight vector serves every activation
+/// row of the tile and up to eight accumulators keep both FMA pipes busy ([`x86::dot_tile`]).
+/// (A batch of eight as two passes over a task's 64 weight rows, the second from L2, left the
+/// memory idle during that pass: `benches/matvec.rs` `bf16 x8 rows` took 68–73 ms against 59–65
+/// ms this way, three alternating runs on the 2-core AMD EPYC, AVX2.) `x` is as the kernel reads it: for bf16 weights
 /// rearranged by [`split_even_odd`] ([`WeightElement::load_half`]). A pair's arithmetic does not depend on the tile,
 /// so a row of a batch gets bit for bit what it gets alone. Measured on the 2-core AMD EPYC
 /// (AVX2): the 0.8B shape's batch of eight ran 2.5× one sequence when each activation row made
@@ -165,14 +167,21 @@ unsafe fn avx2_rows_batch<W: WeightElement>(
     out: &mut [f32],
 ) {
     let rows = x.len() / in_dim.max(1);
-    let mut r = 0;
-    while r < rows {
-        let take = (rows - r).min(4);
-        // Four weight rows for one or two activation rows (eight rows were no faster for bf16
-        // and 20 % slower for f32, whose rows are a page each), two for three or four.
-        let g = if take <= 2 { 4 } else { 2 };
-        let mut local = 0;
-        while local < count {
+    // Four weight rows for one or two activation rows (eight rows were no faster for bf16 and
+    // 20 % slower for f32, whose rows are a page each), two for three or more.
+    let tile_rows = if rows <= 2 { 4 } else { 2 };
+    let mut local = 0;
+    while local < count {
+        let g = if local + tile_rows <= count {
+            tile_rows
+        } else {
+            1
+        };
+        // Every group of four activation rows against these weight rows while they are in L1:
+        // the weights stream from memory once, without a pass that leaves the memory idle.
+        let mut r = 0;
+        while r < rows {
+            let take = (rows - r).min(4);
             let tile = Tile {
                 w,
                 x,
@@ -181,7 +190,6 @@ unsafe fn avx2_rows_batch<W: WeightElement>(
                 x_row: r,
             };
             let mut put = |gi: usize, k: usize, v: f32| out[(r + k) * count + local + gi] = v;
-            let g = if local + g <= count { g } else { 1 };
             // SAFETY: the caller guarantees the AVX2 tier.
             unsafe {
                 match (g, take) {
@@ -189,15 +197,17 @@ unsafe fn avx2_rows_batch<W: WeightElement>(
                     (4, 2) => tile.run_avx2::<4, 2>(&mut put),
                     (2, 3) => tile.run_avx2::<2, 3>(&mut put),
                     (2, 4) => tile.run_avx2::<2, 4>(&mut put),
+                    (2, 1) => tile.run_avx2::<2, 1>(&mut put),
+                    (2, 2) => tile.run_avx2::<2, 2>(&mut put),
                     (_, 1) => tile.run_avx2::<1, 1>(&mut put),
                     (_, 2) => tile.run_avx2::<1, 2>(&mut put),
                     (_, 3) => tile.run_avx2::<1, 3>(&mut put),
                     _ => tile.run_avx2::<1, 4>(&mut put),
                 }
             }
-            local += g;
+            r += take;
         }
-        r += take;
+        local += g;
     }
 }
 
