@@ -28,7 +28,7 @@ fn migrated_runs_equal_unmigrated_runs_for_every_backend_pair() {
                 }
                 let mut engine = load(fixture, from);
                 let (first, sampler) = generate(&mut engine, greedy(), PROMPT, 5);
-                let before = engine.model().export_state().unwrap();
+                let before = engine.model_mut().export_state().unwrap();
                 let target = hybrid_decode::gdn_registry()
                     .create(to, &Default::default())
                     .unwrap();
@@ -36,7 +36,7 @@ fn migrated_runs_equal_unmigrated_runs_for_every_backend_pair() {
                 assert_eq!(old.info().name, from);
                 assert_eq!(engine.model().gdn_backend().info().name, to);
                 // The canonical export is exact: the state crossed bit for bit.
-                assert_eq!(engine.model().export_state().unwrap(), before);
+                assert_eq!(engine.model_mut().export_state().unwrap(), before);
                 drop(old);
                 let history = [PROMPT, &first].concat();
                 let rest = resume(&mut engine, sampler, &history, 7);
@@ -115,7 +115,7 @@ impl GdnBackend for FailingImport {
     ) -> Result<(), GdnError> {
         self.inner.prefill(l, s, i, o)
     }
-    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState, GdnError> {
+    fn export_state(&mut self, layer: usize, slot: SlotId) -> Result<SlotState, GdnError> {
         self.inner.export_state(layer, slot)
     }
     fn import_state(
@@ -136,6 +136,9 @@ impl GdnBackend for FailingImport {
     fn counters(&self) -> Counters {
         self.inner.counters()
     }
+    fn holds_slot(&self, slot: SlotId) -> bool {
+        self.inner.holds_slot(slot)
+    }
 }
 
 #[test]
@@ -144,7 +147,7 @@ fn a_failed_migration_leaves_the_model_on_its_old_backend() {
     let (uninterrupted, _) = generate(&mut whole, greedy(), PROMPT, 10);
     let mut engine = load("qwen3.5-moe-tiny", "cpu");
     let (first, sampler) = generate(&mut engine, greedy(), PROMPT, 4);
-    let before = engine.model().export_state().unwrap();
+    let before = engine.model_mut().export_state().unwrap();
     let failing = Box::new(FailingImport {
         inner: ReferenceBackend::default(),
         good_imports: 1,
@@ -154,7 +157,7 @@ fn a_failed_migration_leaves_the_model_on_its_old_backend() {
     };
     assert!(chain(&err).contains("injected"), "{}", chain(&err));
     assert_eq!(engine.model().gdn_backend().info().name, "cpu");
-    assert_eq!(engine.model().export_state().unwrap(), before);
+    assert_eq!(engine.model_mut().export_state().unwrap(), before);
     let history = [PROMPT, &first].concat();
     let rest = resume(&mut engine, sampler, &history, 6);
     assert_eq!([first, rest].concat(), uninterrupted);

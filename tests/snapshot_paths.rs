@@ -22,7 +22,7 @@ fn small_snapshot() -> Snapshot {
     let (generated, _) = generate(&mut engine, greedy(), PROMPT, 2);
     let history = [PROMPT, &generated].concat();
     engine
-        .model()
+        .model_mut()
         .snapshot(&history, json!({}))
         .expect("snapshot")
 }

@@ -25,7 +25,7 @@ fn snapshot_after(fixture: &str, backend: &str, n: usize) -> (Snapshot, Vec<u32>
     let (generated, _) = generate(&mut engine, greedy(), PROMPT, n);
     let history = [PROMPT, &generated].concat();
     let snapshot = engine
-        .model()
+        .model_mut()
         .snapshot(&history, json!({"note": "test"}))
         .expect("snapshot");
     (snapshot, history)
@@ -62,7 +62,10 @@ fn resume_from_disk_equals_an_uninterrupted_run_on_every_fixture_and_backend() {
             let other = backends[(i + 1) % backends.len()];
             let mut engine = load(fixture, other);
             engine.model_mut().restore(&read).expect("restore");
-            assert_eq!(engine.model().export_state().expect("export"), read.state);
+            assert_eq!(
+                engine.model_mut().export_state().expect("export"),
+                read.state
+            );
             let rest = resume(&mut engine, greedy(), &history, 7);
             assert_eq!(
                 [&history[PROMPT.len()..], &rest].concat(),
@@ -83,7 +86,7 @@ fn seeded_sampling_resumes_exactly_with_the_sampler_position() {
         let (first, sampler) = generate(&mut engine, Sampler::new(seeded()).unwrap(), PROMPT, 6);
         let history = [PROMPT, &first].concat();
         let bytes = engine
-            .model()
+            .model_mut()
             .snapshot(&history, json!(null))
             .expect("snapshot")
             .to_bytes();
@@ -226,7 +229,7 @@ fn corrupt_truncated_and_foreign_files_are_refused() {
 /// `restore` must fail with `expected` in the message and leave the model able to generate
 /// exactly as before.
 fn assert_restore_refused(engine: &mut Engine, snapshot: &Snapshot, expected: &str) {
-    let before = engine.model().export_state().unwrap();
+    let before = engine.model_mut().export_state().unwrap();
     let err = engine
         .model_mut()
         .restore(snapshot)
@@ -236,7 +239,7 @@ fn assert_restore_refused(engine: &mut Engine, snapshot: &Snapshot, expected: &s
         "expected `{expected}` in: {err}"
     );
     assert_eq!(
-        engine.model().export_state().unwrap(),
+        engine.model_mut().export_state().unwrap(),
         before,
         "model untouched"
     );
@@ -281,7 +284,10 @@ fn snapshots_of_another_model_config_weights_or_dtype_are_refused() {
     let mut random_f32 = Engine::new(random_f32.unwrap());
     let (generated, _) = generate(&mut random_f32, greedy(), PROMPT, 2);
     let history = [PROMPT, &generated].concat();
-    let f32_snapshot = random_f32.model().snapshot(&history, json!(null)).unwrap();
+    let f32_snapshot = random_f32
+        .model_mut()
+        .snapshot(&history, json!(null))
+        .unwrap();
     let bf16_options = LoadOptions {
         dtype: DType::BF16,
         ..LoadOptions::default()

@@ -260,7 +260,7 @@ fn main() -> Result<()> {
     if let Some(path) = &a.save_state {
         let history = run.history();
         let app = json!({ "sampler": sampler_json(&sampler), "eos_token_ids": eos });
-        let snapshot = loaded.engine.model().snapshot(&history, app)?;
+        let snapshot = loaded.engine.model_mut().snapshot(&history, app)?;
         let mode = if a.force {
             WriteMode::Overwrite
         } else {

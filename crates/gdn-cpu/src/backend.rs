@@ -302,7 +302,7 @@ impl GdnKernel for CpuKernel {
     }
 
     fn read_state(
-        &self,
+        &mut self,
         layer: Layer<'_, CpuConstants>,
         state: &CpuSlotState,
     ) -> Result<SlotState> {

@@ -638,7 +638,7 @@ impl GdnKernel for CudaKernel {
         Ok(())
     }
 
-    fn read_state(&self, layer: Layer<'_, CudaLayer>, state: &CudaState) -> Result<SlotState> {
+    fn read_state(&mut self, layer: Layer<'_, CudaLayer>, state: &CudaState) -> Result<SlotState> {
         let (exported, _bytes) = no_panic("exporting state", || {
             state.memory.export(&self.stream, layer.spec)
         })?;

@@ -48,8 +48,8 @@ fn pair(backend: &mut CudaBackend) -> (ReferenceBackend, SlotId, SlotId) {
 
 fn compare_states(
     what: &str,
-    backend: &CudaBackend,
-    oracle: &ReferenceBackend,
+    backend: &mut CudaBackend,
+    oracle: &mut ReferenceBackend,
     slots: (SlotId, SlotId),
 ) {
     for (layer, _) in LAYERS {
@@ -122,11 +122,11 @@ fn step_layers_matches_reference_with_and_without_graphs() {
     let slots = (slot, oracle_slot);
     backend.set_graphs(false);
     run_step_layers(&mut backend, &mut oracle, slots, 3, 100);
-    compare_states("launches", &backend, &oracle, slots);
+    compare_states("launches", &mut backend, &mut oracle, slots);
     backend.set_graphs(true);
     // Several replays of one graph: the conv ring position must advance on the device.
     run_step_layers(&mut backend, &mut oracle, slots, 6, 200);
-    compare_states("graph replays", &backend, &oracle, slots);
+    compare_states("graph replays", &mut backend, &mut oracle, slots);
     // Plain steps in between and after keep using the same state.
     let (x, a, b) = random_inputs(&LayerSpec::QWEN3_NEXT, 1, 300);
     let mut got = vec![0.0; LayerSpec::QWEN3_NEXT.value_dim()];
@@ -142,7 +142,7 @@ fn step_layers_matches_reference_with_and_without_graphs() {
         .expect("oracle step");
     assert_close("step after graphs", &got, &want, TOLERANCE);
     run_step_layers(&mut backend, &mut oracle, slots, 2, 400);
-    compare_states("after mixing", &backend, &oracle, slots);
+    compare_states("after mixing", &mut backend, &mut oracle, slots);
 }
 
 #[test]
@@ -253,7 +253,12 @@ fn graphs_of_a_freed_slot_are_not_replayed() {
     let fresh = backend.alloc_slot().expect("slot");
     let fresh_oracle = oracle.alloc_slot().expect("oracle slot");
     run_step_layers(&mut backend, &mut oracle, (fresh, fresh_oracle), 3, 800);
-    compare_states("fresh slot", &backend, &oracle, (fresh, fresh_oracle));
+    compare_states(
+        "fresh slot",
+        &mut backend,
+        &mut oracle,
+        (fresh, fresh_oracle),
+    );
 }
 
 #[test]

@@ -12,7 +12,6 @@
 //! XRT, a fresh simulated card for `xrt-sim`). See the crate README for the policy and its cost.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use hybrid_gdn::{
@@ -66,8 +65,7 @@ struct Card {
     info: KernelInfo,
 }
 
-/// The cards and everything that changes when they are used (behind a mutex, because
-/// reading a state takes `&self`).
+/// The cards and everything that changes when they are used.
 struct Cards {
     name: &'static str,
     cards: Vec<Card>,
@@ -181,12 +179,6 @@ fn check_limits(layer: usize, spec: &LayerSpec, info: &KernelInfo) -> Result<(),
     Ok(())
 }
 
-fn lock(cards: &Mutex<Cards>) -> MutexGuard<'_, Cards> {
-    // A panic while holding the lock cannot leave `Cards` inconsistent (every update is a
-    // counter add or a push), so a poisoned lock is still good.
-    cards.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn to_u32(value: usize, what: &str, backend: &str) -> Result<u32> {
     u32::try_from(value).map_err(|_| GdnError::InvalidArgument {
         backend: backend.into(),
@@ -208,7 +200,9 @@ pub struct XrtKernel {
     /// Device slot indices bound to a live slot, per layer. Every slot is made and freed in all
     /// layers together, so in practice a sequence has the same index on every layer.
     in_use: BTreeMap<usize, BTreeSet<u32>>,
-    cards: Mutex<Cards>,
+    /// The open cards. Every device call (a run, a state read or write) takes `&mut self`, so
+    /// they need no lock.
+    cards: Cards,
 }
 
 impl std::fmt::Debug for XrtKernel {
@@ -243,13 +237,13 @@ impl XrtKernel {
             name,
             design,
             in_use: BTreeMap::new(),
-            cards: Mutex::new(Cards {
+            cards: Cards {
                 name,
                 cards: vec![Card { device, info }],
                 opener,
                 max_cards: max_cards.max(1),
                 counters: DeviceCounters::default(),
-            }),
+            },
         })
     }
 
@@ -312,13 +306,13 @@ impl XrtKernel {
 
     /// The latest INFO answer of every open card (capacity and usage).
     pub fn card_info(&self) -> Vec<KernelInfo> {
-        lock(&self.cards).cards.iter().map(|c| c.info).collect()
+        self.cards.cards.iter().map(|c| c.info).collect()
     }
 
     /// One invocation of `op` on (layer, device slot) with no data.
-    fn invoke_on(&self, op: Op, layer: Layer<'_, Placement>, slot: DeviceSlot) -> Result<()> {
+    fn invoke_on(&mut self, op: Op, layer: Layer<'_, Placement>, slot: DeviceSlot) -> Result<()> {
         let args = KernelArgs::new(op, to_u32(layer.index, "layer index", self.name)?, slot.0);
-        lock(&self.cards).invoke(layer.constants.card, &args, &[], &mut [])
+        self.cards.invoke(layer.constants.card, &args, &[], &mut [])
     }
 }
 
@@ -327,7 +321,7 @@ impl GdnKernel for XrtKernel {
     type State = DeviceSlot;
 
     fn info(&self) -> BackendInfo {
-        let cards = lock(&self.cards);
+        let cards = &self.cards;
         let first = cards.cards[0].device.describe();
         BackendInfo {
             name: self.name.into(),
@@ -341,7 +335,7 @@ impl GdnKernel for XrtKernel {
     /// The kernel's compile-time limits (layers, heads, head dims, conv kernel), with the error
     /// the kernel itself would give.
     fn check_layer(&self, layer: usize, spec: &LayerSpec) -> Result<()> {
-        let limits = lock(&self.cards).cards[0].info;
+        let limits = self.cards.cards[0].info;
         check_limits(layer, spec, &limits).map_err(|e| e.into_gdn(self.name))
     }
 
@@ -357,7 +351,7 @@ impl GdnKernel for XrtKernel {
         // and placement never promises room that a later slot would not find.
         let q_scale = hybrid_gdn::math::query_scale(spec.head_k_dim);
         let name = self.name;
-        let mut cards = lock(&self.cards);
+        let cards = &mut self.cards;
         let card = cards.place(layer, spec, live_slots.max(1))?;
         let layer_arg = to_u32(layer, "layer index", name)?;
         let load = KernelArgs {
@@ -389,7 +383,7 @@ impl GdnKernel for XrtKernel {
 
     /// The lowest device slot index free in the layer, bound and zeroed by a RESET.
     fn new_state(&mut self, layer: Layer<'_, Placement>) -> Result<DeviceSlot> {
-        let max_slots = lock(&self.cards).cards[0].info.max_slots;
+        let max_slots = self.cards.cards[0].info.max_slots;
         let used = self.in_use.entry(layer.index).or_default();
         let index =
             (0..max_slots)
@@ -401,7 +395,7 @@ impl GdnKernel for XrtKernel {
                 ),
                 })?;
         self.invoke_on(Op::Reset, layer, DeviceSlot(index))?;
-        lock(&self.cards).refresh_info(layer.constants.card)?;
+        self.cards.refresh_info(layer.constants.card)?;
         self.in_use.entry(layer.index).or_default().insert(index);
         Ok(DeviceSlot(index))
     }
@@ -429,7 +423,7 @@ impl GdnKernel for XrtKernel {
         let spec = layer.spec;
         let (conv_dim, hv, value_dim) = (spec.conv_dim(), spec.num_v_heads, spec.value_dim());
         let layer_arg = to_u32(layer.index, "layer index", self.name)?;
-        let mut cards = lock(&self.cards);
+        let cards = &mut self.cards;
         for member in batch.iter_mut() {
             let inputs = member.inputs;
             let tokens = inputs.a.len() / hv;
@@ -457,7 +451,7 @@ impl GdnKernel for XrtKernel {
         Ok(())
     }
 
-    fn read_state(&self, layer: Layer<'_, Placement>, state: &DeviceSlot) -> Result<SlotState> {
+    fn read_state(&mut self, layer: Layer<'_, Placement>, state: &DeviceSlot) -> Result<SlotState> {
         let spec = layer.spec;
         let conv_len = spec.conv_state_len();
         let mut canonical = vec![0.0f32; conv_len + spec.recurrent_state_len()];
@@ -466,7 +460,8 @@ impl GdnKernel for XrtKernel {
             to_u32(layer.index, "layer index", self.name)?,
             state.0,
         );
-        lock(&self.cards).invoke(layer.constants.card, &args, &[], &mut canonical)?;
+        self.cards
+            .invoke(layer.constants.card, &args, &[], &mut canonical)?;
         let recurrent = canonical.split_off(conv_len);
         Ok(SlotState {
             conv: canonical,
@@ -485,7 +480,7 @@ impl GdnKernel for XrtKernel {
             to_u32(layer.index, "layer index", self.name)?,
             state.0,
         );
-        lock(&self.cards).invoke(
+        self.cards.invoke(
             layer.constants.card,
             &args,
             &[&canonical.conv, &canonical.recurrent],
@@ -494,6 +489,6 @@ impl GdnKernel for XrtKernel {
     }
 
     fn device_counters(&self) -> Option<DeviceCounters> {
-        Some(lock(&self.cards).counters)
+        Some(self.cards.counters)
     }
 }

@@ -105,8 +105,9 @@ impl FailoverBackend {
         let Some(factory) = self.fallback.take() else {
             return Err(cause);
         };
+        let from = self.active.info().name;
         let attach = |cause: &GdnError, what: &str, e: GdnError| GdnError::Device {
-            backend: self.active.info().name,
+            backend: from.clone(),
             message: format!("{cause}; moving the sequences to the fallback failed ({what}): {e}"),
         };
         let mut target = factory().map_err(|e| attach(&cause, "creating it", e))?;
@@ -278,7 +279,7 @@ impl GdnBackend for FailoverBackend {
         Ok(())
     }
 
-    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {
+    fn export_state(&mut self, layer: usize, slot: SlotId) -> Result<SlotState> {
         self.active.export_state(layer, self.inner_slot(slot)?)
     }
 
@@ -289,5 +290,9 @@ impl GdnBackend for FailoverBackend {
 
     fn counters(&self) -> Counters {
         self.retired.plus(self.active.counters())
+    }
+
+    fn holds_slot(&self, slot: SlotId) -> bool {
+        self.slots.contains_key(&slot)
     }
 }

@@ -277,7 +277,7 @@ impl GdnBackend for FailsOnce {
         self.inner.prefill(layer, slot, inputs, out)
     }
     fn export_state(
-        &self,
+        &mut self,
         layer: usize,
         slot: hybrid_gdn::SlotId,
     ) -> hybrid_gdn::Result<hybrid_gdn::SlotState> {
@@ -293,6 +293,9 @@ impl GdnBackend for FailsOnce {
     }
     fn counters(&self) -> hybrid_gdn::Counters {
         self.inner.counters()
+    }
+    fn holds_slot(&self, slot: hybrid_gdn::SlotId) -> bool {
+        self.inner.holds_slot(slot)
     }
 }
 

@@ -141,11 +141,15 @@ pub trait GdnBackend: Send {
     }
 
     /// The slot's state of `layer` in the canonical layout.
-    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState>;
+    fn export_state(&mut self, layer: usize, slot: SlotId) -> Result<SlotState>;
 
     /// Replaces the slot's state of `layer` with a canonical one (validated first).
     fn import_state(&mut self, layer: usize, slot: SlotId, state: &SlotState) -> Result<()>;
 
     /// Cumulative counters.
     fn counters(&self) -> Counters;
+
+    /// Whether `slot` is allocated: a host-side lookup (no device I/O, so `&self`), for
+    /// callers that only need to know, e.g. that a dropped sequence's slot was freed.
+    fn holds_slot(&self, slot: SlotId) -> bool;
 }

@@ -249,7 +249,7 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
         self.run(layer, members, Call::Batch)
     }
 
-    fn export_state(&self, layer: usize, slot: SlotId) -> Result<SlotState> {
+    fn export_state(&mut self, layer: usize, slot: SlotId) -> Result<SlotState> {
         let (layer, state) = self.table.get(layer, slot)?;
         self.kernel.read_state(layer, state)
     }
@@ -258,6 +258,10 @@ impl<K: GdnKernel> GdnBackend for Checked<K> {
         let (layer, state) = self.table.get_mut(layer, slot)?;
         imported.validate(layer.spec)?;
         self.kernel.write_state(layer, state, imported)
+    }
+
+    fn holds_slot(&self, slot: SlotId) -> bool {
+        self.table.live_slot(slot).is_ok()
     }
 
     fn counters(&self) -> Counters {
@@ -305,7 +309,7 @@ mod tests {
         (backend, slots)
     }
 
-    fn states(backend: &ReferenceBackend, slots: &[SlotId]) -> Vec<SlotState> {
+    fn states(backend: &mut ReferenceBackend, slots: &[SlotId]) -> Vec<SlotState> {
         slots
             .iter()
             .map(|&s| backend.export_state(0, s).unwrap())
@@ -321,7 +325,7 @@ mod tests {
         let mut bad_b = values(spec.num_v_heads, 6.0);
         bad_b[1] = f32::INFINITY;
         let (mut out0, mut out1) = (vec![0.0; 8], vec![0.0; 8]);
-        let before = states(&backend, &slots);
+        let before = states(&mut backend, &slots);
         let mut members = [
             BatchMember {
                 slot: slots[0],
@@ -346,12 +350,12 @@ mod tests {
             backend.run_batch(0, &mut members),
             Err(GdnError::NonFinite { what: "b", .. })
         ));
-        assert_eq!(states(&backend, &slots), before);
+        assert_eq!(states(&mut backend, &slots), before);
         assert_eq!(backend.counters().steps, 0);
         // The same batch without the bad value runs and moves both states.
         members[1].inputs.b = &a;
         backend.run_batch(0, &mut members).unwrap();
-        assert_ne!(states(&backend, &slots), before);
+        assert_ne!(states(&mut backend, &slots), before);
         assert_eq!(backend.counters().steps, 2);
     }
 
@@ -367,7 +371,7 @@ mod tests {
             b: &a,
         };
         let (mut out0, mut out1) = (vec![0.0; 8], vec![0.0; 8]);
-        let before = states(&backend, &slots);
+        let before = states(&mut backend, &slots);
         let mut members = [
             BatchMember {
                 slot: slots[0],
@@ -384,7 +388,7 @@ mod tests {
             backend.run_batch(0, &mut members),
             Err(GdnError::SlotRepeated(slots[0]))
         );
-        assert_eq!(states(&backend, &slots), before);
+        assert_eq!(states(&mut backend, &slots), before);
     }
 
     /// A kernel whose states are numbered and whose `new_state` fails from the `fail_at`-th call
@@ -431,7 +435,7 @@ mod tests {
             Ok(())
         }
 
-        fn read_state(&self, layer: Layer<'_, ()>, _: &u32) -> Result<SlotState> {
+        fn read_state(&mut self, layer: Layer<'_, ()>, _: &u32) -> Result<SlotState> {
             Ok(SlotState::zeros(layer.spec))
         }
 

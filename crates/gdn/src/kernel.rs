@@ -209,9 +209,10 @@ pub trait GdnKernel: Send {
         batch: &mut Batch<'_, '_, Self::State>,
     ) -> Result<()>;
 
-    /// The state in the canonical layout.
+    /// The state in the canonical layout. `&mut` because reading it may be device I/O (a
+    /// transfer from the card), which needs the device as much as a run does.
     fn read_state(
-        &self,
+        &mut self,
         layer: Layer<'_, Self::Constants>,
         state: &Self::State,
     ) -> Result<SlotState>;

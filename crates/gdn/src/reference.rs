@@ -80,7 +80,7 @@ impl GdnKernel for ReferenceKernel {
     }
 
     fn read_state(
-        &self,
+        &mut self,
         _layer: Layer<'_, LayerConstants>,
         state: &SlotState,
     ) -> Result<SlotState> {

@@ -65,7 +65,7 @@ impl Pair {
     }
 
     /// Compares the exported states of backend and oracle.
-    fn compare_states(&self, context: &str) {
+    fn compare_states(&mut self, context: &str) {
         let got = self.backend.export_state(0, self.slot).expect("export");
         let want = self
             .oracle
@@ -246,7 +246,7 @@ pub fn slot_isolation(factory: Factory<'_>) {
         }
     }
     for (i, &slot) in slots.iter().enumerate() {
-        let (oracle, oracle_slot) = &oracles[i];
+        let (oracle, oracle_slot) = &mut oracles[i];
         compare_slot_states(
             &format!("slot {i} final"),
             &backend.export_state(0, slot).expect("export"),
@@ -791,13 +791,13 @@ pub fn rejected_batch_changes_nothing(factory: Factory<'_>) {
     let freed = backend.alloc_slot().expect("alloc");
     backend.free_slot(freed).expect("free");
     let case = BatchCase::new(spec, &[1, 4, 1], 1710);
-    let states = |backend: &dyn GdnBackend, slots: &[SlotId]| -> Vec<SlotState> {
+    let states = |backend: &mut dyn GdnBackend, slots: &[SlotId]| -> Vec<SlotState> {
         slots
             .iter()
             .map(|&s| backend.export_state(0, s).expect("export"))
             .collect()
     };
-    let before = states(backend.as_ref(), &slots);
+    let before = states(backend.as_mut(), &slots);
     let counters = backend.counters();
     let label = backend.info().name;
 
@@ -857,7 +857,7 @@ pub fn rejected_batch_changes_nothing(factory: Factory<'_>) {
     );
 
     assert_eq!(
-        states(backend.as_ref(), &slots),
+        states(backend.as_mut(), &slots),
         before,
         "{label}: a rejected batch changed a member's state"
     );

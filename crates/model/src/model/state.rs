@@ -53,9 +53,10 @@ pub(super) fn fingerprint(
 }
 
 impl Network {
-    fn export(&self, sequence: &Sequence) -> Result<ModelState> {
+    fn export(&mut self, sequence: &Sequence) -> Result<ModelState> {
         self.check_owner(sequence)?;
         let spec = self.config.gdn_spec();
+        let gdn = &mut self.gdn;
         let layers = self
             .layers
             .iter()
@@ -63,8 +64,7 @@ impl Network {
             .map(|(i, layer)| match &layer.mixer {
                 Mixer::Gdn { .. } => Ok(LayerState::Gdn {
                     spec,
-                    state: self
-                        .gdn
+                    state: gdn
                         .export_state(i, sequence.slot)
                         .map_err(|source| ModelError::Gdn { layer: i, source })?,
                 }),
@@ -198,7 +198,7 @@ impl Network {
         Ok(())
     }
 
-    fn snapshot(&self, sequence: &Sequence, tokens: &[u32], app: Value) -> Result<Snapshot> {
+    fn snapshot(&mut self, sequence: &Sequence, tokens: &[u32], app: Value) -> Result<Snapshot> {
         if tokens.len() < sequence.position {
             return Err(ModelError::IncompatibleState(format!(
                 "a snapshot at position {} needs at least that many tokens, got {}",
@@ -295,7 +295,7 @@ impl HybridModel {
     }
 
     /// A copy of the built-in sequence's whole state: KV caches and canonical GDN state.
-    pub fn export_state(&self) -> Result<ModelState> {
+    pub fn export_state(&mut self) -> Result<ModelState> {
         self.net.export(&self.primary)
     }
 
@@ -309,7 +309,7 @@ impl HybridModel {
     /// The built-in sequence's state as a [`Snapshot`] of the sequence `tokens` (the tokens fed
     /// so far plus any chosen but not yet fed); `app` is free-form data for the caller (e.g.
     /// sampler state).
-    pub fn snapshot(&self, tokens: &[u32], app: Value) -> Result<Snapshot> {
+    pub fn snapshot(&mut self, tokens: &[u32], app: Value) -> Result<Snapshot> {
         self.net.snapshot(&self.primary, tokens, app)
     }
 
@@ -321,7 +321,7 @@ impl HybridModel {
     }
 
     /// [`export_state`](Self::export_state) of another sequence of this model.
-    pub fn export_sequence(&self, sequence: &Sequence) -> Result<ModelState> {
+    pub fn export_sequence(&mut self, sequence: &Sequence) -> Result<ModelState> {
         self.net.export(sequence)
     }
 
@@ -332,7 +332,7 @@ impl HybridModel {
 
     /// [`snapshot`](Self::snapshot) of another sequence of this model.
     pub fn snapshot_sequence(
-        &self,
+        &mut self,
         sequence: &Sequence,
         tokens: &[u32],
         app: Value,
