@@ -639,10 +639,10 @@ impl GdnKernel for CudaKernel {
     }
 
     fn read_state(&mut self, layer: Layer<'_, CudaLayer>, state: &CudaState) -> Result<SlotState> {
-        let (exported, _bytes) = no_panic("exporting state", || {
+        let (exported, bytes) = no_panic("exporting state", || {
             state.memory.export(&self.stream, layer.spec)
         })?;
-        // Reading a state takes `&self`, so the download cannot be added to the counters here.
+        self.counters.bytes_from_device += bytes;
         Ok(exported)
     }
 
