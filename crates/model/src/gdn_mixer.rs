@@ -14,7 +14,7 @@ use hybrid_gdn::{BatchMember, GdnBackend, LayerConstants, LayerSpec, SlotId, Tok
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
-use crate::nn::{GatedRmsNorm, Linear};
+use crate::nn::{with_f32_values, GatedRmsNorm, Linear};
 use crate::weights::WeightStore;
 
 /// One GDN layer's candle-side weights.
@@ -131,34 +131,27 @@ impl GdnMixer {
             )));
         }
         let projected = self.in_proj.forward(x)?;
-        let inputs = CoreInputs::new(&projected.to_dtype(DType::F32)?, spec, spans)?;
         let z = projected.narrow(1, conv_dim, value_dim)?;
         // The output buffer is the one allocation the core adds (the tensor below takes it over);
-        // each member borrows its rows of it.
+        // a decode step reads its inputs straight from the projection's storage.
         let mut out = vec![0.0f32; tokens * value_dim];
-        let mut rest = out.as_mut_slice();
-        let mut first = 0;
-        let mut members = spans.iter().map(|&(slot, count)| {
-            let rows = first..first + count;
-            first = rows.end;
-            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(count * value_dim);
-            rest = tail;
-            BatchMember {
-                slot,
-                inputs: inputs.rows(rows),
-                out: mine,
-            }
-        });
-        // One sequence (plain decode or prefill) needs no member list on the heap.
-        let result = match (spans.len(), members.next()) {
-            (1, Some(only)) => backend.run_batch(layer, &mut [only]),
-            (_, first_member) => {
-                let mut all: Vec<BatchMember<'_>> =
-                    first_member.into_iter().chain(members).collect();
-                backend.run_batch(layer, &mut all)
-            }
-        };
-        result.map_err(|source| ModelError::Gdn { layer, source })?;
+        let projected_f32 = projected.to_dtype(DType::F32)?;
+        if spans.iter().all(|&(_, count)| count == 1) {
+            let (_, width) = projected_f32.dims2()?;
+            with_f32_values(&projected_f32, |data| {
+                let inputs = CoreInputs::Rows {
+                    data,
+                    width,
+                    conv_dim,
+                    value_dim,
+                    hv,
+                };
+                run_core(layer, backend, spans, &inputs, value_dim, &mut out)
+            })?;
+        } else {
+            let inputs = CoreInputs::columns(&projected_f32, spec)?;
+            run_core(layer, backend, spans, &inputs, value_dim, &mut out)?;
+        }
 
         let core = Tensor::from_vec(out, (tokens, hv, spec.head_v_dim), x.device())?;
         let z = z.reshape((tokens, hv, spec.head_v_dim))?;
@@ -171,12 +164,46 @@ impl GdnMixer {
     }
 }
 
-/// The core's inputs of one forward, copied out of the projection once.
-enum CoreInputs {
-    /// One row per sequence (a decode step): the whole `[T, width]` projection in one copy;
-    /// a row's `mixed_qkv`, `b` and `a` are slices of it.
+/// Runs the core of `layer` for every span of `inputs` in one batched backend call, each member
+/// writing its rows of `out` (`value_dim` values per token).
+fn run_core(
+    layer: usize,
+    backend: &mut dyn GdnBackend,
+    spans: &[(SlotId, usize)],
+    inputs: &CoreInputs<'_>,
+    value_dim: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let mut rest = out;
+    let mut first = 0;
+    let mut members = spans.iter().map(|&(slot, count)| {
+        let rows = first..first + count;
+        first = rows.end;
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(count * value_dim);
+        rest = tail;
+        BatchMember {
+            slot,
+            inputs: inputs.rows(rows),
+            out: mine,
+        }
+    });
+    // One sequence (plain decode or prefill) needs no member list on the heap.
+    let result = match (spans.len(), members.next()) {
+        (1, Some(only)) => backend.run_batch(layer, &mut [only]),
+        (_, first_member) => {
+            let mut all: Vec<BatchMember<'_>> = first_member.into_iter().chain(members).collect();
+            backend.run_batch(layer, &mut all)
+        }
+    };
+    result.map_err(|source| ModelError::Gdn { layer, source })
+}
+
+/// The core's inputs of one forward.
+enum CoreInputs<'a> {
+    /// One row per sequence (a decode step): the whole `[T, width]` projection, borrowed; a
+    /// row's `mixed_qkv`, `b` and `a` are slices of it.
     Rows {
-        data: Vec<f32>,
+        data: &'a [f32],
         width: usize,
         conv_dim: usize,
         value_dim: usize,
@@ -193,20 +220,10 @@ enum CoreInputs {
     },
 }
 
-impl CoreInputs {
-    fn new(projected: &Tensor, spec: &LayerSpec, spans: &[(SlotId, usize)]) -> Result<Self> {
+impl CoreInputs<'_> {
+    /// A prefill's inputs, copied out of the projection once.
+    fn columns(projected: &Tensor, spec: &LayerSpec) -> Result<Self> {
         let (conv_dim, value_dim, hv) = (spec.conv_dim(), spec.value_dim(), spec.num_v_heads);
-        if spans.iter().all(|&(_, count)| count == 1) {
-            let (_, width) = projected.dims2()?;
-            let data = projected.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            return Ok(CoreInputs::Rows {
-                data,
-                width,
-                conv_dim,
-                value_dim,
-                hv,
-            });
-        }
         let column = |start: usize, width: usize| -> Result<Vec<f32>> {
             Ok(projected
                 .narrow(1, start, width)?
@@ -228,7 +245,7 @@ impl CoreInputs {
     fn rows(&self, rows: std::ops::Range<usize>) -> TokenInputs<'_> {
         match *self {
             CoreInputs::Rows {
-                ref data,
+                data,
                 width,
                 conv_dim,
                 value_dim,

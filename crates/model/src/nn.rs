@@ -102,6 +102,19 @@ const DEQUANTIZED_CHUNK_ELEMENTS: usize = 1 << 20;
 /// through the GEMM and 36.7 through the decode kernel (Intel Xeon, 2 threads).
 const INT8_GEMM_ROWS: usize = GEMV_MAX_ROWS + 1;
 
+/// Runs `f` on the values of the f32 tensor `t` in row-major order, borrowed from its storage
+/// when it is a contiguous CPU tensor (every activation the layers hand each other is), else
+/// copied once. Decode reads each activation row this way instead of copying it per matmul.
+pub(crate) fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    if t.dtype() == DType::F32 {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return f(&cpu.as_slice::<f32>()?[start..end]);
+        }
+    }
+    f(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
 /// `x Wᵀ` for contiguous f32 `x` `[T, in]`.
 fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
     match weight {
@@ -112,9 +125,10 @@ fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
         {
             let (rows, k) = x.dims2()?;
             let (n, _) = q.shape().dims2()?;
-            let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let mut y = vec![0f32; rows * n];
-            crate::int8_gemm::int8_matmul(q.dtype(), &q.data()?, n, k, &xs, &mut y)?;
+            with_f32_values(x, |xs| {
+                crate::int8_gemm::int8_matmul(q.dtype(), &q.data()?, n, k, xs, &mut y)
+            })?;
             Ok(Tensor::from_vec(y, (rows, n), x.device())?)
         }
         Matrix::Quantized(q) if x.device().is_cpu() && x.dim(0)? >= DEQUANTIZED_GEMM_ROWS => {
@@ -123,18 +137,17 @@ fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
         Matrix::Quantized(q) if x.device().is_cpu() => {
             let (rows, k) = x.dims2()?;
             let (n, _) = q.shape().dims2()?;
-            let xs = x.flatten_all()?.to_vec1::<f32>()?;
             let mut y = vec![0f32; rows * n];
             let weights = q.data()?;
-            match q.dtype() {
-                GgmlDType::Q8_0 => crate::qgemm::q8_0_matmul(&weights, n, k, &xs, &mut y)?,
+            with_f32_values(x, |xs| match q.dtype() {
+                GgmlDType::Q8_0 => crate::qgemm::q8_0_matmul(&weights, n, k, xs, &mut y),
                 dtype if crate::kquant_gemv::supports(dtype) => {
-                    crate::kquant_gemv::kquant_matmul(dtype, &weights, n, k, &xs, &mut y)?
+                    crate::kquant_gemv::kquant_matmul(dtype, &weights, n, k, xs, &mut y)
                 }
                 // candle's block dot products for the other types: the activation rows are
                 // quantized to the weight type's dot-product partner (Q8_0 / Q8_K).
-                dtype => crate::qgemm::blocks_matmul(dtype, &weights, (rows, k, n), &xs, &mut y)?,
-            }
+                dtype => crate::qgemm::blocks_matmul(dtype, &weights, (rows, k, n), xs, &mut y),
+            })?;
             Ok(Tensor::from_vec(y, (rows, n), x.device())?)
         }
         Matrix::Quantized(q) => Ok(x.apply_op1_no_bwd(q.as_ref())?),
@@ -175,7 +188,6 @@ fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let out_dim = weight.dim(0)?;
-    let x = x.flatten_all()?.to_vec1::<f32>()?;
     let mut y = vec![0.0f32; rows * out_dim];
     let (storage, layout) = weight.storage_and_layout();
     let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
@@ -187,11 +199,13 @@ fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         DType::F16 => WeightRows::F16(&cpu.as_slice::<half::f16>()?[start..end]),
         _ => return Ok(None),
     };
-    if gemm {
-        crate::dense_gemm::dense_matmul(rows_of, in_dim, &x, &mut y)?;
-    } else {
-        gemv(rows_of, in_dim, &x, &mut y)?;
-    }
+    with_f32_values(x, |x| {
+        if gemm {
+            crate::dense_gemm::dense_matmul(rows_of, in_dim, x, &mut y)
+        } else {
+            gemv(rows_of, in_dim, x, &mut y)
+        }
+    })?;
     drop(storage);
     Ok(Some(Tensor::from_vec(y, (rows, out_dim), weight.device())?))
 }
