@@ -3,7 +3,8 @@
 //! bf16, Q8_0 with our kernel, Q4_K and Q6_K with ours and through candle's block dots). Decode speed is bound
 //! by these numbers; compare them with the machine's memory bandwidth.
 //!
-//! bf16 is also measured with eight activation rows (a batched decode step).
+//! bf16 is also measured with eight activation rows (a batched decode step), from memory and
+//! with the weights in cache.
 //! Dense and Q8_0 kernels are measured at every SIMD tier this CPU has (`avx512`, `avx2`,
 //! `portable`), so one run compares the paths.
 //!
@@ -25,6 +26,8 @@ const N: usize = 262144;
 const K: usize = 1024;
 /// Activation rows of the batched measurement: the largest decode batch the GEMV takes.
 const BATCH: usize = 8;
+/// Weight rows of the in-cache batched measurement (4 MiB of bf16: within L2 + L3 here).
+const CACHED_ROWS: usize = 2048;
 
 fn matvec(c: &mut Criterion) {
     let x: Vec<f32> = (0..K)
@@ -70,6 +73,22 @@ fn matvec(c: &mut Criterion) {
             |b| {
                 b.iter(|| {
                     gemv_at(tier, WeightRows::Bf16(&bf16_weights), K, &xs, &mut ys).expect("gemv")
+                })
+            },
+        );
+    }
+    // The same batch with the weights in cache (the first CACHED_ROWS rows, 4 MiB): what the
+    // batched kernel computes per second when memory is not the limit. Below the DRAM figure,
+    // the batched step is compute-bound.
+    let cached = &bf16_weights[..CACHED_ROWS * K];
+    let mut ys_cached = vec![0f32; BATCH * CACHED_ROWS];
+    group.throughput(Throughput::Bytes((CACHED_ROWS * K * 2) as u64));
+    for &tier in &tiers {
+        group.bench_function(
+            BenchmarkId::new(format!("bf16 x{BATCH} rows, cached"), tier.key()),
+            |b| {
+                b.iter(|| {
+                    gemv_at(tier, WeightRows::Bf16(cached), K, &xs, &mut ys_cached).expect("gemv")
                 })
             },
         );
