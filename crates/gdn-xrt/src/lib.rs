@@ -16,8 +16,9 @@
 //!   the model does not fit one.
 //! - **Latency model** ([`latency`]): device cycles from the kernel's loop structure, calibrated on
 //!   the published 63 µs per layer-token, plus the host-side cost per token.
-//! - **Fault tolerance** ([`failover`]): a backend that moves live sequences to a fallback (`cpu`)
-//!   when the card fails, mid-generation, without changing a token.
+//! - **Fault tolerance**: [`FailoverBackend`] (in hybrid-gdn, for any backend) moves live
+//!   sequences to a fallback (`cpu`) when the card fails, mid-generation, without changing a
+//!   token; `tests/failover.rs` drives it with failing simulated cards.
 //!
 //! See the crate README for the hardware build, the resource and latency tables, and the XRT test.
 
@@ -26,7 +27,6 @@
 pub mod backend;
 pub mod design;
 pub mod error;
-pub mod failover;
 pub mod kernel;
 pub mod latency;
 pub mod state;
@@ -36,7 +36,8 @@ pub mod xrt;
 pub use backend::{DeviceSlot, SimConfig, XrtBackend, XrtKernel};
 pub use design::DesignPoint;
 pub use error::{RunState, XrtError};
-pub use failover::FailoverBackend;
+/// Re-exported from hybrid-gdn, where it now lives beside the checked front.
+pub use hybrid_gdn::FailoverBackend;
 
 use hybrid_gdn::Registry;
 

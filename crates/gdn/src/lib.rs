@@ -15,7 +15,8 @@
 //! A device implements the narrow [`GdnKernel`] (constants, new/reset/read/write state, one
 //! batched run per layer); the checked front [`Checked`] wraps it into a [`GdnBackend`] and keeps
 //! every rule of the contract — slots, validation, one token for `step`, no slot twice in a
-//! batch, counters and timing — in one place.
+//! batch, counters and timing — in one place. [`FailoverBackend`] wraps any backend and moves
+//! its live sequences to a fallback when the device fails (`generate --gdn-fallback cpu`).
 //!
 //! ## Input policy
 //! Every call validates lengths and rejects NaN/±Inf in its inputs with a typed error *before*
@@ -28,6 +29,7 @@ pub mod checked;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;
+pub mod failover;
 pub mod kernel;
 pub mod math;
 pub mod reference;
@@ -39,6 +41,7 @@ pub mod state;
 pub use backend::{BackendInfo, Counters, GdnBackend, PrefillStrategy};
 pub use checked::{Checked, SlotStates};
 pub use error::{ErrorKind, GdnError, Result};
+pub use failover::{FailoverBackend, FailoverEvent, FallbackFactory};
 pub use kernel::{
     slot_named_earlier, Batch, BatchMember, DeviceCounters, GdnKernel, Layer, MemberMut,
 };

@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use hybrid_gdn::{
+use crate::{
     slot_named_earlier, BackendInfo, BatchMember, Counters, GdnBackend, GdnError, LayerConstants,
     LayerSpec, Result, SlotId, SlotState, TokenInputs,
 };
