@@ -130,6 +130,31 @@ fn bad_input_fails_cleanly() {
     assert_fails(&["--prompt-ids", &long.join(",")], "512");
 }
 
+/// `--gdn-fallback` puts the backend behind hybrid-gdn's `FailoverBackend` without changing a
+/// token (the move itself, with failing simulated cards, is tests/xrt_failover.rs); a name this
+/// build cannot create is refused at start, not at the first device fault.
+#[test]
+fn gdn_fallback_changes_no_token_and_bad_names_are_refused() {
+    let out = run(&[
+        "--max-new-tokens",
+        "16",
+        "--gdn-backend",
+        "xrt-sim",
+        "--gdn-fallback",
+        "cpu",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(ids(&v["generated_ids"]), HF_GREEDY);
+    assert_eq!(v["gdn_backend"], "xrt-sim");
+    assert_fails(
+        &["--gdn-fallback", "tpu"],
+        "--gdn-fallback tpu: not a backend",
+    );
+    assert_fails(&["--gdn-fallback"], "--gdn-fallback");
+}
+
 #[test]
 fn broken_checkpoints_fail_cleanly() {
     let dir = tempfile::tempdir().expect("temp");

@@ -49,6 +49,7 @@ fn load(a: &Args) -> Result<Loaded> {
         seed: a.seed,
         dtype: a.dtype,
         gdn_backend: &a.gdn_backend,
+        gdn_fallback: a.gdn_fallback.as_deref(),
         backend_options: backend_options(a),
     })
 }

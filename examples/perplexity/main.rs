@@ -131,6 +131,7 @@ fn main() -> Result<()> {
         seed: None,
         dtype: args.dtype,
         gdn_backend: &args.gdn_backend,
+        gdn_fallback: None,
         backend_options,
     })?;
     let tokenizer = loaded

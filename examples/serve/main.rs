@@ -43,6 +43,10 @@ struct Args {
     /// GDN backend (`generate --gdn-backend help` lists them).
     #[arg(long, default_value = "cpu")]
     gdn_backend: String,
+    /// If the `--gdn-backend` device fails, move every running sequence's state to a fresh
+    /// backend of this name (e.g. cpu) and carry on with the same tokens.
+    #[arg(long)]
+    gdn_fallback: Option<String>,
     /// Worker threads for the model (default: every core).
     #[arg(long)]
     threads: Option<usize>,
@@ -105,6 +109,7 @@ fn main() -> Result<()> {
         seed: None,
         dtype: a.dtype,
         gdn_backend: &a.gdn_backend,
+        gdn_fallback: a.gdn_fallback.as_deref(),
         backend_options: BackendOptions::default(),
     })?;
     let Some(tokenizer) = loaded.tokenizer else {

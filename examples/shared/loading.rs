@@ -1,13 +1,14 @@
 //! Loading a model and what lives next to its weights (tokenizer, chat template, generation
 //! defaults) from the flags every example shares: `--model DIR|FILE.gguf|owner/name`,
-//! `--tokenizer FILE`, `--config FILE --random-weights [--seed S]`, `--dtype`, `--gdn-backend`.
+//! `--tokenizer FILE`, `--config FILE --random-weights [--seed S]`, `--dtype`, `--gdn-backend`,
+//! `--gdn-fallback`.
 //! Included by the examples with `#[path = "../shared/loading.rs"] mod loading;`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::DType;
-use hybrid_decode::gdn::{BackendOptions, GdnBackend};
+use hybrid_decode::gdn::{BackendOptions, FailoverBackend, GdnBackend};
 use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig, WeightFormat};
 use hybrid_decode::runtime::{
     gguf_file, resolve_model, GenerationConfig, GgufVocab, HubOptions, Tokenizer, TokenizerConfig,
@@ -34,6 +35,8 @@ pub struct ModelRequest<'a> {
     pub dtype: Option<WeightFormat>,
     /// `--gdn-backend`.
     pub gdn_backend: &'a str,
+    /// `--gdn-fallback`: where every sequence moves if the `--gdn-backend` device fails.
+    pub gdn_fallback: Option<&'a str>,
     /// Threads, xclbin, device index for the GDN backend.
     pub backend_options: BackendOptions,
 }
@@ -48,6 +51,30 @@ pub struct Loaded {
     pub description: String,
 }
 
+/// `primary` behind a [`FailoverBackend`] when `--gdn-fallback` names a backend. The name is
+/// checked here, so a typo fails at start rather than at the first device fault.
+fn with_fallback(
+    primary: Box<dyn GdnBackend>,
+    request: &ModelRequest<'_>,
+) -> Result<Box<dyn GdnBackend>> {
+    let Some(name) = request.gdn_fallback else {
+        return Ok(primary);
+    };
+    let available = hybrid_decode::gdn_registry().available();
+    if !available.contains(&name) {
+        anyhow::bail!(
+            "--gdn-fallback {name}: not a backend this build can create (available: {}; \
+             --gdn-backend help says why the others are not)",
+            available.join(", ")
+        );
+    }
+    let (name, options) = (name.to_owned(), request.backend_options.clone());
+    Ok(Box::new(FailoverBackend::new(
+        primary,
+        Box::new(move || hybrid_decode::gdn_registry().create(&name, &options)),
+    )))
+}
+
 /// Loads the model (and tokenizer, chat template, generation defaults) `request` names.
 pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
     let gdn = hybrid_decode::gdn_registry()
@@ -58,6 +85,7 @@ pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
                 request.gdn_backend
             )
         })?;
+    let gdn = with_fallback(gdn, request)?;
     let format = request.dtype.unwrap_or(WeightFormat {
         dtype: DType::F32,
         quantize: None,
