@@ -44,7 +44,9 @@ struct Args {
     #[arg(long, default_value = "cpu")]
     gdn_backend: String,
     /// If the `--gdn-backend` device fails, move every running sequence's state to a fresh
-    /// backend of this name (e.g. cpu) and carry on with the same tokens.
+    /// backend of this name (e.g. cpu) and carry on with the same tokens. Until then a batch
+    /// step runs its sequences through the GDN backend one at a time (so a failure moves them
+    /// exactly), not as one batched call.
     #[arg(long)]
     gdn_fallback: Option<String>,
     /// Worker threads for the model (default: every core).

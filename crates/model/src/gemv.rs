@@ -148,10 +148,12 @@ fn dot_rows<W: WeightElement>(
 /// time while the tile's weights are in L1, so a widened weight vector serves every activation
 /// row of the tile and up to eight accumulators keep both FMA pipes busy ([`x86::dot_tile`]).
 /// (A batch of eight as two passes over a task's 64 weight rows, the second from L2, left the
-/// memory idle during that pass: `benches/matvec.rs` `bf16 x8 rows` took 68–73 ms against 59–65
-/// ms this way, three alternating runs on the 2-core AMD EPYC, AVX2.) `x` is as the kernel reads it: for bf16 weights
-/// rearranged by [`split_even_odd`] ([`WeightElement::load_half`]). A pair's arithmetic does not depend on the tile,
-/// so a row of a batch gets bit for bit what it gets alone. Measured on the 2-core AMD EPYC
+/// memory idle during that pass: `benches/matvec.rs` `bf16 x8 rows` took 68–73 ms against
+/// 59–65 ms this way, three alternating runs on the 2-core AMD EPYC, AVX2.)
+///
+/// `x` is as the kernel reads it: for bf16 weights rearranged by [`split_even_odd`]
+/// ([`WeightElement::load_half`]). A pair's arithmetic does not depend on the tile, so a row of
+/// a batch gets bit for bit what it gets alone. Measured on the 2-core AMD EPYC
 /// (AVX2): the 0.8B shape's batch of eight ran 2.5× one sequence when each activation row made
 /// its own pass over the weights.
 ///
