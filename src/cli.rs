@@ -154,3 +154,28 @@ mod tests {
         assert_eq!(utf8([OsString::from("x")].into_iter()).unwrap(), ["x"]);
     }
 }
+
+/// The GDN backend when `--gdn-backend` is not given: `cuda` for a model on a GPU
+/// (`--device cuda[:N]`: its GDN state beside the rest of the model), else `cpu`.
+pub fn default_gdn_backend(device: Option<&str>) -> &'static str {
+    match device {
+        Some(spec) if spec.trim().to_ascii_lowercase().starts_with("cuda") => "cuda",
+        _ => "cpu",
+    }
+}
+
+/// `options` for the GDN backend `name` of a model on `device`: the `cuda` backend opens the
+/// model's GPU (`--device cuda:N`) unless a device index was given.
+pub fn gdn_options_for(
+    name: &str,
+    device: &candle_core::Device,
+    options: &crate::gdn::BackendOptions,
+) -> crate::gdn::BackendOptions {
+    let mut options = options.clone();
+    if let (candle_core::DeviceLocation::Cuda { gpu_id }, "cuda") = (device.location(), name) {
+        if options.device_index == 0 {
+            options = options.with_device_index(gpu_id);
+        }
+    }
+    options
+}

@@ -265,6 +265,15 @@ fn bad_flags_fail_cleanly() {
     assert_fails("bench", &["--model", "/no/such/model"], "/no/such/model");
     assert_fails("bench", &["--config", "x.json"], "--random-weights");
     assert_fails("bench", &["--frobnicate"], "unknown flag");
+    assert_fails(
+        "bench",
+        &["--model", model, "--device", "gpu"],
+        "expected cpu, cuda or cuda:N",
+    );
+    if !cfg!(feature = "cuda-full") {
+        let args = ["--model", model, "--device", "cuda"];
+        assert_fails("bench", &args, "--features cuda-full");
+    }
 }
 
 /// Issue 13 item 7: a run longer than the model's context names bench's own flags.

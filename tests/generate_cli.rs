@@ -155,6 +155,24 @@ fn gdn_fallback_changes_no_token_and_bad_names_are_refused() {
     assert_fails(&["--gdn-fallback"], "--gdn-fallback");
 }
 
+/// `--device cpu` is the default; a device this build cannot open is refused with what to do
+/// (a CUDA device needs a `--features cuda-full` build: tested here without one).
+#[test]
+fn device_flag_runs_on_the_cpu_and_refuses_what_it_cannot_open() {
+    let out = run(&["--max-new-tokens", "16", "--device", "cpu", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ids(&json(&out)["generated_ids"]), HF_GREEDY);
+    assert_fails(&["--device", "gpu"], "expected cpu, cuda or cuda:N");
+    assert_fails(&["--device", "cuda:x"], "expected cpu, cuda or cuda:N");
+    if !cfg!(feature = "cuda-full") {
+        assert_fails(&["--device", "cuda"], "rebuild with `--features cuda-full`");
+        assert_fails(
+            &["--device", "cuda:1"],
+            "rebuild with `--features cuda-full`",
+        );
+    }
+}
+
 #[test]
 fn broken_checkpoints_fail_cleanly() {
     let dir = tempfile::tempdir().expect("temp");

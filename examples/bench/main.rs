@@ -68,6 +68,7 @@ fn parse() -> Result<Options> {
         quantize: None,
     };
     let mut threads = None;
+    let mut device = None;
     let mut gdn_options = BackendOptions::default();
     let (mut prompt_tokens, mut gen_tokens, mut repeats, mut warmup) = (128, 32, 3, 1);
     let mut batch = 1;
@@ -89,6 +90,7 @@ fn parse() -> Result<Options> {
             "--config",
             "--seed",
             "--dtype",
+            "--device",
             "--gdn-backend",
             "--threads",
             "--xclbin",
@@ -118,6 +120,7 @@ fn parse() -> Result<Options> {
             "--random-weights" => random_weights = true,
             "--seed" => seed = number(&flag, &value, count)?,
             "--dtype" => dtype = value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+            "--device" => device = Some(value),
             "--gdn-backend" => {
                 backends = value.split(',').map(str::trim).map(String::from).collect()
             }
@@ -162,6 +165,10 @@ fn parse() -> Result<Options> {
     }
     if let Some(threads) = threads {
         hybrid_decode::cli::set_threads(threads)?;
+    }
+    if let (Some(spec), None) = (&device, &worker) {
+        // Here once, so that a bad --device fails before any worker starts.
+        hybrid_decode::model::parse_device(spec).context("--device")?;
     }
     if let Some(path) = &svg {
         hybrid_decode::cli::check_output_file("--svg", path)?;
@@ -227,6 +234,7 @@ fn parse() -> Result<Options> {
         settings: Settings {
             source,
             dtype,
+            device,
             gdn_options,
             prompt_tokens,
             gen_tokens,

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use candle_core::Device;
+use hybrid_decode::cli::gdn_options_for;
 use hybrid_decode::gdn::BackendOptions;
-use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig, WeightFormat};
+use hybrid_decode::model::{parse_device, HybridModel, LoadOptions, ModelConfig, WeightFormat};
 use hybrid_decode::runtime::{gguf_file, resolve_model, HubOptions, Sampler, SamplingParams};
 
 use crate::report::{BackendResult, Roofline, Stat};
@@ -26,6 +28,8 @@ pub enum Source {
 pub struct Settings {
     pub source: Source,
     pub dtype: WeightFormat,
+    /// `--device cpu|cuda[:N]` (the CPU when absent).
+    pub device: Option<String>,
     /// Options every GDN backend is created with (threads, xclbin, device index).
     pub gdn_options: BackendOptions,
     pub prompt_tokens: usize,
@@ -38,12 +42,18 @@ pub struct Settings {
 }
 
 fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
+    let device = match &settings.device {
+        Some(spec) => parse_device(spec).context("--device")?,
+        None => Device::Cpu,
+    };
+    let gdn_options = gdn_options_for(backend, &device, &settings.gdn_options);
     let gdn = hybrid_decode::gdn_registry()
-        .create(backend, &settings.gdn_options)
+        .create(backend, &gdn_options)
         .with_context(|| format!("--gdn-backend {backend}"))?;
     let load_options = LoadOptions {
         dtype: settings.dtype.dtype,
         quantize: settings.dtype.quantize,
+        device,
         ..LoadOptions::default()
     };
     Ok(match &settings.source {
@@ -151,11 +161,7 @@ pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
     let mut model = load(settings, backend)?;
     let load_s = started.elapsed().as_secs_f64();
     let info = model.gdn_backend().info();
-    let weights = format!(
-        "{} · {}",
-        model.weight_format(),
-        hybrid_decode::model::kernel_paths()
-    );
+    let weights = format!("{} · {}", model.weight_format(), model.kernel_description());
     let context = model.config().max_position_embeddings;
     if settings.prompt_tokens.saturating_add(settings.gen_tokens) > context {
         anyhow::bail!(

@@ -31,6 +31,7 @@ pub(crate) struct Args {
     pub(crate) xclbin: Option<PathBuf>,
     pub(crate) device_index: Option<usize>,
     pub(crate) dtype: Option<WeightFormat>,
+    pub(crate) device: Option<String>,
     pub(crate) tokenizer: Option<PathBuf>,
     pub(crate) json: bool,
     pub(crate) save_state: Option<PathBuf>,
@@ -49,9 +50,9 @@ pub(crate) fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T>
 pub(crate) fn parse_args() -> Result<Args> {
     let mut a = Args {
         max_new_tokens: 32,
-        gdn_backend: "cpu".into(),
         ..Args::default()
     };
+    let mut gdn_backend = None;
     let mut it = hybrid_decode::cli::utf8_args()?.into_iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -76,6 +77,7 @@ pub(crate) fn parse_args() -> Result<Args> {
             "--xclbin",
             "--device-index",
             "--dtype",
+            "--device",
             "--tokenizer",
             "--save-state",
             "--resume",
@@ -115,7 +117,7 @@ pub(crate) fn parse_args() -> Result<Args> {
             "--repeat-penalty" => a.repeat_penalty = Some(number(&flag, &value)?),
             "--repeat-last-n" => a.repeat_last_n = Some(number(&flag, &value)?),
             "--seed" => a.seed = Some(number(&flag, &value)?),
-            "--gdn-backend" => a.gdn_backend = value,
+            "--gdn-backend" => gdn_backend = Some(value),
             "--gdn-fallback" => a.gdn_fallback = Some(value),
             "--threads" => a.threads = Some(number(&flag, &value)?),
             "--xclbin" => a.xclbin = Some(value.into()),
@@ -123,6 +125,7 @@ pub(crate) fn parse_args() -> Result<Args> {
             "--dtype" => {
                 a.dtype = Some(value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?)
             }
+            "--device" => a.device = Some(value),
             "--tokenizer" => a.tokenizer = Some(value.into()),
             "--json" => a.json = true,
             "--save-state" => a.save_state = Some(value.into()),
@@ -133,6 +136,8 @@ pub(crate) fn parse_args() -> Result<Args> {
             other => bail!("unknown flag `{other}` (see --help)"),
         }
     }
+    a.gdn_backend = gdn_backend
+        .unwrap_or_else(|| hybrid_decode::cli::default_gdn_backend(a.device.as_deref()).into());
     if a.prompt.is_some() && a.prompt_ids.is_some() {
         bail!("give either --prompt or --prompt-ids, not both");
     }

@@ -48,6 +48,7 @@ fn load(a: &Args) -> Result<Loaded> {
         config: a.config.as_deref(),
         seed: a.seed,
         dtype: a.dtype,
+        device: a.device.as_deref(),
         gdn_backend: &a.gdn_backend,
         gdn_fallback: a.gdn_fallback.as_deref(),
         backend_options: backend_options(a),
@@ -134,7 +135,7 @@ fn main() -> Result<()> {
     eprintln!(
         "weights: {} · kernels: {}",
         loaded.engine.model().weight_format(),
-        hybrid_decode::model::kernel_paths()
+        loaded.engine.model().kernel_description()
     );
     let backend = loaded.engine.model().gdn_backend().info();
     eprintln!("GDN backend: {} ({})", backend.name, backend.device);

@@ -130,6 +130,7 @@ fn main() -> Result<()> {
         config: None,
         seed: None,
         dtype: args.dtype,
+        device: None,
         gdn_backend: &args.gdn_backend,
         gdn_fallback: None,
         backend_options,
@@ -175,7 +176,7 @@ fn main() -> Result<()> {
     eprintln!(
         "weights: {} · {}",
         loaded.engine.model().weight_format(),
-        hybrid_decode::model::kernel_paths()
+        loaded.engine.model().kernel_description()
     );
     eprintln!(
         "text: {} ({} tokens); {} window(s) of ≤ {} tokens, stride {stride}, {scored} scored",

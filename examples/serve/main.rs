@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example serve -- [--model DIR|FILE.gguf|owner/name] [--port 8080]
-//!     [--host 127.0.0.1] [--gdn-backend cpu] [--max-batch 8] [--max-queue 64]
+//!     [--host 127.0.0.1] [--device cpu|cuda[:N]] [--gdn-backend cpu] [--max-batch 8] [--max-queue 64]
 //!     [--state-cache-mb 256] [--ctx-size N] [--prefill-chunk 256] [--dtype f32|bf16|q8_0|…]
 //!     [--threads N] [--model-name ID] [--max-body-mb 8] [--shutdown-grace-s 10]
 //! ```
@@ -40,9 +40,13 @@ struct Args {
     /// Weight format for safetensors checkpoints (f32, bf16, f16, q8_0, q4_k, q6_k, …).
     #[arg(long)]
     dtype: Option<WeightFormat>,
-    /// GDN backend (`generate --gdn-backend help` lists them).
-    #[arg(long, default_value = "cpu")]
-    gdn_backend: String,
+    /// Where the model runs: cpu, cuda or cuda:N (needs a `--features cuda-full` build).
+    #[arg(long)]
+    device: Option<String>,
+    /// GDN backend (`generate --gdn-backend help` lists them) [default: cuda with
+    /// `--device cuda[:N]`, else cpu].
+    #[arg(long)]
+    gdn_backend: Option<String>,
     /// If the `--gdn-backend` device fails, move every running sequence's state to a fresh
     /// backend of this name (e.g. cpu) and carry on with the same tokens. Until then a batch
     /// step runs its sequences through the GDN backend one at a time (so a failure moves them
@@ -104,13 +108,18 @@ fn main() -> Result<()> {
             bail!("{flag} must be at least 1");
         }
     }
+    let gdn_backend = a
+        .gdn_backend
+        .clone()
+        .unwrap_or_else(|| hybrid_decode::cli::default_gdn_backend(a.device.as_deref()).into());
     let loaded = loading::load(&ModelRequest {
         model: a.model.as_deref(),
         tokenizer: a.tokenizer.as_deref(),
         config: None,
         seed: None,
         dtype: a.dtype,
-        gdn_backend: &a.gdn_backend,
+        device: a.device.as_deref(),
+        gdn_backend: &gdn_backend,
         gdn_fallback: a.gdn_fallback.as_deref(),
         backend_options: BackendOptions::default(),
     })?;
@@ -172,7 +181,7 @@ fn main() -> Result<()> {
         eprintln!(
             "serve: model `{model_id}`, GDN backend {}, context {context}, batch {}, queue {}, \
              state cache {} MiB",
-            a.gdn_backend, a.max_batch, a.max_queue, a.state_cache_mb
+            gdn_backend, a.max_batch, a.max_queue, a.state_cache_mb
         );
         // Tests and scripts wait for this line (with --port 0 it is the only way to learn the port).
         eprintln!("serve: listening on http://{address}");

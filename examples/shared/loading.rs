@@ -1,15 +1,16 @@
 //! Loading a model and what lives next to its weights (tokenizer, chat template, generation
 //! defaults) from the flags every example shares: `--model DIR|FILE.gguf|owner/name`,
-//! `--tokenizer FILE`, `--config FILE --random-weights [--seed S]`, `--dtype`, `--gdn-backend`,
-//! `--gdn-fallback`.
+//! `--tokenizer FILE`, `--config FILE --random-weights [--seed S]`, `--dtype`, `--device`,
+//! `--gdn-backend`, `--gdn-fallback`.
 //! Included by the examples with `#[path = "../shared/loading.rs"] mod loading;`.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Device};
+use hybrid_decode::cli::gdn_options_for;
 use hybrid_decode::gdn::{BackendOptions, FailoverBackend, GdnBackend};
-use hybrid_decode::model::{HybridModel, LoadOptions, ModelConfig, WeightFormat};
+use hybrid_decode::model::{parse_device, HybridModel, LoadOptions, ModelConfig, WeightFormat};
 use hybrid_decode::runtime::{
     gguf_file, resolve_model, GenerationConfig, GgufVocab, HubOptions, Tokenizer, TokenizerConfig,
     DEFAULT_SEED,
@@ -33,7 +34,9 @@ pub struct ModelRequest<'a> {
     pub seed: Option<u64>,
     /// `--dtype`: the weight format (f32 when absent; a GGUF keeps its own formats).
     pub dtype: Option<WeightFormat>,
-    /// `--gdn-backend`.
+    /// `--device cpu|cuda[:N]`: where the model's tensors live (the CPU when absent).
+    pub device: Option<&'a str>,
+    /// `--gdn-backend` (`hybrid_decode::cli::default_gdn_backend` when the flag is absent).
     pub gdn_backend: &'a str,
     /// `--gdn-fallback`: where every sequence moves if the `--gdn-backend` device fails.
     pub gdn_fallback: Option<&'a str>,
@@ -56,6 +59,7 @@ pub struct Loaded {
 fn with_fallback(
     primary: Box<dyn GdnBackend>,
     request: &ModelRequest<'_>,
+    device: &Device,
 ) -> Result<Box<dyn GdnBackend>> {
     let Some(name) = request.gdn_fallback else {
         return Ok(primary);
@@ -68,7 +72,8 @@ fn with_fallback(
             available.join(", ")
         );
     }
-    let (name, options) = (name.to_owned(), request.backend_options.clone());
+    let options = gdn_options_for(name, device, &request.backend_options);
+    let name = name.to_owned();
     Ok(Box::new(FailoverBackend::new(
         primary,
         Box::new(move || hybrid_decode::gdn_registry().create(&name, &options)),
@@ -77,15 +82,22 @@ fn with_fallback(
 
 /// Loads the model (and tokenizer, chat template, generation defaults) `request` names.
 pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
+    let device = match request.device {
+        Some(spec) => parse_device(spec).context("--device")?,
+        None => Device::Cpu,
+    };
     let gdn = hybrid_decode::gdn_registry()
-        .create(request.gdn_backend, &request.backend_options)
+        .create(
+            request.gdn_backend,
+            &gdn_options_for(request.gdn_backend, &device, &request.backend_options),
+        )
         .with_context(|| {
             format!(
                 "--gdn-backend {} (try --gdn-backend help)",
                 request.gdn_backend
             )
         })?;
-    let gdn = with_fallback(gdn, request)?;
+    let gdn = with_fallback(gdn, request, &device)?;
     let format = request.dtype.unwrap_or(WeightFormat {
         dtype: DType::F32,
         quantize: None,
@@ -93,6 +105,7 @@ pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
     let load_options = LoadOptions {
         dtype: format.dtype,
         quantize: format.quantize,
+        device,
         ..LoadOptions::default()
     };
     if let Some(config_path) = request.config {

@@ -89,15 +89,15 @@ impl CudaKernel {
     /// Registry name.
     pub const NAME: &'static str = NAME;
 
-    /// Opens GPU `HYBRID_GDN_CUDA_DEVICE` (default 0). Without a driver, NVRTC or GPU this is
-    /// [`GdnError::Unavailable`] with the reason; it never panics. `options` are ignored (the
-    /// kernel uses one host thread).
+    /// Opens GPU `HYBRID_GDN_CUDA_DEVICE` if that is set, else GPU `options.device_index` (the
+    /// model's GPU under `--device cuda:N`). Without a driver, NVRTC or GPU this is
+    /// [`GdnError::Unavailable`] with the reason; it never panics. The other options are
+    /// ignored (the kernel uses one host thread).
     pub fn new(options: &BackendOptions) -> Result<Self> {
-        let _ = options;
-        Self::on_device(device::ordinal_from_env()?)
+        Self::on_device(device::ordinal_from_env()?.unwrap_or(options.device_index))
     }
 
-    /// The `cuda` backend (front and kernel) on GPU `HYBRID_GDN_CUDA_DEVICE`.
+    /// The `cuda` backend (front and kernel) on the GPU [`CudaKernel::new`] picks.
     pub fn backend(options: &BackendOptions) -> Result<CudaBackend> {
         Ok(Checked::new(Self::new(options)?))
     }

@@ -192,7 +192,7 @@ pub fn open(ordinal: usize) -> Result<Gpu> {
         })?;
         if ordinal >= count.max(0) as usize {
             return Err(unavailable(format!(
-                "GPU {ordinal} requested (HYBRID_GDN_CUDA_DEVICE) but the driver sees {count}"
+                "GPU {ordinal} requested (HYBRID_GDN_CUDA_DEVICE, or --device cuda:N) but the driver sees {count}"
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| device_error("opening the GPU", e))?;
@@ -211,11 +211,11 @@ pub fn open(ordinal: usize) -> Result<Gpu> {
     })
 }
 
-/// The GPU ordinal from `HYBRID_GDN_CUDA_DEVICE` (default 0).
-pub fn ordinal_from_env() -> Result<usize> {
+/// The GPU ordinal from `HYBRID_GDN_CUDA_DEVICE` (`None` when it is not set).
+pub fn ordinal_from_env() -> Result<Option<usize>> {
     match std::env::var("HYBRID_GDN_CUDA_DEVICE") {
-        Err(_) => Ok(0),
-        Ok(value) => value.trim().parse().map_err(|_| {
+        Err(_) => Ok(None),
+        Ok(value) => value.trim().parse().map(Some).map_err(|_| {
             unavailable(format!(
                 "HYBRID_GDN_CUDA_DEVICE must be a GPU index (0, 1, ...), got `{value}`"
             ))

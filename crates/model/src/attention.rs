@@ -9,6 +9,7 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::nn::{sigmoid, Linear, RmsNorm};
+use crate::placement::{Place, Target};
 use crate::weights::WeightStore;
 
 /// Rotary tables for the first `rotary_dim` dims of each head (rotate-half layout).
@@ -199,5 +200,20 @@ impl Attention {
         // 5. Output gate, then o_proj.
         let gated = (attended * sigmoid(&gate)?)?;
         self.o_proj.forward(&gated)
+    }
+}
+
+impl Place for Attention {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        for projection in [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+        ] {
+            projection.place(target)?;
+        }
+        self.q_norm.place(target)?;
+        self.k_norm.place(target)
     }
 }

@@ -15,6 +15,7 @@ use hybrid_gdn::{BatchMember, GdnBackend, LayerConstants, LayerSpec, SlotId, Tok
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::nn::{with_f32_values, GatedRmsNorm, Linear};
+use crate::placement::{Place, Target};
 use crate::weights::WeightStore;
 
 /// One GDN layer's candle-side weights.
@@ -299,4 +300,13 @@ pub(crate) fn deinterleave_rows(spec: &LayerSpec) -> (Vec<u32>, Vec<u32>) {
         .collect();
     ba.extend((0..hk).flat_map(|g| (0..r).map(move |j| (g * ba_group + r + j) as u32)));
     (qkvz, ba)
+}
+
+impl Place for GdnMixer {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        self.in_proj.place(target)?;
+        self.out_proj_input_order.place(target)?;
+        self.norm.place(target)?;
+        self.out_proj.place(target)
+    }
 }

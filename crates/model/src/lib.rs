@@ -28,6 +28,7 @@ pub mod config;
 pub mod dense_gemm;
 #[cfg(target_arch = "x86_64")]
 mod dense_gemm_avx2;
+pub mod device;
 pub mod error;
 pub mod gdn_mixer;
 pub mod gemv;
@@ -42,11 +43,13 @@ pub mod model;
 pub mod moe;
 pub mod nn;
 mod parallel;
+mod placement;
 pub mod qgemm;
 pub mod snapshot;
 pub mod weights;
 
 pub use config::{Architecture, LayerKind, ModelConfig};
+pub use device::parse_device;
 pub use error::{ModelError, Result};
 pub use gemv::kernel_paths;
 pub use gguf::GgufCheckpoint;

@@ -25,6 +25,7 @@ use crate::kv_cache::KvCache;
 use crate::matrix::Matrix;
 use crate::moe::SparseMoe;
 use crate::nn::{Linear, Mlp, RmsNorm};
+use crate::placement::{Place, Target};
 use crate::snapshot::Fingerprint;
 use crate::weights::WeightStore;
 
@@ -40,8 +41,13 @@ pub struct LoadOptions {
     /// GGML type on load (see [`WeightStore::with_quantization`]). GGUF files keep their
     /// stored formats, so this must be `None` for them.
     pub quantize: Option<GgmlDType>,
-    /// Device for the candle side.
+    /// Where the model's tensors live (`--device`; [`crate::parse_device`] opens one by name).
+    /// On the CPU the matrix products run through this crate's kernels, elsewhere through
+    /// candle's ops (cuBLAS and candle's quantized matmul on CUDA).
     pub device: Device,
+    /// Run the matrix products through candle's generic ops even on the CPU — the code path a
+    /// GPU runs, so that it can be tested without one. Slower; off by default.
+    pub candle_ops: bool,
 }
 
 impl Default for LoadOptions {
@@ -50,6 +56,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             quantize: None,
             device: Device::Cpu,
+            candle_ops: false,
         }
     }
 }
@@ -77,6 +84,21 @@ struct DecoderLayer {
     mixer: Mixer,
     post_norm: RmsNorm,
     feed_forward: FeedForward,
+}
+
+impl Place for DecoderLayer {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        self.input_norm.place(target)?;
+        match &mut self.mixer {
+            Mixer::Gdn { mixer, .. } => mixer.place(target)?,
+            Mixer::Attention(attention) => attention.place(target)?,
+        }
+        self.post_norm.place(target)?;
+        match &mut self.feed_forward {
+            FeedForward::Dense(mlp) => mlp.place(target),
+            FeedForward::Moe(moe) => moe.place(target),
+        }
+    }
 }
 
 /// Distinguishes models (and GDN backends after a migration) so that a [`Sequence`] is only ever
@@ -183,6 +205,8 @@ struct Network {
     format_id: String,
     format_name: String,
     fingerprint: Fingerprint,
+    /// Where every weight and activation tensor lives, and what multiplies there.
+    target: Target,
 }
 
 /// A loaded Qwen3-Next / Qwen3.5 model and its built-in sequence.
@@ -212,7 +236,7 @@ impl HybridModel {
         let config = ModelConfig::from_dir(path)?;
         let store = WeightStore::open(path, options.dtype, &options.device)?
             .with_quantization(options.quantize);
-        Self::from_store(config, &store, gdn)
+        Self::from_store(config, &store.with_candle_ops(options.candle_ops), gdn)
     }
 
     /// Loads a GGUF file as llama.cpp's converter writes these models: config from its
@@ -225,16 +249,10 @@ impl HybridModel {
                 path.display()
             )));
         }
-        if !options.device.is_cpu() {
-            return Err(ModelError::InvalidOption(format!(
-                "{}: GGUF weights load on the CPU only",
-                path.display()
-            )));
-        }
         let mut gguf = GgufCheckpoint::open(path)?;
         let config = gguf.config()?;
-        let store = WeightStore::from_gguf(gguf);
-        Self::from_store(config, &store, gdn)
+        let store = WeightStore::from_gguf(gguf, &options.device);
+        Self::from_store(config, &store.with_candle_ops(options.candle_ops), gdn)
     }
 
     /// A model of `config`'s shapes with seeded random weights (see [`WeightStore::random`]):
@@ -247,7 +265,7 @@ impl HybridModel {
     ) -> Result<Self> {
         let store = WeightStore::random(seed, options.dtype, &options.device)
             .with_quantization(options.quantize);
-        Self::from_store(config, &store, gdn)
+        Self::from_store(config, &store.with_candle_ops(options.candle_ops), gdn)
     }
 
     /// Builds the model from an opened checkpoint.
@@ -318,6 +336,24 @@ impl HybridModel {
             Linear::load(store, "lm_head", hidden, vocab, false)?
         };
         let fingerprint = state::fingerprint(&config, &layers, &embed, &lm_head)?;
+        // Assembled where the readers produced each tensor; now all onto the model's device.
+        let target = Target {
+            device: store.device().clone(),
+            native_kernels: !store.candle_ops(),
+        };
+        let mut embed = embed;
+        embed.place(&target)?;
+        let mut layers = layers;
+        layers.place(&target)?;
+        let mut norm = norm;
+        norm.place(&target)?;
+        let mut lm_head = if config.tie_word_embeddings {
+            // One copy of a tied table on the device, not two.
+            Linear::new(embed.clone(), None)
+        } else {
+            lm_head
+        };
+        lm_head.place(&target)?;
         let mut net = Network {
             rope: Rope::new(&config),
             config,
@@ -335,6 +371,7 @@ impl HybridModel {
             format_id: store.format_id(),
             format_name: store.format_name(),
             fingerprint,
+            target,
         };
         let primary = net.new_sequence()?;
         Ok(HybridModel { net, primary })
@@ -348,6 +385,17 @@ impl HybridModel {
     /// How the weight matrices are stored (`BF16`, `Q8_0 (quantized on load)`, `GGUF Q4_K_M`).
     pub fn weight_format(&self) -> &str {
         &self.net.format_name
+    }
+
+    /// The device the model's tensors live on (`LoadOptions::device`).
+    pub fn device(&self) -> &Device {
+        &self.net.target.device
+    }
+
+    /// What runs the model's matrix products, for run summaries (e.g. `avx2 (other quants:
+    /// candle AVX2)`, or `candle on CUDA GPU 0 ...`).
+    pub fn kernel_description(&self) -> String {
+        crate::device::kernel_description(&self.net.target.device, self.net.target.native_kernels)
     }
 
     /// The GDN backend the linear-attention layers run on.

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 use crate::config::MoeConfig;
 use crate::error::Result;
 use crate::nn::{sigmoid, Linear, Mlp};
+use crate::placement::{Place, Target};
 use crate::weights::WeightStore;
 
 /// One sparse MoE block.
@@ -145,5 +146,13 @@ impl SparseMoe {
             }
         }
         ranked
+    }
+}
+
+impl Place for SparseMoe {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        self.router.place(target)?;
+        self.experts.place(target)?;
+        self.shared.place(target)
     }
 }

@@ -7,6 +7,7 @@ use candle_core::{DType, Storage, Tensor, D};
 use crate::error::Result;
 use crate::gemv::{gemv, WeightRows};
 use crate::matrix::Matrix;
+use crate::placement::{Place, Target};
 use crate::weights::WeightStore;
 
 /// Rows up to which [`Linear`] uses the streaming GEMV instead of a GEMM: decode is one row; a
@@ -22,6 +23,9 @@ const GEMV_MAX_ROWS: usize = 8;
 pub struct Linear {
     blocks: Vec<Matrix>,
     bias: Option<Tensor>,
+    /// Multiply through this crate's CPU kernels (when the input is on the CPU); `false` after
+    /// placement for candle's generic ops (see [`crate::model::LoadOptions::candle_ops`]).
+    native: bool,
 }
 
 impl Linear {
@@ -30,6 +34,7 @@ impl Linear {
         Linear {
             blocks: vec![weight],
             bias,
+            native: true,
         }
     }
 
@@ -40,7 +45,11 @@ impl Linear {
             Some(one) => vec![one],
             None => parts,
         };
-        Ok(Linear { blocks, bias: None })
+        Ok(Linear {
+            blocks,
+            bias: None,
+            native: true,
+        })
     }
 
     /// Loads `<prefix>.weight` (and `<prefix>.bias` when `bias`) with shape `[out, in]`.
@@ -68,9 +77,10 @@ impl Linear {
     /// `x` is `[T, in]` f32; returns `[T, out]` f32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let native = self.native && x.device().is_cpu();
         let mut outputs = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            outputs.push(matmul_t(&x, block)?);
+            outputs.push(matmul_t(&x, block, native)?);
         }
         let y = if outputs.len() == 1 {
             outputs.pop().expect("one output")
@@ -115,13 +125,12 @@ pub(crate) fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>
     f(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// `x Wᵀ` for contiguous f32 `x` `[T, in]`.
-fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
+/// `x Wᵀ` for contiguous f32 `x` `[T, in]`, through this crate's CPU kernels when `native` (and
+/// `x` is on the CPU), else candle's ops.
+fn matmul_t(x: &Tensor, weight: &Matrix, native: bool) -> Result<Tensor> {
     match weight {
         Matrix::Quantized(q)
-            if x.device().is_cpu()
-                && x.dim(0)? >= INT8_GEMM_ROWS
-                && crate::int8_gemm::supports(q.dtype()) =>
+            if native && x.dim(0)? >= INT8_GEMM_ROWS && crate::int8_gemm::supports(q.dtype()) =>
         {
             let (rows, k) = x.dims2()?;
             let (n, _) = q.shape().dims2()?;
@@ -131,10 +140,10 @@ fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
             })?;
             Ok(Tensor::from_vec(y, (rows, n), x.device())?)
         }
-        Matrix::Quantized(q) if x.device().is_cpu() && x.dim(0)? >= DEQUANTIZED_GEMM_ROWS => {
+        Matrix::Quantized(q) if native && x.dim(0)? >= DEQUANTIZED_GEMM_ROWS => {
             dequantized_gemm(x, q)
         }
-        Matrix::Quantized(q) if x.device().is_cpu() => {
+        Matrix::Quantized(q) if native => {
             let (rows, k) = x.dims2()?;
             let (n, _) = q.shape().dims2()?;
             let mut y = vec![0f32; rows * n];
@@ -151,9 +160,19 @@ fn matmul_t(x: &Tensor, weight: &Matrix) -> Result<Tensor> {
             Ok(Tensor::from_vec(y, (rows, n), x.device())?)
         }
         Matrix::Quantized(q) => Ok(x.apply_op1_no_bwd(q.as_ref())?),
-        Matrix::Dense(w) => match gemv_dense(x, w)? {
+        Matrix::Dense(w) => match gemv_dense(x, w, native)? {
             Some(y) => Ok(y),
-            None => Ok(x.matmul(&w.to_dtype(DType::F32)?.t()?)?),
+            None if w.dtype() == DType::F32 => Ok(x.matmul(&w.t()?)?),
+            // A CPU without our GEMM (the portable tier's prefill): f32 products, as exact as
+            // the kernels it stands in for.
+            None if native => Ok(x.matmul(&w.to_dtype(DType::F32)?.t()?)?),
+            // Elsewhere (a GPU, or HYBRID_MODEL_OPS=candle): activations meet a bf16/f16 weight in its dtype (what cuBLAS multiplies; it
+            // accumulates in f32), as HF transformers and llama.cpp do on a GPU: widening the
+            // weight instead would write an f32 copy of it on every call.
+            None => Ok(x
+                .to_dtype(w.dtype())?
+                .matmul(&w.t()?)?
+                .to_dtype(DType::F32)?),
         },
     }
 }
@@ -180,11 +199,11 @@ fn dequantized_gemm(x: &Tensor, q: &candle_core::quantized::QTensor) -> Result<T
 
 /// Dense weights on the CPU: a few rows (decode) go through [`crate::gemv`], which streams the
 /// weights once, more through [`crate::dense_gemm`] on AVX2 and AVX-512 CPUs; `None` when neither
-/// applies (candle's matmul runs).
-fn gemv_dense(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+/// applies or `native` is off (candle's matmul runs).
+fn gemv_dense(x: &Tensor, weight: &Tensor, native: bool) -> Result<Option<Tensor>> {
     let (rows, in_dim) = x.dims2()?;
     let gemm = rows > GEMV_MAX_ROWS;
-    if (gemm && !crate::dense_gemm::supported()) || !x.device().is_cpu() {
+    if (gemm && !crate::dense_gemm::supported()) || !native {
         return Ok(None);
     }
     let out_dim = weight.dim(0)?;
@@ -320,4 +339,31 @@ impl Mlp {
 /// Logistic sigmoid, `1 / (1 + e^−x)` (PyTorch's formula).
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok((x.neg()?.exp()? + 1.0)?.recip()?)
+}
+
+impl Place for Linear {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        self.native = target.native_kernels;
+        self.blocks.place(target)?;
+        self.bias.place(target)
+    }
+}
+
+impl Place for RmsNorm {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        self.scale.place(target)
+    }
+}
+
+impl Place for GatedRmsNorm {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        self.weight.place(target)
+    }
+}
+
+impl Place for Mlp {
+    fn place(&mut self, target: &Target) -> Result<()> {
+        self.gate_up.place(target)?;
+        self.down.place(target)
+    }
 }

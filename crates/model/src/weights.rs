@@ -42,6 +42,8 @@ pub struct WeightStore {
     /// Quantize weight matrices to this GGML type on load (safetensors and random weights).
     quantize: Option<GgmlDType>,
     device: Device,
+    /// The model built from this store multiplies through candle's ops even on the CPU.
+    candle_ops: bool,
     /// `Some(seed)`: every tensor is generated instead of read.
     random_seed: Option<u64>,
     /// A GGUF file answers every tensor name.
@@ -98,6 +100,7 @@ impl WeightStore {
             dtype,
             quantize: None,
             device: device.clone(),
+            candle_ops: false,
             random_seed: None,
             gguf: None,
         };
@@ -196,20 +199,24 @@ impl WeightStore {
             dtype,
             quantize: None,
             device: device.clone(),
+            candle_ops: false,
             random_seed: Some(seed),
             gguf: None,
         }
     }
 
-    /// A store answering from the GGUF checkpoint `gguf` (weights keep their stored formats).
-    pub fn from_gguf(gguf: GgufCheckpoint) -> Self {
+    /// A store answering from the GGUF checkpoint `gguf` (weights keep their stored formats)
+    /// for a model on `device`. The file's tensors are read into host memory, where loading
+    /// reorders their rows; the model places them on `device` when it is complete.
+    pub fn from_gguf(gguf: GgufCheckpoint, device: &Device) -> Self {
         WeightStore {
             dir: gguf.path().to_path_buf(),
             files: Vec::new(),
             tensors: HashMap::new(),
             dtype: DType::F32,
             quantize: None,
-            device: Device::Cpu,
+            device: device.clone(),
+            candle_ops: false,
             random_seed: None,
             gguf: Some(gguf),
         }
@@ -222,6 +229,18 @@ impl WeightStore {
     pub fn with_quantization(mut self, dtype: Option<GgmlDType>) -> Self {
         self.quantize = dtype;
         self
+    }
+
+    /// Builds the model's matrix products on candle's generic ops even on the CPU (the path a
+    /// GPU takes; see [`crate::model::LoadOptions::candle_ops`]).
+    pub fn with_candle_ops(mut self, candle_ops: bool) -> Self {
+        self.candle_ops = candle_ops;
+        self
+    }
+
+    /// True when the model built from this store uses candle's ops on the CPU too.
+    pub fn candle_ops(&self) -> bool {
+        self.candle_ops
     }
 
     /// The GGUF checkpoint behind this store, if it is one.
@@ -263,7 +282,9 @@ impl WeightStore {
         self.dtype
     }
 
-    /// The device tensors are placed on.
+    /// The device the model's tensors are placed on. Safetensors tensors are read onto it;
+    /// GGUF tensors and matrices quantized on load may come back in host memory (their loading
+    /// works on raw blocks) and are moved when the model is complete.
     pub fn device(&self) -> &Device {
         &self.device
     }
