@@ -12,7 +12,7 @@ use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions};
 
-use common::golden::{check_against_golden, Golden};
+use common::golden::{check_against_golden, last_logits, relative_rms, Golden};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,23 +32,6 @@ fn candle_ops(dtype: DType) -> LoadOptions {
         candle_ops: true,
         ..LoadOptions::default()
     }
-}
-
-fn last_logits(model: &mut HybridModel, prompt: &[u32]) -> Vec<f32> {
-    model
-        .forward(prompt)
-        .and_then(|t| Ok(t.to_vec1::<f32>()?))
-        .expect("logits")
-}
-
-/// `‖a − b‖ / ‖b‖`.
-fn relative_rms(a: &[f32], b: &[f32]) -> f64 {
-    let (mut err, mut norm) = (0.0f64, 0.0f64);
-    for (x, y) in a.iter().zip(b) {
-        err += f64::from(x - y).powi(2);
-        norm += f64::from(*y).powi(2);
-    }
-    (err / norm).sqrt()
 }
 
 /// f32 weights through candle's matmul: HF's logits within the goldens' tolerance, for every

@@ -13,7 +13,7 @@ use candle_core::quantized::GgmlDType;
 use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions};
 
-use common::golden::{check_against_golden, Golden};
+use common::golden::{check_against_golden, last_logits, relative_rms, Golden};
 
 fn gguf(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -41,13 +41,6 @@ fn f32_ggufs_match_hf_goldens() {
     }
 }
 
-fn logits(model: &mut HybridModel, prompt: &[u32]) -> Vec<f32> {
-    model
-        .forward(prompt)
-        .and_then(|t| Ok(t.to_vec1::<f32>()?))
-        .expect("logits")
-}
-
 /// llama-quantize's Q8_0 blocks, read from the file, give exactly what quantizing the same f32
 /// weights on load gives: proves the quantized layouts (blocks, stacked experts, squeezed
 /// `[1, n]` gates, de-interleaved projections) are read right and that our Q8_0 quantizer is
@@ -56,7 +49,7 @@ fn logits(model: &mut HybridModel, prompt: &[u32]) -> Vec<f32> {
 fn q8_0_gguf_equals_quantizing_the_safetensors_on_load() {
     let fixture = "qwen3-next-tiny"; // f32 on disk, so both start from the same values
     let prompt = Golden::load(fixture).ids("long_ids");
-    let from_file = logits(&mut load(&format!("{fixture}-q8_0.gguf"), "cpu"), &prompt);
+    let from_file = last_logits(&mut load(&format!("{fixture}-q8_0.gguf"), "cpu"), &prompt);
     let gdn = hybrid_decode::gdn_registry()
         .create("cpu", &BackendOptions::default())
         .expect("backend");
@@ -69,7 +62,7 @@ fn q8_0_gguf_equals_quantizing_the_safetensors_on_load() {
         .join(fixture);
     let mut on_load = HybridModel::load(&dir, &options, gdn).expect("load");
     assert_eq!(on_load.weight_format(), "Q8_0 (quantized on load)");
-    let quantized = logits(&mut on_load, &prompt);
+    let quantized = last_logits(&mut on_load, &prompt);
     let diff = common::golden::max_abs_diff(&from_file, &quantized);
     assert!(diff <= 1e-4, "Q8_0 GGUF vs Q8_0 on load: max |Δ| {diff}");
 }
@@ -83,23 +76,18 @@ fn q8_0_gguf_equals_quantizing_the_safetensors_on_load() {
 fn quantized_ggufs_load_and_stay_near_f32() {
     for fixture in ["qwen3-next-tiny", "qwen3.5-tiny"] {
         let prompt = Golden::load(fixture).ids("long_ids");
-        let reference = logits(&mut load(&format!("{fixture}-f32.gguf"), "cpu"), &prompt);
+        let reference = last_logits(&mut load(&format!("{fixture}-f32.gguf"), "cpu"), &prompt);
         for (quant, format, max_rel) in [("q8_0", "GGUF Q8_0", 0.2), ("q4_k_m", "GGUF Q4_K_M", 2.0)]
         {
             let file = format!("{fixture}-{quant}.gguf");
             let mut model = load(&file, "cpu");
             assert_eq!(model.weight_format(), format, "{file}");
-            let got = logits(&mut model, &prompt);
+            let got = last_logits(&mut model, &prompt);
             assert!(
                 got.iter().all(|x| x.is_finite()),
                 "{file}: non-finite logits"
             );
-            let (mut err, mut norm) = (0.0f64, 0.0f64);
-            for (a, b) in got.iter().zip(&reference) {
-                err += f64::from(a - b).powi(2);
-                norm += f64::from(*b).powi(2);
-            }
-            let rel = (err / norm).sqrt();
+            let rel = relative_rms(&got, &reference);
             eprintln!("{file}: relative RMS logit error vs f32 {rel:.4}");
             assert!(
                 rel < max_rel,

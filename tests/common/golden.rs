@@ -62,6 +62,24 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// `‖a − b‖ / ‖b‖` over two logit vectors.
+pub fn relative_rms(a: &[f32], b: &[f32]) -> f64 {
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        err += f64::from(x - y).powi(2);
+        norm += f64::from(*y).powi(2);
+    }
+    (err / norm).sqrt()
+}
+
+/// The last position's logits after feeding `prompt` to the model's built-in sequence.
+pub fn last_logits(model: &mut HybridModel, prompt: &[u32]) -> Vec<f32> {
+    model
+        .forward(prompt)
+        .and_then(|t| Ok(t.to_vec1::<f32>()?))
+        .expect("logits")
+}
+
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in logits.iter().enumerate() {
