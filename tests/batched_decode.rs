@@ -12,11 +12,24 @@ use common::golden::{argmax, max_abs_diff};
 use common::{backends, fixture, FIXTURES};
 
 fn load(fixture_name: &str, backend: &str) -> HybridModel {
+    load_with(fixture_name, backend, &LoadOptions::default())
+}
+
+fn load_with(fixture_name: &str, backend: &str, options: &LoadOptions) -> HybridModel {
     let gdn = hybrid_decode::gdn_registry()
         .create(backend, &BackendOptions::default())
         .unwrap_or_else(|e| panic!("{backend}: {e}"));
-    HybridModel::load(&fixture(fixture_name), &LoadOptions::default(), gdn)
+    HybridModel::load(&fixture(fixture_name), options, gdn)
         .unwrap_or_else(|e| panic!("loading {fixture_name}: {e}"))
+}
+
+/// Candle's ops, the path a GPU runs (`--device cuda`): attention over KV caches held in
+/// tensors, one per sequence of the batch.
+fn candle_ops() -> LoadOptions {
+    LoadOptions {
+        candle_ops: true,
+        ..LoadOptions::default()
+    }
 }
 
 /// Prompts of different lengths (a one-token one, one across the 64-token prefill chunk).
@@ -99,6 +112,18 @@ fn batch_steps_give_every_sequence_its_own_tokens_on_every_backend() {
             check_batch_equals_alone(&mut model, &format!("{fixture_name} on {backend}"));
         }
     }
+}
+
+/// The same on candle's ops (tensor KV caches grown in place, attention as candle matmuls), for
+/// every fixture and for a Q8_0 file (candle's quantized matmul).
+#[test]
+fn batches_on_candle_ops_give_every_sequence_its_own_tokens() {
+    for fixture_name in FIXTURES {
+        let mut model = load_with(fixture_name, "cpu", &candle_ops());
+        check_batch_equals_alone(&mut model, &format!("{fixture_name} on candle ops"));
+    }
+    let mut model = load_with("gguf/qwen3.5-tiny-q8_0.gguf", "cpu", &candle_ops());
+    check_batch_equals_alone(&mut model, "qwen3.5-tiny-q8_0.gguf on candle ops");
 }
 
 /// The quantized decode kernels too (Q8_0; Q4_K and Q6_K in the Q4_K_M mixes), on llama.cpp's
@@ -212,7 +237,12 @@ fn a_sequence_runs_only_on_the_model_and_backend_that_made_it() {
 
 #[test]
 fn a_sequence_snapshot_restores_into_another_sequence() {
-    let mut model = load("qwen3-next-tiny", "cpu");
+    for options in [LoadOptions::default(), candle_ops()] {
+        snapshot_restores_into_another_sequence(load_with("qwen3-next-tiny", "cpu", &options));
+    }
+}
+
+fn snapshot_restores_into_another_sequence(mut model: HybridModel) {
     let mut a = model.new_sequence().unwrap();
     model.prefill(&mut a, &[5, 6, 7, 8]).unwrap();
     let snapshot = model

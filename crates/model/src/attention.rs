@@ -92,6 +92,10 @@ pub struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    /// Where the weights were placed and whether this crate's host attention runs (`true`:
+    /// host-paged caches, [`crate::cached_attention`]) or candle's ops on `device` (caches in
+    /// device tensors).
+    target: Target,
 }
 
 impl Attention {
@@ -114,6 +118,10 @@ impl Attention {
             heads,
             kv_heads: kv,
             head_dim: hd,
+            target: Target {
+                device: Device::Cpu,
+                native_kernels: true,
+            },
         })
     }
 
@@ -122,9 +130,18 @@ impl Attention {
         (self.kv_heads, self.head_dim)
     }
 
-    /// An empty KV cache of this layer's geometry, for a new sequence.
+    /// An empty KV cache of this layer's geometry, for a new sequence: host pages for this
+    /// crate's attention, tensors on the model's device for candle's.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.kv_heads, self.head_dim)
+        if self.host_attention() {
+            KvCache::new(self.kv_heads, self.head_dim)
+        } else {
+            KvCache::on_device(self.kv_heads, self.head_dim, &self.target.device)
+        }
+    }
+
+    fn host_attention(&self) -> bool {
+        self.target.native_kernels && self.target.device.is_cpu()
     }
 
     /// `x` is `[T, hidden]`: the rows of several sequences one after the other, `counts[i]`
@@ -167,6 +184,11 @@ impl Attention {
         let key = rope.apply(&key, &cos, &sin)?;
         // 3. Each sequence appends its rows to its cache, then attends over it (positions up
         //    to each token's own).
+        if !self.host_attention() {
+            let attended = self.attend_on_device(&query, &key, &value, caches, counts)?;
+            let gated = (attended.to_dtype(x.dtype())? * sigmoid(&gate)?)?;
+            return self.o_proj.forward(&gated);
+        }
         let flat = |t: Tensor| -> Result<Vec<f32>> {
             Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
@@ -185,7 +207,7 @@ impl Attention {
             cache.append(
                 &key[rows.start * kv_row..rows.end * kv_row],
                 &value[rows.start * kv_row..rows.end * kv_row],
-            );
+            )?;
             attend(
                 &query[rows.start * q_row..rows.end * q_row],
                 cache,
@@ -201,10 +223,86 @@ impl Attention {
         let gated = (attended * sigmoid(&gate)?)?;
         self.o_proj.forward(&gated)
     }
+
+    /// Step 3 in candle's ops on the model's device: `query` `[T, heads, hd]`, `key` and
+    /// `value` `[T, kv_heads, hd]`, rows split among `caches` as `counts` says. Appends to each
+    /// (device) cache, then softmax(q Kᵀ / √hd) V per sequence with the causal mask inside its
+    /// new rows, in f32 as the host kernel computes. Returns `[T, heads · hd]` f32.
+    fn attend_on_device(
+        &self,
+        query: &Tensor,
+        key: &Tensor,
+        value: &Tensor,
+        caches: &mut [&mut KvCache],
+        counts: &[usize],
+    ) -> Result<Tensor> {
+        let (heads, kv_heads, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let group = heads / kv_heads;
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let (query, key, value) = (f32(query)?, f32(key)?, f32(value)?);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut outputs = Vec::with_capacity(caches.len());
+        let mut first = 0;
+        for (cache, &count) in caches.iter_mut().zip(counts) {
+            let start = cache.len();
+            cache.append_tensors(
+                &key.narrow(0, first, count)?,
+                &value.narrow(0, first, count)?,
+            )?;
+            let Some((keys, values)) = cache.tensors()? else {
+                return Err(crate::ModelError::InvalidOption(
+                    "attention on candle's ops was handed a host-paged KV cache (a sequence \
+                     made by another model?)"
+                        .into(),
+                ));
+            };
+            let len = start + count;
+            // Query head h reads KV head h / group (HF's repeat_kv): [kv, group·count, hd].
+            let q = query
+                .narrow(0, first, count)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((kv_heads, group * count, hd))?;
+            let scores = (q.matmul(&keys.contiguous()?.t()?)? * scale)?;
+            let scores = if count > 1 {
+                // Row i of the new tokens (position start + i) sees positions ≤ start + i.
+                let mask: Vec<f32> = (0..count)
+                    .flat_map(|i| {
+                        (0..len).map(move |j| {
+                            if j > start + i {
+                                f32::NEG_INFINITY
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, (1, 1, count, len), query.device())?;
+                scores
+                    .reshape((kv_heads, group, count, len))?
+                    .broadcast_add(&mask)?
+                    .reshape((kv_heads, group * count, len))?
+            } else {
+                scores
+            };
+            let max = scores.max_keepdim(2)?;
+            let weights = scores.broadcast_sub(&max)?.exp()?;
+            let weights = weights.broadcast_div(&weights.sum_keepdim(2)?)?;
+            let attended = weights
+                .matmul(&values.contiguous()?)?
+                .reshape((heads, count, hd))?
+                .transpose(0, 1)?
+                .reshape((count, heads * hd))?;
+            outputs.push(attended);
+            first += count;
+        }
+        Ok(Tensor::cat(&outputs, 0)?)
+    }
 }
 
 impl Place for Attention {
     fn place(&mut self, target: &Target) -> Result<()> {
+        self.target = target.clone();
         for projection in [
             &mut self.q_proj,
             &mut self.k_proj,

@@ -179,8 +179,12 @@ mod tests {
         let queries: Vec<f32> = (0..tokens * heads * hd).map(|i| value(i, 3)).collect();
         let mut cache = KvCache::new(kv_heads, hd);
         let row = kv_heads * hd;
-        cache.append(&keys[..start * row], &values[..start * row]);
-        cache.append(&keys[start * row..], &values[start * row..]);
+        cache
+            .append(&keys[..start * row], &values[..start * row])
+            .unwrap();
+        cache
+            .append(&keys[start * row..], &values[start * row..])
+            .unwrap();
 
         let mut want = vec![0f64; tokens * heads * hd];
         for t in 0..tokens {

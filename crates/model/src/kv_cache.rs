@@ -5,6 +5,13 @@
 //! re-concatenated per token: the whole cache copied every step, plus a fresh multi-MiB
 //! allocation and its page faults). Memory is bounded by the positions held, rounded up to a
 //! page. Storage is f32, the precision the attention computes in.
+//!
+//! A model whose attention runs on candle's ops (on a GPU, or `LoadOptions::candle_ops`) keeps
+//! the cache as two tensors on its device instead ([`KvCache::on_device`]), `[kv_heads][capacity]
+//! [head_dim]`, the capacity grown by doubling in whole pages; appending writes the new rows in
+//! place, and a growth copies what is there once.
+
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
 
@@ -20,23 +27,45 @@ struct Page {
     values: Vec<f32>,
 }
 
+/// The cache of a model whose attention runs on candle's ops: keys and values as tensors on the
+/// model's device, `[kv_heads][capacity][head_dim]` (`None` until the first append).
+#[derive(Debug, Clone)]
+struct DeviceKv {
+    device: Device,
+    buffers: Option<(Tensor, Tensor)>,
+}
+
 /// A paged KV cache for one attention layer of one sequence.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     kv_heads: usize,
     head_dim: usize,
     pages: Vec<Page>,
+    /// `Some`: the cache lives in tensors on a device (the pages stay empty).
+    device: Option<DeviceKv>,
     len: usize,
 }
 
 impl KvCache {
-    /// An empty cache for `kv_heads` heads of `head_dim` values.
+    /// An empty cache in host pages for `kv_heads` heads of `head_dim` values.
     pub fn new(kv_heads: usize, head_dim: usize) -> Self {
         KvCache {
             kv_heads,
             head_dim,
             pages: Vec::new(),
+            device: None,
             len: 0,
+        }
+    }
+
+    /// An empty cache in tensors on `device`, for attention on candle's ops.
+    pub fn on_device(kv_heads: usize, head_dim: usize, device: &Device) -> Self {
+        KvCache {
+            device: Some(DeviceKv {
+                device: device.clone(),
+                buffers: None,
+            }),
+            ..Self::new(kv_heads, head_dim)
         }
     }
 
@@ -57,12 +86,23 @@ impl KvCache {
 
     /// Bytes allocated (whole pages).
     pub fn allocated_bytes(&self) -> usize {
-        self.pages.len() * 2 * self.page_values() * std::mem::size_of::<f32>()
+        let values = match &self.device {
+            Some(DeviceKv {
+                buffers: Some((keys, _)),
+                ..
+            }) => keys.elem_count(),
+            Some(_) => 0,
+            None => self.pages.len() * self.page_values(),
+        };
+        2 * values * std::mem::size_of::<f32>()
     }
 
-    /// Forgets every position and frees the pages.
+    /// Forgets every position and frees the pages (or buffers).
     pub fn clear(&mut self) {
         self.pages = Vec::new();
+        if let Some(device) = &mut self.device {
+            device.buffers = None;
+        }
         self.len = 0;
     }
 
@@ -72,8 +112,14 @@ impl KvCache {
 
     /// Appends `tokens` positions whose keys and values are laid out `[token][kv_head][dim]`
     /// (as the projections produce them).
-    pub(crate) fn append(&mut self, keys: &[f32], values: &[f32]) {
+    pub(crate) fn append(&mut self, keys: &[f32], values: &[f32]) -> Result<()> {
         let row = self.kv_heads * self.head_dim;
+        if let Some(device) = &self.device {
+            let shape = (keys.len() / row.max(1), self.kv_heads, self.head_dim);
+            let keys = Tensor::from_slice(keys, shape, &device.device)?;
+            let values = Tensor::from_slice(values, shape, &device.device)?;
+            return self.append_tensors(&keys, &values);
+        }
         debug_assert_eq!(keys.len(), values.len());
         debug_assert_eq!(keys.len() % row.max(1), 0);
         let tokens = keys.len() / row.max(1);
@@ -96,6 +142,56 @@ impl KvCache {
                     .copy_from_slice(&values[src..src + self.head_dim]);
             }
             self.len += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends the positions of `keys` and `values`, f32 `[tokens, kv_heads, head_dim]` on the
+    /// cache's device (a host-paged cache copies them out).
+    pub(crate) fn append_tensors(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
+        let Some(device) = &mut self.device else {
+            let flat = |t: &Tensor| -> Result<Vec<f32>> {
+                Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+            };
+            return self.append(&flat(keys)?, &flat(values)?);
+        };
+        let tokens = keys.dim(0)?;
+        let needed = self.len + tokens;
+        let (kv, hd) = (self.kv_heads, self.head_dim);
+        let capacity = device.buffers.as_ref().map_or(0, |(k, _)| k.dims()[1]);
+        if needed > capacity {
+            // Double (in whole pages) so that a long generation copies O(len) values in all.
+            let grown = needed.max(2 * capacity).div_ceil(PAGE) * PAGE;
+            let fresh = || Tensor::zeros((kv, grown, hd), DType::F32, &device.device);
+            let (new_keys, new_values) = (fresh()?, fresh()?);
+            if let Some((old_keys, old_values)) = &device.buffers {
+                new_keys.slice_set(&old_keys.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                new_values.slice_set(&old_values.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+            }
+            device.buffers = Some((new_keys, new_values));
+        }
+        let (buffer_keys, buffer_values) = device.buffers.as_ref().expect("allocated above");
+        let head_major = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.to_dtype(DType::F32)?.transpose(0, 1)?.contiguous()?)
+        };
+        buffer_keys.slice_set(&head_major(keys)?, 1, self.len)?;
+        buffer_values.slice_set(&head_major(values)?, 1, self.len)?;
+        self.len = needed;
+        Ok(())
+    }
+
+    /// A device cache's keys and values of every position, `[kv_heads, len, head_dim]` views
+    /// (`None` for a host-paged cache, or before the first append).
+    pub(crate) fn tensors(&self) -> Result<Option<(Tensor, Tensor)>> {
+        match &self.device {
+            Some(DeviceKv {
+                buffers: Some((keys, values)),
+                ..
+            }) => Ok(Some((
+                keys.narrow(1, 0, self.len)?,
+                values.narrow(1, 0, self.len)?,
+            ))),
+            _ => Ok(None),
         }
     }
 
@@ -122,7 +218,16 @@ impl KvCache {
 
     /// A copy as f32 `(keys, values)`, each `[kv_heads][len][head_dim]` row-major (the snapshot
     /// layout).
-    pub fn export(&self) -> (Vec<f32>, Vec<f32>) {
+    pub fn export(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        if self.device.is_some() {
+            return Ok(match self.tensors()? {
+                Some((keys, values)) => (
+                    keys.flatten_all()?.to_vec1::<f32>()?,
+                    values.flatten_all()?.to_vec1::<f32>()?,
+                ),
+                None => (Vec::new(), Vec::new()),
+            });
+        }
         let mut keys = Vec::with_capacity(self.kv_heads * self.len * self.head_dim);
         let mut values = Vec::with_capacity(keys.capacity());
         for h in 0..self.kv_heads {
@@ -131,7 +236,7 @@ impl KvCache {
                 values.extend_from_slice(v);
             }
         }
-        (keys, values)
+        Ok((keys, values))
     }
 
     /// Replaces the contents with `len` positions laid out as [`export`](Self::export) returns
@@ -149,6 +254,14 @@ impl KvCache {
             )));
         }
         self.clear();
+        if let Some(device) = &self.device {
+            let shape = (self.kv_heads, len, self.head_dim);
+            let token_major = |values: &[f32]| -> Result<Tensor> {
+                Ok(Tensor::from_slice(values, shape, &device.device)?.transpose(0, 1)?)
+            };
+            let (keys, values) = (token_major(keys)?, token_major(values)?);
+            return self.append_tensors(&keys, &values);
+        }
         let hd = self.head_dim;
         let row = self.kv_heads * hd;
         // Re-interleave to the token-major layout `append` takes, a token at a time.
@@ -160,7 +273,7 @@ impl KvCache {
                 k[h * hd..(h + 1) * hd].copy_from_slice(&keys[src..src + hd]);
                 v[h * hd..(h + 1) * hd].copy_from_slice(&values[src..src + hd]);
             }
-            self.append(&k, &v);
+            self.append(&k, &v)?;
         }
         Ok(())
     }
@@ -186,12 +299,12 @@ mod tests {
                 }
             }
             let v: Vec<f32> = k.iter().map(|x| -x).collect();
-            cache.append(&k, &v);
+            cache.append(&k, &v).unwrap();
             t += chunk;
         }
         assert_eq!(cache.len(), len);
         assert_eq!(cache.allocated_bytes(), 3 * 2 * heads * PAGE * hd * 4);
-        let (keys, values) = cache.export();
+        let (keys, values) = cache.export().unwrap();
         for h in 0..heads {
             for t in 0..len {
                 for d in 0..hd {
@@ -204,7 +317,7 @@ mod tests {
         let mut copy = KvCache::new(heads, hd);
         copy.import(len, &keys, &values).unwrap();
         assert!(copy.import(len, &keys[1..], &values).is_err());
-        assert_eq!(copy.export(), (keys, values));
+        assert_eq!(copy.export().unwrap(), (keys, values));
         // A prefix view stops inside the last page it reaches.
         let rows: Vec<usize> = cache
             .head_pages(1, PAGE + 3)
@@ -214,5 +327,36 @@ mod tests {
         cache.clear();
         assert!(cache.is_empty());
         assert_eq!(cache.allocated_bytes(), 0);
+    }
+
+    /// The tensor cache (attention on candle's ops) holds what the paged one holds, across
+    /// several capacity doublings, and round-trips through export/import the same way.
+    #[test]
+    fn tensor_cache_matches_the_paged_one() {
+        let (heads, hd) = (2, 3);
+        let mut paged = KvCache::new(heads, hd);
+        let mut tensors = KvCache::on_device(heads, hd, &Device::Cpu);
+        let mut t = 0;
+        for chunk in [3, 1, PAGE, 1, 2 * PAGE + 7] {
+            let k: Vec<f32> = (0..chunk * heads * hd)
+                .map(|i| (t * 1000 + i) as f32)
+                .collect();
+            let v: Vec<f32> = k.iter().map(|x| -x).collect();
+            paged.append(&k, &v).unwrap();
+            tensors.append(&k, &v).unwrap();
+            t += chunk;
+            assert_eq!(tensors.len(), t);
+            assert_eq!(tensors.export().unwrap(), paged.export().unwrap());
+        }
+        assert!(tensors.allocated_bytes() >= paged.allocated_bytes());
+        let (keys, values) = paged.export().unwrap();
+        let mut copy = KvCache::on_device(heads, hd, &Device::Cpu);
+        copy.import(t, &keys, &values).unwrap();
+        assert!(copy.import(t, &keys[1..], &values).is_err());
+        assert_eq!(copy.export().unwrap(), (keys, values));
+        copy.clear();
+        assert!(copy.is_empty());
+        assert_eq!(copy.allocated_bytes(), 0);
+        assert_eq!(copy.export().unwrap(), (Vec::new(), Vec::new()));
     }
 }

@@ -73,7 +73,7 @@ impl Network {
                     let cache = sequence.kv[i].as_ref().ok_or_else(|| {
                         ModelError::IncompatibleState(format!("layer {i} has no KV cache"))
                     })?;
-                    let (keys, values) = cache.export();
+                    let (keys, values) = cache.export()?;
                     Ok(LayerState::Attention(KvState {
                         kv_heads,
                         head_dim,
