@@ -8,7 +8,8 @@
 # Writes everything to ONE file, $OUT/gdn_cuda_gpu_check.txt (OUT defaults to ./gpu_check_out), to
 # be committed as crates/gdn-cuda/gpu_check/results-<date>-<gpu>.txt. Every step has its own
 # time limit; a failing step is recorded and the rest still run; the exit status is the number
-# of failed steps. Total ≈ 5–7 min on an H100 (most of it model_goldens on the CPU backends).
+# of failed steps. Total ≈ 5–7 min on an H100 (most of it model_goldens on the CPU backends), plus
+# ≈ 3 min for the whole model on the GPU (section 3b, the `-full` binaries).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
 cd "$ROOT"
@@ -63,6 +64,11 @@ if [ -n "$NVRTC" ]; then
     export LD_LIBRARY_PATH="$LIBDIR:$(dirname "$NVRTC"):/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 fi
 log "NVRTC: ${NVRTC:-NOT FOUND}"
+# The cuda-full binaries link cuBLAS, cuRAND and the CUDA runtime (.so.13): PyTorch's cu13 wheels
+# on the GPU image carry them.
+for dir in "$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)"/nvidia/*/lib; do
+    [ -d "$dir" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$dir"
+done
 log "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 step "nvidia-smi" 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 
@@ -97,6 +103,39 @@ for fixture in sorted({f for f, _ in ids}):
     cpu, cuda = ids.get((fixture, "cpu")), ids.get((fixture, "cuda"))
     print(f"generate {fixture}: cpu == cuda greedy ids: {cpu is not None and cpu == cuda}")
 EOF
+
+# --- 3b. The whole model on the GPU (--device cuda: candle's CUDA ops + the cuda GDN backend) ----
+step "libraries the cuda-full binaries need" 30 bash -c "ldd $BIN/generate-full | grep -E 'cuda|cublas|curand|nvrtc|not found'"
+step "HF model goldens with the model on the GPU" 300 "$BIN/cuda_device" --test-threads=1
+for fixture in qwen3-next-tiny qwen3.5-tiny qwen3.5-moe-tiny; do
+    step "generate $fixture on device" 120 "$BIN/generate-full" --model "models/fixtures/$fixture" \
+        --device cuda --prompt-ids 1,2,3,4,5,6,7,8 --max-new-tokens 24 --json
+done
+python3 - "$RESULTS" <<'EOF' | tee -a "$RESULTS"
+import json, re, sys
+ids = {}
+name = None
+for line in open(sys.argv[1]):
+    m = re.match(r"=== generate (\S+) on (\S+) ", line)
+    if m:
+        name = (m.group(1), m.group(2))
+    elif name and line.startswith("{") and "generated_ids" in line:
+        ids[name] = json.loads(line)["generated_ids"]
+for fixture in sorted({f for f, _ in ids}):
+    cpu, gpu = ids.get((fixture, "cpu")), ids.get((fixture, "device"))
+    print(f"generate {fixture}: --device cuda == cpu greedy ids: {cpu is not None and cpu == gpu}")
+EOF
+# Decode and prefill with the whole model on the GPU, random weights of the real shapes.
+for shape in qwen3.5-0.8b qwen3-next-4l-e8; do
+    for dtype in bf16 q8_0; do
+        step "bench --device cuda $shape $dtype" 150 "$BIN/bench-full" --device cuda \
+            --config "models/configs/$shape/config.json" --random-weights --dtype "$dtype" \
+            --gdn-backend cuda,cpu --prompt-tokens 512 --gen-tokens 64 --repeats 2
+    done
+done
+step "bench --device cuda qwen3.5-0.8b bf16, 8 sequences" 150 "$BIN/bench-full" --device cuda \
+    --config models/configs/qwen3.5-0.8b/config.json --random-weights --dtype bf16 \
+    --gdn-backend cuda --prompt-tokens 128 --gen-tokens 64 --repeats 2 --batch 8
 
 # --- 4. Performance -----------------------------------------------------------------------------
 step "cuda_bench (Qwen3-Next shape, 36 layers)" 180 "$BIN/cuda_bench"
