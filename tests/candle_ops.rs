@@ -12,7 +12,9 @@ use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{HybridModel, LoadOptions};
 
-use common::golden::{check_against_golden, last_logits, relative_rms, Golden};
+use common::golden::{
+    check_against_golden, check_as_accurate, check_bf16_near, last_logits, Golden,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -78,14 +80,7 @@ fn bf16_on_candle_ops_stays_near_our_kernels() {
             &prompt,
         );
         let candle = last_logits(&mut load(&dir, &candle_ops(DType::BF16)), &prompt);
-        let rel = relative_rms(&candle, &ours);
-        eprintln!("{fixture} bf16: candle ops vs ours, relative RMS {rel:.5}");
-        assert!(rel < 0.05, "{fixture} bf16: relative RMS {rel}");
-        assert_eq!(
-            common::golden::argmax(&candle),
-            common::golden::argmax(&ours),
-            "{fixture} bf16: top token"
-        );
+        check_bf16_near(&format!("{fixture} on candle ops"), &candle, &ours);
     }
 }
 
@@ -104,18 +99,11 @@ fn quantized_ggufs_on_candle_ops_are_as_accurate_as_our_kernels() {
             let file = root().join(format!("models/fixtures/gguf/{fixture}-{quant}.gguf"));
             let ours = last_logits(&mut load(&file, &LoadOptions::default()), &prompt);
             let candle = last_logits(&mut load(&file, &candle_ops(DType::F32)), &prompt);
-            let (ours_err, candle_err) = (
-                relative_rms(&ours, &reference),
-                relative_rms(&candle, &reference),
-            );
-            eprintln!(
-                "{fixture} {quant}: relative RMS vs f32: ours {ours_err:.5}, candle ops \
-                 {candle_err:.5}; between them {:.5}",
-                relative_rms(&candle, &ours)
-            );
-            assert!(
-                candle_err <= 1.5 * ours_err + 0.01,
-                "{fixture} {quant}: candle ops {candle_err} vs ours {ours_err}"
+            check_as_accurate(
+                &format!("{fixture} {quant} on candle ops"),
+                &candle,
+                &ours,
+                &reference,
             );
         }
     }

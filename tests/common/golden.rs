@@ -72,6 +72,33 @@ pub fn relative_rms(a: &[f32], b: &[f32]) -> f64 {
     (err / norm).sqrt()
 }
 
+/// bf16 logits through another path (candle's ops: bf16 activations times bf16 weights, as
+/// cuBLAS runs them) against this crate's kernels (f32 activations): within 5 % relative RMS
+/// (2–4 % measured on the tiny fixtures, which amplify rounding) and the same top token.
+pub fn check_bf16_near(label: &str, got: &[f32], ours: &[f32]) {
+    let rel = relative_rms(got, ours);
+    eprintln!("{label} bf16: relative RMS vs this crate's kernels {rel:.5}");
+    assert!(rel < 0.05, "{label} bf16: relative RMS {rel}");
+    assert_eq!(argmax(got), argmax(ours), "{label} bf16: top token");
+}
+
+/// Quantized logits through another path are as close to the f32 `reference` as this crate's
+/// kernels get (`ours`), with a little room: candle rounds activation rows to 8-bit blocks
+/// first, which adds error of its own; a wrong row order or block layout is off by the size of
+/// the logits themselves.
+pub fn check_as_accurate(label: &str, got: &[f32], ours: &[f32], reference: &[f32]) {
+    let (ours_err, got_err) = (relative_rms(ours, reference), relative_rms(got, reference));
+    eprintln!(
+        "{label}: relative RMS vs f32: this crate's kernels {ours_err:.5}, this path \
+         {got_err:.5}; between them {:.5}",
+        relative_rms(got, ours)
+    );
+    assert!(
+        got_err <= 1.5 * ours_err + 0.01,
+        "{label}: {got_err} vs this crate's kernels {ours_err}"
+    );
+}
+
 /// The last position's logits after feeding `prompt` to the model's built-in sequence.
 pub fn last_logits(model: &mut HybridModel, prompt: &[u32]) -> Vec<f32> {
     model
