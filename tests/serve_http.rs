@@ -395,3 +395,21 @@ fn sigterm_finishes_running_streams_and_exits_cleanly() {
     };
     assert!(status.success(), "{status}: {}", server.log.lock().unwrap());
 }
+
+/// A device the build cannot open stops the server at start, with what to do (`serve` loads
+/// through the same flags as generate: `--device cpu|cuda[:N]`).
+#[test]
+fn a_device_it_cannot_open_stops_the_server_at_start() {
+    common::assert_fails(
+        "serve",
+        &["--port", "0", "--device", "gpu"],
+        "expected cpu, cuda or cuda:N",
+    );
+    if !cfg!(feature = "cuda-full") {
+        common::assert_fails(
+            "serve",
+            &["--port", "0", "--device", "cuda"],
+            "--features cuda-full",
+        );
+    }
+}
