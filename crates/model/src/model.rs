@@ -280,7 +280,8 @@ impl HybridModel {
             "model"
         };
         let (hidden, vocab, eps) = (config.hidden_size, config.vocab_size, config.rms_norm_eps);
-        let embed = store.get_matrix(&format!("{root}.embed_tokens.weight"), &[vocab, hidden])?;
+        let mut embed =
+            store.get_matrix(&format!("{root}.embed_tokens.weight"), &[vocab, hidden])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers());
         for (i, kind) in config.layer_types.iter().enumerate() {
             let prefix = format!("{root}.layers.{i}");
@@ -329,7 +330,7 @@ impl HybridModel {
                 feed_forward,
             });
         }
-        let norm = RmsNorm::load(store, &format!("{root}.norm"), hidden, eps)?;
+        let mut norm = RmsNorm::load(store, &format!("{root}.norm"), hidden, eps)?;
         let lm_head = if config.tie_word_embeddings {
             Linear::new(embed.clone(), None)
         } else {
@@ -341,11 +342,8 @@ impl HybridModel {
             device: store.device().clone(),
             native_kernels: !store.candle_ops(),
         };
-        let mut embed = embed;
         embed.place(&target)?;
-        let mut layers = layers;
         layers.place(&target)?;
-        let mut norm = norm;
         norm.place(&target)?;
         let mut lm_head = if config.tie_word_embeddings {
             // One copy of a tied table on the device, not two.

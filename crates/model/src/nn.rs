@@ -166,9 +166,10 @@ fn matmul_t(x: &Tensor, weight: &Matrix, native: bool) -> Result<Tensor> {
             // A CPU without our GEMM (the portable tier's prefill): f32 products, as exact as
             // the kernels it stands in for.
             None if native => Ok(x.matmul(&w.to_dtype(DType::F32)?.t()?)?),
-            // Elsewhere (a GPU, or HYBRID_MODEL_OPS=candle): activations meet a bf16/f16 weight in its dtype (what cuBLAS multiplies; it
-            // accumulates in f32), as HF transformers and llama.cpp do on a GPU: widening the
-            // weight instead would write an f32 copy of it on every call.
+            // Elsewhere (a GPU, or `LoadOptions::candle_ops`): activations meet a bf16/f16 weight
+            // in its dtype (what cuBLAS multiplies, accumulating in f32), as HF transformers and
+            // llama.cpp do on a GPU: widening the weight instead would write an f32 copy of it on
+            // every call.
             None => Ok(x
                 .to_dtype(w.dtype())?
                 .matmul(&w.t()?)?
