@@ -2,20 +2,31 @@
 # The GPU check of hybrid-gdn-cuda, run on an H100/H200 machine (no Rust, no network) from the
 # repository root, with the bundle made by build_bundle.sh carried in target/gpu-bundle:
 #
-#   device tool: run(command="bash crates/gdn-cuda/gpu_check/run.sh", carry=["target/gpu-bundle"],
+#   device tool: run(command="bash crates/gdn-cuda/gpu_check/run.sh gdn", carry=["target/gpu-bundle"],
 #                    timeout_s=560)
+#   then, on the still-warm machine: the same with `run.sh model`
 #
-# Writes everything to ONE file, $OUT/gdn_cuda_gpu_check.txt (OUT defaults to ./gpu_check_out), to
-# be committed as crates/gdn-cuda/gpu_check/results-<date>-<gpu>.txt. Every step has its own
-# time limit; a failing step is recorded and the rest still run; the exit status is the number
-# of failed steps. Total ≈ 5–7 min on an H100 (most of it model_goldens on the CPU backends), plus
-# ≈ 3 min for the whole model on the GPU (section 3b, the `-full` binaries).
+# PART (first argument): `gdn` — the GDN backend alone (sections 2–5: conformance, goldens,
+# generate, cuda_bench, gdn_bench, fla, targets; ≈ 5–7 min on an H100, most of it model_goldens
+# on the CPU backends); `model` — the whole model on the GPU (section 3b, the `-full` binaries of
+# `--features cuda-full`: goldens, generate, bench; a few minutes, not yet timed); `all` (default)
+# — both, which may not fit one device call (10 min at most). Writes everything to ONE file,
+# $OUT/gdn_cuda_gpu_check[-PART].txt (OUT defaults to ./gpu_check_out), to be committed as
+# crates/gdn-cuda/gpu_check/results-<date>-<gpu>[-PART].txt. Every step has its own time limit; a
+# failing step is recorded and the rest still run; the exit status is the number of failed
+# steps.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/../../.." && pwd)"
 cd "$ROOT"
 OUT="${OUT:-$ROOT/gpu_check_out}"
 mkdir -p "$OUT"
-RESULTS="$OUT/gdn_cuda_gpu_check.txt"
+PART="${1:-all}"
+case "$PART" in
+    gdn | model) RESULTS="$OUT/gdn_cuda_gpu_check-$PART.txt" ;;
+    all) RESULTS="$OUT/gdn_cuda_gpu_check.txt" ;;
+    *) echo "usage: run.sh [gdn|model|all]" >&2 && exit 99 ;;
+esac
+part() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
 : >"$RESULTS"
 FAILED=0
 BIN=/tmp/gdn-bundle/bin
@@ -74,6 +85,7 @@ step "nvidia-smi" 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clo
 
 export HYBRID_GDN_REQUIRE_GPU=1 HYBRID_GDN_REQUIRE_NVRTC=1 RUST_BACKTRACE=1
 
+if part gdn; then
 # --- 2. Correctness ---------------------------------------------------------------------------
 step "NVRTC compiles every shape (sm_90, sm_80)" 120 "$BIN/nvrtc_compile" --test-threads=2
 step "backend creation (never panics)" 60 "$BIN/unavailable"
@@ -104,12 +116,17 @@ for fixture in sorted({f for f, _ in ids}):
     print(f"generate {fixture}: cpu == cuda greedy ids: {cpu is not None and cpu == cuda}")
 EOF
 
+fi
+
+if part model; then
 # --- 3b. The whole model on the GPU (--device cuda: candle's CUDA ops + the cuda GDN backend) ----
 step "libraries the cuda-full binaries need" 30 bash -c "ldd $BIN/generate-full | grep -E 'cuda|cublas|curand|nvrtc|not found'"
 step "HF model goldens with the model on the GPU" 300 "$BIN/cuda_device" --test-threads=1
 for fixture in qwen3-next-tiny qwen3.5-tiny qwen3.5-moe-tiny; do
-    step "generate $fixture on device" 120 "$BIN/generate-full" --model "models/fixtures/$fixture" \
-        --device cuda --prompt-ids 1,2,3,4,5,6,7,8 --max-new-tokens 24 --json
+    for device in cpu cuda; do
+        step "generate $fixture on $device-model" 120 "$BIN/generate-full" --model "models/fixtures/$fixture" \
+            --device "$device" --prompt-ids 1,2,3,4,5,6,7,8 --max-new-tokens 24 --json
+    done
 done
 python3 - "$RESULTS" <<'EOF' | tee -a "$RESULTS"
 import json, re, sys
@@ -122,8 +139,9 @@ for line in open(sys.argv[1]):
     elif name and line.startswith("{") and "generated_ids" in line:
         ids[name] = json.loads(line)["generated_ids"]
 for fixture in sorted({f for f, _ in ids}):
-    cpu, gpu = ids.get((fixture, "cpu")), ids.get((fixture, "device"))
-    print(f"generate {fixture}: --device cuda == cpu greedy ids: {cpu is not None and cpu == gpu}")
+    cpu, gpu = ids.get((fixture, "cpu-model")), ids.get((fixture, "cuda-model"))
+    if cpu is not None or gpu is not None:
+        print(f"generate {fixture}: --device cuda == --device cpu greedy ids: {cpu is not None and cpu == gpu}")
 EOF
 # Decode and prefill with the whole model on the GPU, random weights of the real shapes.
 for shape in qwen3.5-0.8b qwen3-next-4l-e8; do
@@ -136,7 +154,9 @@ done
 step "bench --device cuda qwen3.5-0.8b bf16, 8 sequences" 150 "$BIN/bench-full" --device cuda \
     --config models/configs/qwen3.5-0.8b/config.json --random-weights --dtype bf16 \
     --gdn-backend cuda --prompt-tokens 128 --gen-tokens 64 --repeats 2 --batch 8
+fi
 
+if part gdn; then
 # --- 4. Performance -----------------------------------------------------------------------------
 step "cuda_bench (Qwen3-Next shape, 36 layers)" 180 "$BIN/cuda_bench"
 for cols in 2 4 8; do
@@ -160,6 +180,7 @@ fi
 # --- 5. Targets ----------------------------------------------------------------------------------
 python3 crates/gdn-cuda/gpu_check/targets.py "$RESULTS" | tee -a "$RESULTS"
 [ "${PIPESTATUS[0]}" -eq 0 ] || FAILED=$((FAILED + 1))
+fi
 log ""
 log "failed steps: $FAILED"
 exit "$FAILED"
