@@ -133,6 +133,36 @@ pub fn check_output_file(
     Ok(())
 }
 
+/// The GDN backend when `--gdn-backend` is not given: `cuda` for a model on a GPU
+/// (`--device cuda[:N]`: its GDN state beside the rest of the model), else `cpu`.
+pub fn default_gdn_backend(device: Option<&str>) -> &'static str {
+    match device {
+        Some(spec) if spec.trim().to_ascii_lowercase().starts_with("cuda") => "cuda",
+        _ => "cpu",
+    }
+}
+
+/// `options` for the GDN backend `name` of a model on `--device` `device`: the `cuda` backend
+/// opens the model's GPU (`cuda:N`) unless a device index was given. Reads the flag's text only
+/// (a bad one is refused where the model's device is opened).
+pub fn gdn_options_for(
+    name: &str,
+    device: Option<&str>,
+    options: &crate::gdn::BackendOptions,
+) -> crate::gdn::BackendOptions {
+    let mut options = options.clone();
+    let gpu = device.and_then(|spec| match spec.trim().to_ascii_lowercase().as_str() {
+        "cuda" => Some(0),
+        lower => lower.strip_prefix("cuda:")?.parse::<usize>().ok(),
+    });
+    if let (Some(gpu), "cuda") = (gpu, name) {
+        if options.device_index == 0 {
+            options = options.with_device_index(gpu);
+        }
+    }
+    options
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::ffi::OsStringExt;
@@ -155,27 +185,28 @@ mod tests {
     }
 }
 
-/// The GDN backend when `--gdn-backend` is not given: `cuda` for a model on a GPU
-/// (`--device cuda[:N]`: its GDN state beside the rest of the model), else `cpu`.
-pub fn default_gdn_backend(device: Option<&str>) -> &'static str {
-    match device {
-        Some(spec) if spec.trim().to_ascii_lowercase().starts_with("cuda") => "cuda",
-        _ => "cpu",
-    }
-}
+#[cfg(test)]
+mod device_flag_tests {
+    use super::*;
+    use crate::gdn::BackendOptions;
 
-/// `options` for the GDN backend `name` of a model on `device`: the `cuda` backend opens the
-/// model's GPU (`--device cuda:N`) unless a device index was given.
-pub fn gdn_options_for(
-    name: &str,
-    device: &candle_core::Device,
-    options: &crate::gdn::BackendOptions,
-) -> crate::gdn::BackendOptions {
-    let mut options = options.clone();
-    if let (candle_core::DeviceLocation::Cuda { gpu_id }, "cuda") = (device.location(), name) {
-        if options.device_index == 0 {
-            options = options.with_device_index(gpu_id);
-        }
+    #[test]
+    fn the_model_gpu_picks_the_cuda_backend_and_its_device() {
+        assert_eq!(default_gdn_backend(None), "cpu");
+        assert_eq!(default_gdn_backend(Some("cpu")), "cpu");
+        assert_eq!(default_gdn_backend(Some("cuda:1")), "cuda");
+        let plain = BackendOptions::default();
+        let index = |name, device| gdn_options_for(name, device, &plain).device_index;
+        assert_eq!(index("cuda", Some("cuda:2")), 2);
+        assert_eq!(index("cuda", Some("CUDA")), 0);
+        assert_eq!(index("cpu", Some("cuda:2")), 0);
+        assert_eq!(index("cuda", Some("cpu")), 0);
+        assert_eq!(index("cuda", Some("cuda:x")), 0);
+        // An index given for the backend itself is kept.
+        let given = BackendOptions::default().with_device_index(3);
+        assert_eq!(
+            gdn_options_for("cuda", Some("cuda:2"), &given).device_index,
+            3
+        );
     }
-    options
 }

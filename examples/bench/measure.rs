@@ -46,7 +46,7 @@ fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
         Some(spec) => parse_device(spec).context("--device")?,
         None => Device::Cpu,
     };
-    let gdn_options = gdn_options_for(backend, &device, &settings.gdn_options);
+    let gdn_options = gdn_options_for(backend, settings.device.as_deref(), &settings.gdn_options);
     let gdn = hybrid_decode::gdn_registry()
         .create(backend, &gdn_options)
         .with_context(|| format!("--gdn-backend {backend}"))?;

@@ -124,7 +124,14 @@ fn main() -> Result<()> {
     let mut migrate_to = match &a.migrate_to {
         Some(name) => Some(
             hybrid_decode::gdn_registry()
-                .create(name, &backend_options)
+                .create(
+                    name,
+                    &hybrid_decode::cli::gdn_options_for(
+                        name,
+                        a.device.as_deref(),
+                        &backend_options,
+                    ),
+                )
                 .with_context(|| format!("--to {name} (try --gdn-backend help)"))?,
         ),
         None => None,

@@ -59,7 +59,6 @@ pub struct Loaded {
 fn with_fallback(
     primary: Box<dyn GdnBackend>,
     request: &ModelRequest<'_>,
-    device: &Device,
 ) -> Result<Box<dyn GdnBackend>> {
     let Some(name) = request.gdn_fallback else {
         return Ok(primary);
@@ -72,7 +71,7 @@ fn with_fallback(
             available.join(", ")
         );
     }
-    let options = gdn_options_for(name, device, &request.backend_options);
+    let options = gdn_options_for(name, request.device, &request.backend_options);
     let name = name.to_owned();
     Ok(Box::new(FailoverBackend::new(
         primary,
@@ -89,7 +88,11 @@ pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
     let gdn = hybrid_decode::gdn_registry()
         .create(
             request.gdn_backend,
-            &gdn_options_for(request.gdn_backend, &device, &request.backend_options),
+            &gdn_options_for(
+                request.gdn_backend,
+                request.device,
+                &request.backend_options,
+            ),
         )
         .with_context(|| {
             format!(
@@ -97,7 +100,7 @@ pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
                 request.gdn_backend
             )
         })?;
-    let gdn = with_fallback(gdn, request, &device)?;
+    let gdn = with_fallback(gdn, request)?;
     let format = request.dtype.unwrap_or(WeightFormat {
         dtype: DType::F32,
         quantize: None,
