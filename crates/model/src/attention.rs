@@ -184,6 +184,18 @@ impl Attention {
         let key = rope.apply(&key, &cos, &sin)?;
         // 3. Each sequence appends its rows to its cache, then attends over it (positions up
         //    to each token's own).
+        // A cache of the other kind would be appended to and then read as empty: refuse it
+        // before anything is touched (only a sequence of another model could carry one).
+        if caches
+            .iter()
+            .any(|cache| cache.holds_tensors() == self.host_attention())
+        {
+            return Err(crate::ModelError::IncompatibleState(
+                "a KV cache made for another attention path (host pages vs device tensors): \
+                 the sequence belongs to a model loaded with another device or candle_ops"
+                    .into(),
+            ));
+        }
         if !self.host_attention() {
             let attended = self.attend_on_device(&query, &key, &value, caches, counts)?;
             let gated = (attended.to_dtype(x.dtype())? * sigmoid(&gate)?)?;
@@ -250,11 +262,8 @@ impl Attention {
                 &value.narrow(0, first, count)?,
             )?;
             let Some((keys, values)) = cache.tensors()? else {
-                return Err(crate::ModelError::InvalidOption(
-                    "attention on candle's ops was handed a host-paged KV cache (a sequence \
-                     made by another model?)"
-                        .into(),
-                ));
+                // Only an empty cache with no rows to add has no buffers yet.
+                return Err(crate::ModelError::NoTokens);
             };
             let len = start + count;
             // Query head h reads KV head h / group (HF's repeat_kv): [kv, group·count, hd].

@@ -69,6 +69,11 @@ impl KvCache {
         }
     }
 
+    /// True for a cache kept in device tensors ([`KvCache::on_device`]), false for host pages.
+    pub fn holds_tensors(&self) -> bool {
+        self.device.is_some()
+    }
+
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len
