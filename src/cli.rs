@@ -136,8 +136,8 @@ pub fn check_output_file(
 /// The GDN backend when `--gdn-backend` is not given: `cuda` for a model on a GPU
 /// (`--device cuda[:N]`: its GDN state beside the rest of the model), else `cpu`.
 pub fn default_gdn_backend(device: Option<&str>) -> &'static str {
-    match device {
-        Some(spec) if spec.trim().to_ascii_lowercase().starts_with("cuda") => "cuda",
+    match device.map(hybrid_model::cuda_ordinal) {
+        Some(Ok(Some(_))) => "cuda",
         _ => "cpu",
     }
 }
@@ -151,10 +151,7 @@ pub fn gdn_options_for(
     options: &crate::gdn::BackendOptions,
 ) -> crate::gdn::BackendOptions {
     let mut options = options.clone();
-    let gpu = device.and_then(|spec| match spec.trim().to_ascii_lowercase().as_str() {
-        "cuda" => Some(0),
-        lower => lower.strip_prefix("cuda:")?.parse::<usize>().ok(),
-    });
+    let gpu = device.and_then(|spec| hybrid_model::cuda_ordinal(spec).ok().flatten());
     if let (Some(gpu), "cuda") = (gpu, name) {
         if options.device_index == 0 {
             options = options.with_device_index(gpu);

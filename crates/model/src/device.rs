@@ -24,26 +24,32 @@ pub(crate) fn kernel_description(device: &Device, native: bool) -> String {
     }
 }
 
-/// Parses `cpu`, `cuda` (GPU 0) or `cuda:N` and opens that device.
+/// The syntax of a device name, without opening anything: `cpu` → `None`, `cuda` → GPU 0,
+/// `cuda:N` → GPU N (case and surrounding blanks ignored); anything else is an error naming the
+/// accepted forms.
+pub fn cuda_ordinal(spec: &str) -> Result<Option<usize>> {
+    let spec = spec.trim();
+    match spec.to_ascii_lowercase().as_str() {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        lower => match lower.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(Some(n)),
+            _ => Err(ModelError::InvalidOption(format!(
+                "device `{spec}`: expected cpu, cuda or cuda:N (N = the GPU's index)"
+            ))),
+        },
+    }
+}
+
+/// Parses `cpu`, `cuda` (GPU 0) or `cuda:N` ([`cuda_ordinal`]) and opens that device.
 ///
 /// A CUDA device needs a build with the facade's `cuda-full` feature (this crate's `cuda`) and an
 /// NVIDIA driver; both failures are errors that say so.
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let spec = spec.trim();
-    if spec.eq_ignore_ascii_case("cpu") {
+    let Some(ordinal) = cuda_ordinal(spec)? else {
         return Ok(Device::Cpu);
-    }
-    let ordinal = match spec.to_ascii_lowercase().as_str() {
-        "cuda" => 0,
-        lower => match lower.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            _ => {
-                return Err(ModelError::InvalidOption(format!(
-                    "device `{spec}`: expected cpu, cuda or cuda:N (N = the GPU's index)"
-                )))
-            }
-        },
     };
+    let spec = spec.trim();
     if !cfg!(feature = "cuda") {
         return Err(ModelError::InvalidOption(format!(
             "device `{spec}`: this build has no CUDA support for the model; rebuild with \

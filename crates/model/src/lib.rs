@@ -49,7 +49,7 @@ pub mod snapshot;
 pub mod weights;
 
 pub use config::{Architecture, LayerKind, ModelConfig};
-pub use device::parse_device;
+pub use device::{cuda_ordinal, parse_device};
 pub use error::{ModelError, Result};
 pub use gemv::kernel_paths;
 pub use gguf::GgufCheckpoint;
