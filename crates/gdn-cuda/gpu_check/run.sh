@@ -47,6 +47,26 @@ step() {
     return 0
 }
 
+# same_greedy_ids A B: for each fixture with a `=== generate FIXTURE on A|B` step in the results,
+# whether both runs printed the same generated_ids (a run that printed none counts as different).
+same_greedy_ids() {
+    python3 - "$RESULTS" "$1" "$2" <<'EOF' | tee -a "$RESULTS"
+import json, re, sys
+results, left, right = sys.argv[1:]
+ids = {}
+name = None
+for line in open(results):
+    m = re.match(r"=== generate (\S+) on (\S+) ", line)
+    if m:
+        name = (m.group(1), m.group(2))
+    elif name and line.startswith("{") and "generated_ids" in line:
+        ids[name] = json.loads(line)["generated_ids"]
+for fixture in sorted({f for f, label in ids if label in (left, right)}):
+    a, b = ids.get((fixture, left)), ids.get((fixture, right))
+    print(f"generate {fixture}: {left} == {right} greedy ids: {a is not None and a == b}")
+EOF
+}
+
 log "hybrid-gdn-cuda GPU check, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 # --- 0. The bundle, and the paths compiled into the test binaries -------------------------------
@@ -101,20 +121,7 @@ for fixture in qwen3-next-tiny qwen3.5-tiny qwen3.5-moe-tiny; do
             --gdn-backend "$backend" --prompt-ids 1,2,3,4,5,6,7,8 --max-new-tokens 24 --json
     done
 done
-python3 - "$RESULTS" <<'EOF' | tee -a "$RESULTS"
-import json, re, sys
-ids = {}
-name = None
-for line in open(sys.argv[1]):
-    m = re.match(r"=== generate (\S+) on (\S+) ", line)
-    if m:
-        name = (m.group(1), m.group(2))
-    elif name and line.startswith("{") and "generated_ids" in line:
-        ids[name] = json.loads(line)["generated_ids"]
-for fixture in sorted({f for f, _ in ids}):
-    cpu, cuda = ids.get((fixture, "cpu")), ids.get((fixture, "cuda"))
-    print(f"generate {fixture}: cpu == cuda greedy ids: {cpu is not None and cpu == cuda}")
-EOF
+same_greedy_ids cpu cuda
 
 fi
 
@@ -128,21 +135,7 @@ for fixture in qwen3-next-tiny qwen3.5-tiny qwen3.5-moe-tiny; do
             --device "$device" --prompt-ids 1,2,3,4,5,6,7,8 --max-new-tokens 24 --json
     done
 done
-python3 - "$RESULTS" <<'EOF' | tee -a "$RESULTS"
-import json, re, sys
-ids = {}
-name = None
-for line in open(sys.argv[1]):
-    m = re.match(r"=== generate (\S+) on (\S+) ", line)
-    if m:
-        name = (m.group(1), m.group(2))
-    elif name and line.startswith("{") and "generated_ids" in line:
-        ids[name] = json.loads(line)["generated_ids"]
-for fixture in sorted({f for f, _ in ids}):
-    cpu, gpu = ids.get((fixture, "cpu-model")), ids.get((fixture, "cuda-model"))
-    if cpu is not None or gpu is not None:
-        print(f"generate {fixture}: --device cuda == --device cpu greedy ids: {cpu is not None and cpu == gpu}")
-EOF
+same_greedy_ids cpu-model cuda-model
 # Decode and prefill with the whole model on the GPU, random weights of the real shapes.
 for shape in qwen3.5-0.8b qwen3-next-4l-e8; do
     for dtype in bf16 q8_0; do
