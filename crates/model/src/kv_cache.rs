@@ -116,15 +116,12 @@ impl KvCache {
     }
 
     /// Appends `tokens` positions whose keys and values are laid out `[token][kv_head][dim]`
-    /// (as the projections produce them).
+    /// (as the projections produce them) to a host-paged cache.
     pub(crate) fn append(&mut self, keys: &[f32], values: &[f32]) -> Result<()> {
-        let row = self.kv_heads * self.head_dim;
-        if let Some(device) = &self.device {
-            let shape = (keys.len() / row.max(1), self.kv_heads, self.head_dim);
-            let keys = Tensor::from_slice(keys, shape, &device.device)?;
-            let values = Tensor::from_slice(values, shape, &device.device)?;
-            return self.append_tensors(&keys, &values);
+        if self.device.is_some() {
+            return Err(wrong_kind("host rows", "device tensors"));
         }
+        let row = self.kv_heads * self.head_dim;
         debug_assert_eq!(keys.len(), values.len());
         debug_assert_eq!(keys.len() % row.max(1), 0);
         let tokens = keys.len() / row.max(1);
@@ -151,14 +148,11 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends the positions of `keys` and `values`, f32 `[tokens, kv_heads, head_dim]` on the
-    /// cache's device (a host-paged cache copies them out).
+    /// Appends the positions of `keys` and `values`, `[tokens, kv_heads, head_dim]` on the
+    /// cache's device, to a device-tensor cache.
     pub(crate) fn append_tensors(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
         let Some(device) = &mut self.device else {
-            let flat = |t: &Tensor| -> Result<Vec<f32>> {
-                Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-            };
-            return self.append(&flat(keys)?, &flat(values)?);
+            return Err(wrong_kind("tensors", "host pages"));
         };
         let tokens = keys.dim(0)?;
         let needed = self.len + tokens;
@@ -284,6 +278,11 @@ impl KvCache {
     }
 }
 
+/// Rows of one kind handed to a cache of the other (attention refuses such a cache first).
+fn wrong_kind(given: &str, held: &str) -> ModelError {
+    ModelError::IncompatibleState(format!("KV cache: {given} appended to a cache of {held}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,7 +347,15 @@ mod tests {
                 .collect();
             let v: Vec<f32> = k.iter().map(|x| -x).collect();
             paged.append(&k, &v).unwrap();
-            tensors.append(&k, &v).unwrap();
+            let shape = (chunk, heads, hd);
+            let (kt, vt) = (
+                Tensor::from_slice(&k, shape, &Device::Cpu).unwrap(),
+                Tensor::from_slice(&v, shape, &Device::Cpu).unwrap(),
+            );
+            tensors.append_tensors(&kt, &vt).unwrap();
+            // Rows of the other kind are refused and change nothing.
+            assert!(tensors.append(&k, &v).is_err());
+            assert!(paged.append_tensors(&kt, &vt).is_err());
             t += chunk;
             assert_eq!(tensors.len(), t);
             assert_eq!(tensors.export().unwrap(), paged.export().unwrap());
