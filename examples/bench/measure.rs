@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use hybrid_decode::cli::gdn_options_for;
 use hybrid_decode::gdn::BackendOptions;
 use hybrid_decode::model::{parse_device, HybridModel, LoadOptions, ModelConfig, WeightFormat};
@@ -42,10 +41,7 @@ pub struct Settings {
 }
 
 fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
-    let device = match &settings.device {
-        Some(spec) => parse_device(spec).context("--device")?,
-        None => Device::Cpu,
-    };
+    let device = parse_device(settings.device.as_deref().unwrap_or("cpu")).context("--device")?;
     let gdn_options = gdn_options_for(backend, settings.device.as_deref(), &settings.gdn_options);
     let gdn = hybrid_decode::gdn_registry()
         .create(backend, &gdn_options)

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use hybrid_decode::cli::gdn_options_for;
 use hybrid_decode::gdn::{BackendOptions, FailoverBackend, GdnBackend};
 use hybrid_decode::model::{parse_device, HybridModel, LoadOptions, ModelConfig, WeightFormat};
@@ -81,10 +81,7 @@ fn with_fallback(
 
 /// Loads the model (and tokenizer, chat template, generation defaults) `request` names.
 pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
-    let device = match request.device {
-        Some(spec) => parse_device(spec).context("--device")?,
-        None => Device::Cpu,
-    };
+    let device = parse_device(request.device.unwrap_or("cpu")).context("--device")?;
     let gdn = hybrid_decode::gdn_registry()
         .create(
             request.gdn_backend,
