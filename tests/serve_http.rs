@@ -332,13 +332,7 @@ fn a_disconnect_frees_the_sequence() {
     // at once, long before 500 tokens: both sequences are freed without finishing.
     let mut running = server.send("POST", "/v1/completions", body.as_bytes());
     // The headers come at once; wait for A's first token, so that A holds the batch place.
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("data:") {
-        let mut buffer = [0u8; 256];
-        let n = running.read(&mut buffer).unwrap();
-        assert!(n > 0, "A's stream ended early");
-        seen.extend_from_slice(&buffer[..n]);
-    }
+    Server::read_until_first_event(&mut running);
     let waiting = server.send("POST", "/v1/completions", body.as_bytes());
     // B reaches the queue in milliseconds; A's 500 tokens take ~0.2 s even on this tiny model.
     while server.metric("hybrid_queue_depth") < 1.0 {
@@ -363,25 +357,57 @@ fn a_disconnect_frees_the_sequence() {
 
 #[test]
 fn sigterm_finishes_running_streams_and_exits_cleanly() {
-    let mut server = Server::start(&["--shutdown-grace-s", "1", "--ctx-size", "512"]);
-    let mut stream = server.send(
-        "POST",
-        "/v1/completions",
-        greedy_completion(&[1, 2, 3], 500, true)
-            .to_string()
-            .as_bytes(),
-    );
-    let mut first = [0u8; 64];
-    assert!(stream.read(&mut first).unwrap() > 0);
+    // One batch place: A runs, B waits. A's 500 tokens take ~0.2 s even on this tiny model, far
+    // longer than the few requests between A's first token and SIGTERM, so B is still waiting
+    // then; A either ends within the 1 s grace or is cut there, `length` both ways.
+    let mut server = Server::start(&[
+        "--shutdown-grace-s",
+        "1",
+        "--ctx-size",
+        "512",
+        "--max-batch",
+        "1",
+    ]);
+    let body = json!({"prompt": [1, 2, 3], "max_tokens": 500, "temperature": 0,
+                      "ignore_eos": true, "stream": true})
+    .to_string();
+    let mut running = server.send("POST", "/v1/completions", body.as_bytes());
+    // The headers come as soon as a request is queued; A's first token says it runs.
+    let mut running_seen = Server::read_until_first_event(&mut running);
+    let mut waiting = server.send("POST", "/v1/completions", body.as_bytes());
+    while server.metric("hybrid_queue_depth") < 1.0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     server.terminate();
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).unwrap();
-    let response = Response::parse(&[&first[..], &rest].concat());
-    let body = response.body.clone();
-    let events = response.events();
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+
+    running.read_to_end(&mut running_seen).unwrap();
+    let events = Response::parse(&running_seen).events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
-    assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
+    assert_eq!(last["choices"][0]["finish_reason"], "length", "{last}");
+
+    let mut waiting_seen = Vec::new();
+    waiting.read_to_end(&mut waiting_seen).unwrap();
+    let response = Response::parse(&waiting_seen);
+    assert_eq!(
+        response.status, 200,
+        "B's stream had begun: {}",
+        response.body
+    );
+    let events = response.events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let error: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("shutting down"), "{error}");
+
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {

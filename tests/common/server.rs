@@ -92,6 +92,20 @@ impl Server {
         stream
     }
 
+    /// Reads an open streaming answer until its first `data:` event has arrived and returns
+    /// the bytes read so far. The headers come as soon as the request is queued; the first
+    /// event of a completion is its first token, so after this the request holds a batch place.
+    pub fn read_until_first_event(stream: &mut TcpStream) -> Vec<u8> {
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("data:") {
+            let mut buffer = [0u8; 256];
+            let n = stream.read(&mut buffer).expect("read the stream");
+            assert!(n > 0, "the stream ended before its first event");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        seen
+    }
+
     /// The Prometheus text of /metrics.
     pub fn metrics(&self) -> String {
         self.request("GET", "/metrics", b"").body
