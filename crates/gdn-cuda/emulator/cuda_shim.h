@@ -72,8 +72,9 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
 inline void __stwb(float4* p, float4 v) { *p = v; }
 inline void __stwb(float2* p, float2 v) { *p = v; }
 
-// Runs `kernel` over the grid: blocks in order, each block's threads concurrently.
+// Runs `kernel` over the grid: blocks in order (x fastest), each block's threads concurrently.
 inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
+    for (unsigned y = 0; y < grid.y; ++y)
     for (unsigned b = 0; b < grid.x; ++b) {
         std::barrier<> block_bar(block.x);
         std::vector<std::unique_ptr<WarpShared>> warps;
@@ -83,7 +84,7 @@ inline void launch(dim3 grid, dim3 block, const std::function<void()>& kernel) {
         for (unsigned t = 0; t < block.x; ++t) {
             threads.emplace_back([&, t] {
                 ctx.tid = {t, 0, 0};
-                ctx.bid = {b, 0, 0};
+                ctx.bid = {b, y, 0};
                 ctx.bdim = block;
                 ctx.gdim = grid;
                 ctx.block_bar = &block_bar;

@@ -1,4 +1,5 @@
-//! The `cuda` kernel: GPU-resident state, one fused kernel launch per decode token.
+//! The `cuda` kernel: GPU-resident state, one fused kernel launch per decode token (for one
+//! slot, or for every one-token member of a batch together).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,13 +8,17 @@ use std::sync::Arc;
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use hybrid_gdn::{
     BackendInfo, BackendOptions, Batch, Checked, DeviceCounters, GdnError, GdnKernel, Layer,
-    LayerConstants, LayerSpec, PrefillStrategy, Result, SlotId, SlotState, SlotStates, TokenInputs,
+    LayerConstants, LayerSpec, MemberMut, PrefillStrategy, Result, SlotId, SlotState, SlotStates,
+    TokenInputs,
 };
 
 use crate::bench::Issue;
 use crate::device::{self, device_error, no_panic, Gpu, NAME};
 use crate::graphs::{self, GraphCache};
-use crate::kernels::{KernelConfig, LoadedKernels, PREFILL_COMMIT_THREADS, PREFILL_CONV_THREADS};
+use crate::kernels::{
+    KernelConfig, LoadedKernels, MAX_BATCH_MEMBERS, PREFILL_COMMIT_THREADS, PREFILL_CONV_THREADS,
+};
+use crate::slot_table::SlotTable;
 use crate::staging::{Staging, Timer};
 use crate::state::{CudaConstants, CudaSlotState};
 
@@ -64,6 +69,7 @@ pub struct CudaKernel {
     pub(crate) stream: Arc<CudaStream>,
     kernels: HashMap<KernelConfig, LoadedKernels>,
     pub(crate) staging: Staging,
+    slot_table: SlotTable,
     prefill: Option<PrefillScratch>,
     pub(crate) timer: Timer,
     pub(crate) graphs: GraphCache,
@@ -117,6 +123,7 @@ impl CudaKernel {
             let timer = Timer::new(&gpu.ctx)?;
             Ok(CudaKernel {
                 staging: Staging::default(),
+                slot_table: SlotTable::default(),
                 timer,
                 stream,
                 gpu,
@@ -194,6 +201,50 @@ impl CudaKernel {
         self.add_device_time();
         self.counters.bytes_to_device += 4 * in_len as u64;
         self.counters.bytes_from_device += 4 * spec.value_dim() as u64;
+        Ok(())
+    }
+
+    /// One (validated) decode token for each of `members` (distinct slots, at most
+    /// [`MAX_BATCH_MEMBERS`]) in one `gdn_decode_batch` launch: one upload of every member's
+    /// inputs and of the slot table, one launch, one download, one synchronisation.
+    fn step_batch(
+        &mut self,
+        layer: Layer<'_, CudaLayer>,
+        members: &mut [MemberMut<'_, '_, CudaState>],
+    ) -> Result<()> {
+        let spec = *layer.spec;
+        let (in_len, out_len) = (staged_input_len(&spec), spec.value_dim());
+        let count = members.len();
+        let (total_in, total_out) = (count * in_len, count * out_len);
+        if self
+            .staging
+            .ensure(&self.gpu.ctx, &self.stream, total_in, total_out)?
+        {
+            self.graphs.clear();
+        }
+        for (m, member) in members.iter().enumerate() {
+            self.staging.pack(m * in_len, member.inputs)?;
+        }
+        self.staging.upload(&self.stream, total_in)?;
+        let states: Vec<&CudaSlotState> = members.iter().map(|m| &m.state.memory).collect();
+        self.slot_table.upload(&self.stream, &states)?;
+        self.timer.start(&self.stream)?;
+        launch_decode_batch(
+            &self.stream,
+            layer.constants,
+            &mut self.staging,
+            &self.slot_table,
+            count,
+        )?;
+        self.timer.stop(&self.stream)?;
+        self.staging.download(&self.stream, total_out)?;
+        self.sync("running the batched decode kernel")?;
+        for (m, member) in members.iter_mut().enumerate() {
+            self.staging.unpack(m * out_len, member.out)?;
+        }
+        self.add_device_time();
+        self.counters.bytes_to_device += 4 * total_in as u64 + 24 * count as u64;
+        self.counters.bytes_from_device += 4 * total_out as u64;
         Ok(())
     }
 
@@ -495,6 +546,46 @@ pub(crate) fn launch_decode(
         .map_err(|e| device_error("launching gdn_decode", e))
 }
 
+/// Enqueues `gdn_decode_batch` for `members` slots of one layer: staged inputs and outputs
+/// member after member from offset 0, the slots' buffers from `table` (uploaded on `stream`).
+fn launch_decode_batch(
+    stream: &Arc<CudaStream>,
+    layer: &CudaLayer,
+    staging: &mut Staging,
+    table: &SlotTable,
+    members: usize,
+) -> Result<()> {
+    let config = &layer.kernels.config;
+    let spec = &config.spec;
+    if members == 0 || members > MAX_BATCH_MEMBERS {
+        return Err(device_error_msg(&format!(
+            "a batched decode launch takes 1 to {MAX_BATCH_MEMBERS} members, not {members}"
+        )));
+    }
+    let (input, mut output) = staging.views(
+        (0, members * staged_input_len(spec)),
+        (0, members * spec.value_dim()),
+    )?;
+    let slots = table.device()?;
+    let c = &layer.constants;
+    let mut builder = stream.launch_builder(&layer.kernels.decode_batch);
+    builder
+        .arg(&input)
+        .arg(&c.conv_weight_t)
+        .arg(&c.neg_a)
+        .arg(&c.dt_bias)
+        .arg(slots)
+        .arg(&mut output);
+    // SAFETY: the argument list matches `gdn_decode_batch` in gdn.cu (in, w_t, neg_a, dt_bias,
+    // slots, out); `input` and `output` hold `members` rows of this layer's staged widths, the
+    // table holds 3 × `members` addresses of live slot buffers allocated for this layer's spec
+    // (`CudaSlotState::zeros`), all distinct (the front forms batches of distinct slots), and
+    // every buffer is used on this stream only.
+    unsafe { builder.launch(config.batch_launch(members)) }
+        .map(drop)
+        .map_err(|e| device_error("launching gdn_decode_batch", e))
+}
+
 fn launch_prefill(
     stream: &Arc<CudaStream>,
     layer: &CudaLayer,
@@ -616,24 +707,32 @@ impl GdnKernel for CudaKernel {
         })
     }
 
-    /// The members one after another: a decode launch per one-token member, the prefill passes
-    /// for longer ones. One launch for a whole batch needs a decode kernel that takes a table
-    /// of per-member state pointers; until then a batch costs what its members' calls cost.
+    /// Longer members (prefills) one after another through the prefill passes; the one-token
+    /// members together, in one `gdn_decode_batch` launch (a lone one through `gdn_decode`).
+    /// Members are distinct slots, so their order does not matter.
     fn run(
         &mut self,
         layer: Layer<'_, CudaLayer>,
         batch: &mut Batch<'_, '_, CudaState>,
     ) -> Result<()> {
         let hv = layer.spec.num_v_heads;
+        let mut decoding = Vec::with_capacity(batch.len());
         for member in batch.iter_mut() {
-            let (inputs, out, state) = (member.inputs, member.out, member.state);
-            if inputs.a.len() == hv {
-                no_panic("a decode step", || self.step_one(layer, state, inputs, out))?;
+            if member.inputs.a.len() == hv {
+                decoding.push(member);
             } else {
                 no_panic("a prefill", || {
-                    self.prefill_tokens(layer, state, inputs, out)
+                    self.prefill_tokens(layer, member.state, member.inputs, member.out)
                 })?;
             }
+        }
+        if let [one] = decoding.as_mut_slice() {
+            return no_panic("a decode step", || {
+                self.step_one(layer, one.state, one.inputs, one.out)
+            });
+        }
+        for group in decoding.chunks_mut(MAX_BATCH_MEMBERS) {
+            no_panic("a batched decode step", || self.step_batch(layer, group))?;
         }
         Ok(())
     }

@@ -17,6 +17,10 @@
 //!   tokens in parallel, (2) the recurrence token by token with each warp's state columns in
 //!   registers — the state is read and written once per chunk, not per token — (3) the conv
 //!   history commit. Sequential in the recurrence, so exactly the math of T decode steps.
+//! - **Batches in one launch**: a batched step (one token for each of several slots of a layer,
+//!   `run_batch`) is one `gdn_decode_batch` launch whose grid row `m` works on member `m`,
+//!   finding its slot's buffers in a table of device addresses ([`slot_table`]): one upload, one
+//!   launch, one download and one synchronisation per layer for the whole batch.
 //! - **Many layers per round trip**: [`CudaExt::step_layers`] uploads several layers'
 //!   inputs at once and replays all their launches as one CUDA graph ([`graphs`]), and
 //!   [`CudaExt::time_device_decode`] times the kernels GPU-side ([`mod@bench`]).
@@ -61,6 +65,7 @@ pub mod bench;
 pub mod device;
 pub mod graphs;
 pub mod kernels;
+pub mod slot_table;
 pub mod staging;
 pub mod state;
 

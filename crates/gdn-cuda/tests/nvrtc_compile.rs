@@ -51,17 +51,19 @@ fn kernels_compile_with_nvrtc() {
                 assemble(&ptxas, &ptx, arch, &format!("{shape:?}"));
             }
             // Register arrays must stay in registers: a local-memory frame means spilling.
-            let decode = ptx
-                .split(".entry gdn_decode")
-                .nth(1)
-                .and_then(|rest| rest.split(".entry").next())
-                .unwrap_or("");
-            assert!(
-                !decode.contains(".local"),
-                "sm_{}{} {shape:?}: gdn_decode uses local memory",
-                arch.0,
-                arch.1
-            );
+            for name in ["gdn_decode", "gdn_decode_batch"] {
+                let body = ptx
+                    .split(&format!(".entry {name}("))
+                    .nth(1)
+                    .and_then(|rest| rest.split(".entry").next())
+                    .unwrap_or("");
+                assert!(
+                    !body.is_empty() && !body.contains(".local"),
+                    "sm_{}{} {shape:?}: {name} missing or using local memory",
+                    arch.0,
+                    arch.1
+                );
+            }
         }
     }
     if let Ok(dir) = std::env::var("HYBRID_GDN_PTX_OUT") {

@@ -31,6 +31,7 @@
 #define KEY_DIM (GDN_HK * GDN_DK)
 #define VALUE_DIM (GDN_HV * GDN_DV)
 #define CONV_DIM (2 * KEY_DIM + VALUE_DIM)
+#define IN_LEN (CONV_DIM + 2 * GDN_HV)
 #define RATIO (GDN_HV / GDN_HK)
 #define COL_GROUPS ((GDN_DV + GDN_COLS - 1) / GDN_COLS)
 #define TOTAL_WARPS (GDN_HV * COL_GROUPS)
@@ -170,15 +171,18 @@ __device__ __forceinline__ float normalise_qk(float (&q)[EPL], float (&k)[EPL], 
 // One decode token for one (layer, slot): conv + SiLU, L2 norm, gating and the single-pass
 // delta-rule update (kv = e^g S₀ᵀk, o = e^g S₀ᵀq + δ·kᵀq). Warp w owns value columns
 // [group·COLS, group·COLS + COLS) of head h; each state element is read once and written once.
+// `block` of `blocks` is this block's place among the blocks working on this (layer, slot).
 //
-// in:  [CONV_DIM + 2·HV] = mixed_qkv | a | b     out: [HV·DV]
-extern "C" __global__ void __launch_bounds__(THREADS)
-    gdn_decode(const float* __restrict__ in, const float* __restrict__ w_t,
-               const float* __restrict__ neg_a, const float* __restrict__ dt_bias,
-               float* __restrict__ ring, float* __restrict__ state, unsigned* __restrict__ meta,
-               float* __restrict__ out) {
+// in:  [IN_LEN] = mixed_qkv | a | b     out: [HV·DV]
+__device__ __forceinline__ void decode_token(const float* __restrict__ in,
+                                             const float* __restrict__ w_t,
+                                             const float* __restrict__ neg_a,
+                                             const float* __restrict__ dt_bias,
+                                             float* __restrict__ ring, float* __restrict__ state,
+                                             unsigned* __restrict__ meta, float* __restrict__ out,
+                                             unsigned block, unsigned blocks) {
     const int lane = threadIdx.x & 31;
-    const int warp = blockIdx.x * GDN_WARPS + (threadIdx.x >> 5);
+    const int warp = block * GDN_WARPS + (threadIdx.x >> 5);
     // Read before this block reports done: the last block advances it (below).
     const unsigned pos = *(volatile unsigned*)meta;
 
@@ -272,12 +276,37 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     if (threadIdx.x == 0) {
         __threadfence();
         const unsigned done = atomicAdd(&meta[1], 1u);
-        if (done == gridDim.x - 1) {
+        if (done == blocks - 1) {
             meta[0] = (pos + 1) % GDN_K;
             meta[1] = 0;
             __threadfence();
         }
     }
+}
+
+// One decode token of one (layer, slot): the blocks of the grid share the token.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    gdn_decode(const float* __restrict__ in, const float* __restrict__ w_t,
+               const float* __restrict__ neg_a, const float* __restrict__ dt_bias,
+               float* __restrict__ ring, float* __restrict__ state, unsigned* __restrict__ meta,
+               float* __restrict__ out) {
+    decode_token(in, w_t, neg_a, dt_bias, ring, state, meta, out, blockIdx.x, gridDim.x);
+}
+
+// One decode token for each of gridDim.y slots of one layer, in one launch (a batched decode
+// step). Member m = blockIdx.y reads staged inputs m (rows of IN_LEN), writes outputs m (rows of
+// VALUE_DIM) and works on the slot whose buffers `slots` names: slots[m] is its ring,
+// slots[members + m] its state and slots[2·members + m] its meta, as device addresses. Each
+// member's blocks advance that member's ring position, as a launch of gdn_decode would.
+extern "C" __global__ void __launch_bounds__(THREADS)
+    gdn_decode_batch(const float* __restrict__ in, const float* __restrict__ w_t,
+                     const float* __restrict__ neg_a, const float* __restrict__ dt_bias,
+                     const unsigned long long* __restrict__ slots, float* __restrict__ out) {
+    const unsigned m = blockIdx.y;
+    const unsigned members = gridDim.y;
+    decode_token(in + (size_t)m * IN_LEN, w_t, neg_a, dt_bias, (float*)slots[m],
+                 (float*)slots[members + m], (unsigned*)slots[2 * members + m],
+                 out + (size_t)m * VALUE_DIM, blockIdx.x, gridDim.x);
 }
 
 // Prefill, phase 1 (one block per token): conv + SiLU of every channel, L2 norm of q and k, and

@@ -14,17 +14,23 @@ use hybrid_gdn::{GdnError, LayerSpec, Result};
 
 use crate::device::{device_error, NAME};
 
-/// The kernel source: decode (fused, single pass), prefill in three phases (conv + norm + gates,
-/// register-resident recurrence, conv-history commit).
+/// The kernel source: decode (fused, single pass; one slot, or a batch of slots in one launch),
+/// prefill in three phases (conv + norm + gates, register-resident recurrence, conv-history
+/// commit).
 pub const SOURCE: &str = include_str!("gdn.cu");
 
 /// Names of the kernels in [`SOURCE`].
-pub const KERNEL_NAMES: [&str; 4] = [
+pub const KERNEL_NAMES: [&str; 5] = [
     "gdn_decode",
+    "gdn_decode_batch",
     "gdn_prefill_conv",
     "gdn_prefill_scan",
     "gdn_prefill_commit",
 ];
+
+/// Members of one `gdn_decode_batch` launch at most: a member is a row of the grid
+/// (`gridDim.y`, at most 65,535 on every CUDA GPU); bigger batches take several launches.
+pub const MAX_BATCH_MEMBERS: usize = 65_535;
 
 /// Threads per block of `gdn_prefill_conv` (one block per token).
 pub const PREFILL_CONV_THREADS: u32 = 256;
@@ -81,6 +87,16 @@ impl KernelConfig {
             grid_dim: (to_u32(blocks), 1, 1),
             block_dim: (to_u32(self.warps * 32), 1, 1),
             shared_mem_bytes: 0,
+        }
+    }
+
+    /// Launch shape of `gdn_decode_batch` for `members` slots (at most [`MAX_BATCH_MEMBERS`]):
+    /// the grid of `gdn_decode` once per member.
+    pub fn batch_launch(&self, members: usize) -> LaunchConfig {
+        let one = self.recurrence_launch();
+        LaunchConfig {
+            grid_dim: (one.grid_dim.0, to_u32(members.min(MAX_BATCH_MEMBERS)), 1),
+            ..one
         }
     }
 
@@ -194,13 +210,15 @@ fn compile_error(error: CompileError, config: &KernelConfig) -> GdnError {
     }
 }
 
-/// The four kernels of one [`KernelConfig`], loaded into a context.
+/// The kernels of one [`KernelConfig`], loaded into a context.
 #[derive(Debug, Clone)]
 pub struct LoadedKernels {
     /// What they were compiled for.
     pub config: KernelConfig,
     /// `gdn_decode`.
     pub decode: CudaFunction,
+    /// `gdn_decode_batch`.
+    pub decode_batch: CudaFunction,
     /// `gdn_prefill_conv`.
     pub prefill_conv: CudaFunction,
     /// `gdn_prefill_scan`.
@@ -224,9 +242,10 @@ impl LoadedKernels {
         Ok(LoadedKernels {
             config,
             decode: function(KERNEL_NAMES[0])?,
-            prefill_conv: function(KERNEL_NAMES[1])?,
-            prefill_scan: function(KERNEL_NAMES[2])?,
-            prefill_commit: function(KERNEL_NAMES[3])?,
+            decode_batch: function(KERNEL_NAMES[1])?,
+            prefill_conv: function(KERNEL_NAMES[2])?,
+            prefill_scan: function(KERNEL_NAMES[3])?,
+            prefill_commit: function(KERNEL_NAMES[4])?,
         })
     }
 }
@@ -244,6 +263,7 @@ mod tests {
             assert_eq!((config.cols, config.unroll, config.warps), (4, 4, 4));
             assert_eq!(config.total_warps(), 32 * 32);
             assert_eq!(config.recurrence_launch().grid_dim.0, 256);
+            assert_eq!(config.batch_launch(8).grid_dim, (256, 8, 1));
         }
         let defines = config.defines();
         assert!(defines.contains(&"-DGDN_DK=128".to_string()));
