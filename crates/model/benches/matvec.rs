@@ -122,6 +122,23 @@ fn matvec(c: &mut Criterion) {
                     })
                 });
             }
+            // One row against L3-resident weights (8192 rows): the kernel's rate without DRAM.
+            let rows = 8192;
+            let row_bytes = bytes.len() / N;
+            let hot = &bytes[..rows * row_bytes];
+            group.throughput(Throughput::Bytes(hot.len() as u64));
+            for &tier in tiers.iter().filter(|t| **t >= Tier::Avx2) {
+                group.bench_function(
+                    BenchmarkId::new(format!("{name}, in L3"), tier.key()),
+                    |b| {
+                        b.iter(|| {
+                            kquant_matmul_at(tier, dtype, hot, rows, K, &x, &mut y[..rows])
+                                .expect("k-quant")
+                        })
+                    },
+                );
+            }
+            group.throughput(Throughput::Bytes(bytes.len() as u64));
             group.bench_function(BenchmarkId::new(&name, "candle"), |b| {
                 b.iter(|| blocks_matmul(dtype, &bytes, (1, K, N), &x, &mut y).expect("blocks"))
             });

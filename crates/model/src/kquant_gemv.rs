@@ -11,9 +11,13 @@
 //!   keeping the sums of every 16 and 32 values for the weights' minimums and offsets;
 //! - compute 4 weight rows at a time, prefetching the next group's bytes as each
 //!   super-block is read (rows of a GEMV are consecutive; see `gemv::PREFETCH_ROWS`); on AVX2
-//!   up to 4 activation rows (a batched decode step) share each unpacked chunk of weights;
+//!   up to 4 activation rows (a batched decode step) share each unpacked chunk of weights, and
+//!   one activation row reads Q6_K weights row after row, prefetched 8 KiB ahead;
 //! - unpack nibbles / 6-bit values in registers, `maddubs` them with the activations, multiply
-//!   by the integer sub-block scales with `madd`, and convert to f32 once per super-block.
+//!   by the integer sub-block scales with `madd`, and convert to f32 once per super-block. The
+//!   scales of two sub-blocks come from one byte shuffle of the super-block's scale vector
+//!   (before: two scalar broadcasts and a lane insert per 32 values, which made the Q6_K kernel
+//!   compute-bound: `matvec` "Q6K, in L3" 12–20 → 24–31 GiB/s on the AMD EPYC VM).
 //!
 //! On AVX-512 CPUs the same kernels take two 32-byte chunks per 512-bit step with `vpdpbusd`
 //! and apply the sub-block scales as f32 lanes: benches/matvec.rs on the 2-core Xeon, 2 threads,
@@ -218,6 +222,36 @@ mod x86 {
         widen_f16(u16::from_le(unsafe { p.cast::<u16>().read_unaligned() }))
     }
 
+    /// Control bytes for `_mm256_shuffle_epi8` that fill the low 128-bit lane with 16-bit word
+    /// `low` of the source's low lane and the high lane with word `high` of its high lane: one
+    /// shuffle then gives two sub-blocks' integer scales (one per 16 values of a 32-value chunk),
+    /// instead of two scalar broadcasts and a lane insert.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn word_pick(low: usize, high: usize) -> __m256i {
+        let mut control = [0u8; 32];
+        for (i, c) in control.iter_mut().enumerate() {
+            let word = if i < 16 { low } else { high };
+            *c = (2 * word + i % 2) as u8;
+        }
+        // SAFETY: `control` is 32 readable bytes; unaligned loads are allowed.
+        unsafe { _mm256_loadu_si256(control.as_ptr().cast()) }
+    }
+
+    /// Bits 4–5 of the four value sets of a Q6_K half super-block, from its 32 bytes of high
+    /// bits `h` (set i in bits 2i..2i + 2 of each byte), already in place: shifting 16-bit lanes
+    /// and masking each byte with `bits45` (0x30) drops what crosses from the neighbour byte.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6_k_high_bits(h: __m256i, bits45: __m256i) -> [__m256i; 4] {
+        [
+            _mm256_and_si256(_mm256_slli_epi16(h, 4), bits45),
+            _mm256_and_si256(_mm256_slli_epi16(h, 2), bits45),
+            _mm256_and_si256(h, bits45),
+            _mm256_and_si256(_mm256_srli_epi16(h, 2), bits45),
+        ]
+    }
+
     /// The eight 6-bit scales and eight 6-bit mins of a Q4_K super-block from its 12 packed
     /// bytes: the first four of each keep their 6 bits in bytes 0–3 (scales) and 4–7 (mins);
     /// the last four take their low 4 bits from bytes 8–11 (scales low nibbles, mins high) and
@@ -262,6 +296,8 @@ mod x86 {
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q4K_BYTES);
         debug_assert!(rows.q.len() >= (r0 + R) * rows.k);
         let low = _mm256_set1_epi8(0x0F);
+        let pick_low: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j, 2 * j));
+        let pick_high: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j + 1, 2 * j + 1));
         let mut acc = [[_mm256_setzero_ps(); R]; G];
         let mut mins = [[0f32; R]; G];
         let w = weights.as_ptr();
@@ -286,13 +322,16 @@ mod x86 {
                     let dmin = f16_at(block.add(2));
                     let (scales, mins_of) =
                         q4_k_scales_mins(block.add(4).cast::<[u8; 12]>().read_unaligned());
+                    let scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                        scales.as_ptr().cast(),
+                    )));
                     let mut isum = [_mm256_setzero_si256(); R];
                     for j in 0..4 {
                         let q = _mm256_loadu_si256(block.add(16 + 32 * j).cast());
                         let lo = _mm256_and_si256(q, low);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-                        let slo = _mm256_set1_epi16(i16::from(scales[2 * j]));
-                        let shi = _mm256_set1_epi16(i16::from(scales[2 * j + 1]));
+                        let slo = _mm256_shuffle_epi8(scales16, pick_low[j]);
+                        let shi = _mm256_shuffle_epi8(scales16, pick_high[j]);
                         for i in 0..R {
                             let xlo = _mm256_loadu_si256(x[i].add(64 * j).cast());
                             let xhi = _mm256_loadu_si256(x[i].add(64 * j + 32).cast());
@@ -340,7 +379,8 @@ mod x86 {
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q6K_BYTES);
         debug_assert!(rows.q.len() >= (r0 + R) * rows.k);
         let low = _mm256_set1_epi8(0x0F);
-        let two_bits = _mm256_set1_epi8(3);
+        let bits45 = _mm256_set1_epi8(0x30);
+        let pick: [__m256i; 4] = std::array::from_fn(|i| word_pick(2 * i, 2 * i + 1));
         let mut acc = [[_mm256_setzero_ps(); R]; G];
         let w = weights.as_ptr();
         for s in 0..supers {
@@ -367,22 +407,16 @@ mod x86 {
                         let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, sums16[i]), 5);
                         isum[i] = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
                     }
-                    for half in 0..2 {
+                    let half_scales = [
+                        _mm256_permute4x64_epi64::<0x44>(scales16),
+                        _mm256_permute4x64_epi64::<0xEE>(scales16),
+                    ];
+                    for (half, half_scales) in half_scales.into_iter().enumerate() {
                         let ql = block.add(64 * half);
                         let h = _mm256_loadu_si256(block.add(128 + 32 * half).cast());
                         let l0 = _mm256_loadu_si256(ql.cast());
                         let l1 = _mm256_loadu_si256(ql.add(32).cast());
-                        // Bits 2i..2i + 2 of the high byte are bits 4–5 of value set i.
-                        let shifted = [
-                            h,
-                            _mm256_srli_epi16(h, 2),
-                            _mm256_srli_epi16(h, 4),
-                            _mm256_srli_epi16(h, 6),
-                        ];
-                        let mut high = [_mm256_setzero_si256(); 4];
-                        for (out, b) in high.iter_mut().zip(shifted) {
-                            *out = _mm256_slli_epi16(_mm256_and_si256(b, two_bits), 4);
-                        }
+                        let high = q6_k_high_bits(h, bits45);
                         let values = [
                             _mm256_or_si256(_mm256_and_si256(l0, low), high[0]),
                             _mm256_or_si256(_mm256_and_si256(l1, low), high[1]),
@@ -396,10 +430,7 @@ mod x86 {
                             ),
                         ];
                         for (v_index, v) in values.into_iter().enumerate() {
-                            let j = 8 * half + 2 * v_index;
-                            let first = _mm_set1_epi16(i16::from(*scale_bytes.add(j)));
-                            let second = _mm_set1_epi16(i16::from(*scale_bytes.add(j + 1)));
-                            let sc = _mm256_set_m128i(second, first);
+                            let sc = _mm256_shuffle_epi8(half_scales, pick[v_index]);
                             for i in 0..R {
                                 let xs =
                                     _mm256_loadu_si256(x[i].add(128 * half + 32 * v_index).cast());
@@ -473,7 +504,8 @@ mod x86 {
     }
 
     /// Activation row `r` of `rows` against every weight row of `weights` with the single-row
-    /// kernels, into `out[..count]`.
+    /// kernels, into `out[..count]`: Q4_K four rows side by side, Q6_K one row after another
+    /// ([`q6_k_row`]).
     ///
     /// # Safety
     /// As [`avx2_task`], for row `r`.
@@ -487,6 +519,13 @@ mod x86 {
         out: &mut [f32],
     ) {
         let count = weights.len() / row_bytes;
+        if dtype != GgmlDType::Q4K {
+            for (one, out) in weights.chunks_exact(row_bytes).zip(&mut out[..count]) {
+                // SAFETY: forwarded contract; `one` is one whole row.
+                *out = unsafe { q6_k_row(one, rows, r) };
+            }
+            return;
+        }
         let mut start = 0;
         while start < count {
             let group = GROUP.min(count - start);
@@ -494,18 +533,12 @@ mod x86 {
             // SAFETY: forwarded contract; `at` holds `group` whole rows.
             unsafe {
                 if group == GROUP {
-                    let sums = match dtype {
-                        GgmlDType::Q4K => q4_k_group::<GROUP>(at, row_bytes, rows, r),
-                        _ => q6_k_group::<GROUP>(at, row_bytes, rows, r),
-                    };
+                    let sums = q4_k_group::<GROUP>(at, row_bytes, rows, r);
                     out[start..start + GROUP].copy_from_slice(&sums);
                 } else {
                     for g in 0..group {
                         let one = &at[g * row_bytes..(g + 1) * row_bytes];
-                        out[start + g] = match dtype {
-                            GgmlDType::Q4K => q4_k_group::<1>(one, row_bytes, rows, r)[0],
-                            _ => q6_k_group::<1>(one, row_bytes, rows, r)[0],
-                        };
+                        out[start + g] = q4_k_group::<1>(one, row_bytes, rows, r)[0];
                     }
                 }
             }
@@ -577,6 +610,9 @@ mod x86 {
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q4K_BYTES);
         debug_assert!(rows.q.len() >= (r + 1) * rows.k);
         let low = _mm256_set1_epi8(0x0F);
+        // Sub-block 2j's scale in every lane (low nibbles of chunk j), and 2j + 1's (high).
+        let pick_low: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j, 2 * j));
+        let pick_high: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j + 1, 2 * j + 1));
         let mut acc = [_mm256_setzero_ps(); G];
         let mut mins = [0f32; G];
         let w = weights.as_ptr();
@@ -596,6 +632,10 @@ mod x86 {
                     let dmin = f16_at(block.add(2));
                     let (scales, mins_of) =
                         q4_k_scales_mins(block.add(4).cast::<[u8; 12]>().read_unaligned());
+                    // The eight scales as 16-bit words, in both 128-bit lanes.
+                    let scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                        scales.as_ptr().cast(),
+                    )));
                     let mut isum = _mm256_setzero_si256();
                     for j in 0..4 {
                         let q = _mm256_loadu_si256(block.add(16 + 32 * j).cast());
@@ -605,8 +645,8 @@ mod x86 {
                         let xhi = _mm256_loadu_si256(x.add(64 * j + 32).cast());
                         let plo = _mm256_maddubs_epi16(lo, xlo);
                         let phi = _mm256_maddubs_epi16(hi, xhi);
-                        let slo = _mm256_set1_epi16(i16::from(scales[2 * j]));
-                        let shi = _mm256_set1_epi16(i16::from(scales[2 * j + 1]));
+                        let slo = _mm256_shuffle_epi8(scales16, pick_low[j]);
+                        let shi = _mm256_shuffle_epi8(scales16, pick_high[j]);
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, slo));
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, shi));
                     }
@@ -619,25 +659,31 @@ mod x86 {
         std::array::from_fn(|g| hsum(acc[g]) - mins[g])
     }
 
-    /// The dot products of `G` rows of Q6_K weights (`weights`, `row_bytes` each) with
-    /// activation row `r` of `rows`: `Σ_j sc_j·(Σ q·x − 32·Σ x)` over the 16 sub-blocks of 16.
+    /// How far ahead of the super-block being read [`q6_k_row`] prefetches, in bytes (about
+    /// ten rows of 1,024 values).
+    const Q6K_PREFETCH_BYTES: usize = 8192;
+
+    /// The dot product of one row of Q6_K weights (`weights`, one row) with activation row `r`
+    /// of `rows`: `Σ_j sc_j·(Σ q·x − 32·Σ x)` over the 16 sub-blocks of 16, the same per-pair
+    /// arithmetic as [`q6_k_rows`] (written apart for one activation row, as [`q4_k_group`]).
+    ///
+    /// The rows of a task are read one after another, a single sequential stream prefetched
+    /// [`Q6K_PREFETCH_BYTES`] ahead: four rows side by side, each prefetched four rows ahead,
+    /// streamed 8.0 / 8.7 / 8.0 GiB/s against 9.4 / 14.8 / 13.3 this way (`matvec` Q6K/avx2,
+    /// three alternating rounds, AMD EPYC, 2 cores, in a slow hour of that VM). Q4_K showed no
+    /// such difference and keeps its four rows side by side.
     ///
     /// # Safety
-    /// As [`q4_k_group`], with 210-byte Q6_K super-blocks. [`q6_k_rows`] for one activation
-    /// row, written apart for the same reason.
+    /// As [`q4_k_group`] for one row of 210-byte Q6_K super-blocks.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn q6_k_group<const G: usize>(
-        weights: &[u8],
-        row_bytes: usize,
-        rows: &SuperRows,
-        r: usize,
-    ) -> [f32; G] {
+    pub(super) unsafe fn q6_k_row(weights: &[u8], rows: &SuperRows, r: usize) -> f32 {
         let supers = rows.k / SUPER;
-        debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q6K_BYTES);
+        debug_assert!(weights.len() == supers * Q6K_BYTES);
         debug_assert!(rows.q.len() >= (r + 1) * rows.k);
         let low = _mm256_set1_epi8(0x0F);
-        let two_bits = _mm256_set1_epi8(3);
-        let mut acc = [_mm256_setzero_ps(); G];
+        let bits45 = _mm256_set1_epi8(0x30);
+        let pick: [__m256i; 4] = std::array::from_fn(|i| word_pick(2 * i, 2 * i + 1));
+        let mut acc = _mm256_setzero_ps();
         let w = weights.as_ptr();
         for s in 0..supers {
             let at = r * supers + s;
@@ -646,56 +692,43 @@ mod x86 {
                 let x = rows.q.as_ptr().add(at * SUPER);
                 let dx = *rows.d.get_unchecked(at);
                 let sums16 = _mm256_loadu_si256(rows.sums16.as_ptr().add(at * 16).cast());
-                for (g, acc) in acc.iter_mut().enumerate() {
-                    let block = w.add(g * row_bytes + s * Q6K_BYTES);
-                    prefetch_super_block(block.wrapping_add(G * row_bytes));
-                    let scale_bytes = block.add(192).cast::<i8>();
-                    let d = f16_at(block.add(208));
-                    let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scale_bytes.cast()));
-                    // The −32 of every value: 32 · Σ_j sc_j · Σ x over sub-block j.
-                    let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, sums16), 5);
-                    let mut isum = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
-                    for half in 0..2 {
-                        let ql = block.add(64 * half);
-                        let h = _mm256_loadu_si256(block.add(128 + 32 * half).cast());
-                        let l0 = _mm256_loadu_si256(ql.cast());
-                        let l1 = _mm256_loadu_si256(ql.add(32).cast());
-                        // Bits 2i..2i + 2 of the high byte are bits 4–5 of value set i.
-                        let shifted = [
-                            h,
-                            _mm256_srli_epi16(h, 2),
-                            _mm256_srli_epi16(h, 4),
-                            _mm256_srli_epi16(h, 6),
-                        ];
-                        let high =
-                            shifted.map(|b| _mm256_slli_epi16(_mm256_and_si256(b, two_bits), 4));
-                        let values = [
-                            _mm256_or_si256(_mm256_and_si256(l0, low), high[0]),
-                            _mm256_or_si256(_mm256_and_si256(l1, low), high[1]),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
-                                high[2],
-                            ),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
-                                high[3],
-                            ),
-                        ];
-                        for (i, v) in values.into_iter().enumerate() {
-                            let xs = _mm256_loadu_si256(x.add(128 * half + 32 * i).cast());
-                            let pairs = _mm256_maddubs_epi16(v, xs);
-                            let j = 8 * half + 2 * i;
-                            let first = _mm_set1_epi16(i16::from(*scale_bytes.add(j)));
-                            let second = _mm_set1_epi16(i16::from(*scale_bytes.add(j + 1)));
-                            let sc = _mm256_set_m128i(second, first);
-                            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, sc));
-                        }
+                let block = w.add(s * Q6K_BYTES);
+                prefetch_super_block(block.wrapping_add(Q6K_PREFETCH_BYTES));
+                let scale_bytes = block.add(192).cast::<i8>();
+                let d = f16_at(block.add(208));
+                let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scale_bytes.cast()));
+                // The −32 of every value: 32 · Σ_j sc_j · Σ x over sub-block j.
+                let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, sums16), 5);
+                let mut isum = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
+                // The eight scales of each half in both 128-bit lanes.
+                let half_scales = [
+                    _mm256_permute4x64_epi64::<0x44>(scales16),
+                    _mm256_permute4x64_epi64::<0xEE>(scales16),
+                ];
+                for (half, half_scales) in half_scales.into_iter().enumerate() {
+                    let ql = block.add(64 * half);
+                    let h = _mm256_loadu_si256(block.add(128 + 32 * half).cast());
+                    let l0 = _mm256_loadu_si256(ql.cast());
+                    let l1 = _mm256_loadu_si256(ql.add(32).cast());
+                    let high = q6_k_high_bits(h, bits45);
+                    let values = [
+                        _mm256_or_si256(_mm256_and_si256(l0, low), high[0]),
+                        _mm256_or_si256(_mm256_and_si256(l1, low), high[1]),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), high[2]),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), high[3]),
+                    ];
+                    for (i, v) in values.into_iter().enumerate() {
+                        let xs = _mm256_loadu_si256(x.add(128 * half + 32 * i).cast());
+                        let pairs = _mm256_maddubs_epi16(v, xs);
+                        // Scales 8·half + 2i (first 16 values) and + 1 (last 16).
+                        let sc = _mm256_shuffle_epi8(half_scales, pick[i]);
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(pairs, sc));
                     }
-                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), *acc);
                 }
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), acc);
             }
         }
-        acc.map(|a| hsum(a))
+        hsum(acc)
     }
 
     /// The sum of the eight i32 lanes.
