@@ -252,6 +252,69 @@ mod x86 {
         ]
     }
 
+    /// The sixteen signed 8-bit sub-block scales of the Q6_K super-block at `block`, widened to
+    /// i16, and its f16 super-block scale `d`.
+    ///
+    /// # Safety
+    /// `block` must be readable for [`Q6K_BYTES`] bytes; the CPU must support AVX2 and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn q6_k_scales(block: *const u8) -> (__m256i, f32) {
+        // SAFETY: bytes 192..210 of the block are readable (see # Safety).
+        unsafe {
+            let scales = _mm_loadu_si128(block.add(192).cast());
+            (_mm256_cvtepi8_epi16(scales), f16_at(block.add(208)))
+        }
+    }
+
+    /// `−32 · Σ_j sc_j · Σ x` over the sixteen sub-blocks: the −32 of every Q6_K value, taken
+    /// out of the per-value products, from the widened scales and the activation's sums of 16.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6_k_offset(scales16: __m256i, sums16: __m256i) -> __m256i {
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, sums16), 5);
+        _mm256_sub_epi32(_mm256_setzero_si256(), offset)
+    }
+
+    /// The eight scales of each half super-block, repeated in both 128-bit lanes, so that one
+    /// [`word_pick`] shuffle serves either lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6_k_half_scales(scales16: __m256i) -> [__m256i; 2] {
+        [
+            _mm256_permute4x64_epi64::<0x44>(scales16),
+            _mm256_permute4x64_epi64::<0xEE>(scales16),
+        ]
+    }
+
+    /// The 128 unsigned 6-bit values (0..64) of half `half` of the Q6_K super-block at `block`,
+    /// as four 32-value vectors in activation order: low nibbles of the first and second 32
+    /// bytes, then their high nibbles, each with its two high bits from [`q6_k_high_bits`].
+    ///
+    /// # Safety
+    /// `block` must be readable for [`Q6K_BYTES`] bytes and `half` < 2; the CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q6_k_half_values(block: *const u8, half: usize) -> [__m256i; 4] {
+        let low = _mm256_set1_epi8(0x0F);
+        // SAFETY: bytes 64·half..64·half + 64 and 128 + 32·half..+32 lie inside the block.
+        let (l0, l1, h) = unsafe {
+            let ql = block.add(64 * half);
+            (
+                _mm256_loadu_si256(ql.cast()),
+                _mm256_loadu_si256(ql.add(32).cast()),
+                _mm256_loadu_si256(block.add(128 + 32 * half).cast()),
+            )
+        };
+        let high = q6_k_high_bits(h, _mm256_set1_epi8(0x30));
+        [
+            _mm256_or_si256(_mm256_and_si256(l0, low), high[0]),
+            _mm256_or_si256(_mm256_and_si256(l1, low), high[1]),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), high[2]),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), high[3]),
+        ]
+    }
+
     /// The eight 6-bit scales and eight 6-bit mins of a Q4_K super-block from its 12 packed
     /// bytes: the first four of each keep their 6 bits in bytes 0–3 (scales) and 4–7 (mins);
     /// the last four take their low 4 bits from bytes 8–11 (scales low nibbles, mins high) and
@@ -378,8 +441,6 @@ mod x86 {
         let supers = rows.k / SUPER;
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q6K_BYTES);
         debug_assert!(rows.q.len() >= (r0 + R) * rows.k);
-        let low = _mm256_set1_epi8(0x0F);
-        let bits45 = _mm256_set1_epi8(0x30);
         let pick: [__m256i; 4] = std::array::from_fn(|i| word_pick(2 * i, 2 * i + 1));
         let mut acc = [[_mm256_setzero_ps(); R]; G];
         let w = weights.as_ptr();
@@ -398,37 +459,11 @@ mod x86 {
                 for (g, acc) in acc.iter_mut().enumerate() {
                     let block = w.add(g * row_bytes + s * Q6K_BYTES);
                     prefetch_super_block(block.wrapping_add(G * row_bytes));
-                    let scale_bytes = block.add(192).cast::<i8>();
-                    let d = f16_at(block.add(208));
-                    let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scale_bytes.cast()));
-                    // The −32 of every value: 32 · Σ_j sc_j · Σ x over sub-block j.
-                    let mut isum = [_mm256_setzero_si256(); R];
-                    for i in 0..R {
-                        let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, sums16[i]), 5);
-                        isum[i] = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
-                    }
-                    let half_scales = [
-                        _mm256_permute4x64_epi64::<0x44>(scales16),
-                        _mm256_permute4x64_epi64::<0xEE>(scales16),
-                    ];
-                    for (half, half_scales) in half_scales.into_iter().enumerate() {
-                        let ql = block.add(64 * half);
-                        let h = _mm256_loadu_si256(block.add(128 + 32 * half).cast());
-                        let l0 = _mm256_loadu_si256(ql.cast());
-                        let l1 = _mm256_loadu_si256(ql.add(32).cast());
-                        let high = q6_k_high_bits(h, bits45);
-                        let values = [
-                            _mm256_or_si256(_mm256_and_si256(l0, low), high[0]),
-                            _mm256_or_si256(_mm256_and_si256(l1, low), high[1]),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(l0, 4), low),
-                                high[2],
-                            ),
-                            _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(l1, 4), low),
-                                high[3],
-                            ),
-                        ];
+                    let (scales16, d) = q6_k_scales(block);
+                    let mut isum: [__m256i; R] =
+                        std::array::from_fn(|i| q6_k_offset(scales16, sums16[i]));
+                    for (half, half_scales) in q6_k_half_scales(scales16).into_iter().enumerate() {
+                        let values = q6_k_half_values(block, half);
                         for (v_index, v) in values.into_iter().enumerate() {
                             let sc = _mm256_shuffle_epi8(half_scales, pick[v_index]);
                             for i in 0..R {
@@ -680,8 +715,6 @@ mod x86 {
         let supers = rows.k / SUPER;
         debug_assert!(weights.len() == supers * Q6K_BYTES);
         debug_assert!(rows.q.len() >= (r + 1) * rows.k);
-        let low = _mm256_set1_epi8(0x0F);
-        let bits45 = _mm256_set1_epi8(0x30);
         let pick: [__m256i; 4] = std::array::from_fn(|i| word_pick(2 * i, 2 * i + 1));
         let mut acc = _mm256_setzero_ps();
         let w = weights.as_ptr();
@@ -694,29 +727,10 @@ mod x86 {
                 let sums16 = _mm256_loadu_si256(rows.sums16.as_ptr().add(at * 16).cast());
                 let block = w.add(s * Q6K_BYTES);
                 prefetch_super_block(block.wrapping_add(Q6K_PREFETCH_BYTES));
-                let scale_bytes = block.add(192).cast::<i8>();
-                let d = f16_at(block.add(208));
-                let scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scale_bytes.cast()));
-                // The −32 of every value: 32 · Σ_j sc_j · Σ x over sub-block j.
-                let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, sums16), 5);
-                let mut isum = _mm256_sub_epi32(_mm256_setzero_si256(), offset);
-                // The eight scales of each half in both 128-bit lanes.
-                let half_scales = [
-                    _mm256_permute4x64_epi64::<0x44>(scales16),
-                    _mm256_permute4x64_epi64::<0xEE>(scales16),
-                ];
-                for (half, half_scales) in half_scales.into_iter().enumerate() {
-                    let ql = block.add(64 * half);
-                    let h = _mm256_loadu_si256(block.add(128 + 32 * half).cast());
-                    let l0 = _mm256_loadu_si256(ql.cast());
-                    let l1 = _mm256_loadu_si256(ql.add(32).cast());
-                    let high = q6_k_high_bits(h, bits45);
-                    let values = [
-                        _mm256_or_si256(_mm256_and_si256(l0, low), high[0]),
-                        _mm256_or_si256(_mm256_and_si256(l1, low), high[1]),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low), high[2]),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low), high[3]),
-                    ];
+                let (scales16, d) = q6_k_scales(block);
+                let mut isum = q6_k_offset(scales16, sums16);
+                for (half, half_scales) in q6_k_half_scales(scales16).into_iter().enumerate() {
+                    let values = q6_k_half_values(block, half);
                     for (i, v) in values.into_iter().enumerate() {
                         let xs = _mm256_loadu_si256(x.add(128 * half + 32 * i).cast());
                         let pairs = _mm256_maddubs_epi16(v, xs);
