@@ -198,6 +198,48 @@ fn generate_migrate_after_gives_the_unmigrated_tokens() {
     }
 }
 
+/// `--gdn-fallback` guards the backend a run migrates to as well as the one it starts on (the
+/// fail-over itself, with a failing simulated card, is tests/xrt_failover.rs): the combination
+/// runs, changes no token, and a fallback name this build cannot create is refused up front.
+#[test]
+fn generate_migrate_after_keeps_the_gdn_fallback() {
+    let plain = run("generate", &["--max-new-tokens", "12", "--json"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let expected = ids(&last_json(&plain)["generated_ids"]);
+    let out = run(
+        "generate",
+        &[
+            "--max-new-tokens",
+            "12",
+            "--gdn-backend",
+            "reference",
+            "--gdn-fallback",
+            "cpu",
+            "--migrate-after",
+            "5",
+            "--to",
+            "cpu-portable",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = last_json(&out);
+    assert_eq!(ids(&v["generated_ids"]), expected);
+    assert_eq!(v["gdn_backend"], "cpu-portable");
+    assert_fails(
+        "generate",
+        &[
+            "--gdn-fallback",
+            "tpu",
+            "--migrate-after",
+            "2",
+            "--to",
+            "cpu",
+        ],
+        "--gdn-fallback tpu: not a backend",
+    );
+}
+
 #[test]
 fn generate_migration_flags_are_checked_up_front() {
     assert_fails("generate", &["--migrate-after", "3"], "--to");

@@ -132,7 +132,15 @@ fn main() -> Result<()> {
                         &backend_options,
                     ),
                 )
-                .with_context(|| format!("--to {name} (try --gdn-backend help)"))?,
+                .with_context(|| format!("--to {name} (try --gdn-backend help)"))
+                .and_then(|to| {
+                    loading::with_fallback(
+                        to,
+                        a.gdn_fallback.as_deref(),
+                        a.device.as_deref(),
+                        &backend_options,
+                    )
+                })?,
         ),
         None => None,
     };

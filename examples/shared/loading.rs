@@ -54,13 +54,17 @@ pub struct Loaded {
     pub description: String,
 }
 
-/// `primary` behind a [`FailoverBackend`] when `--gdn-fallback` names a backend. The name is
-/// checked here, so a typo fails at start rather than at the first device fault.
-fn with_fallback(
+/// `primary` behind a [`FailoverBackend`] when `fallback` (`--gdn-fallback`) names a backend
+/// other than `primary`'s own. The name is checked here, so a typo fails at start rather than at
+/// the first device fault. Used for the `--gdn-backend` backend and for any backend the run
+/// moves to later (`generate --migrate-after N --to B`), so the fallback keeps guarding it.
+pub fn with_fallback(
     primary: Box<dyn GdnBackend>,
-    request: &ModelRequest<'_>,
+    fallback: Option<&str>,
+    device: Option<&str>,
+    options: &BackendOptions,
 ) -> Result<Box<dyn GdnBackend>> {
-    let Some(name) = request.gdn_fallback else {
+    let Some(name) = fallback else {
         return Ok(primary);
     };
     let available = hybrid_decode::gdn_registry().available();
@@ -71,7 +75,10 @@ fn with_fallback(
             available.join(", ")
         );
     }
-    let options = gdn_options_for(name, request.device, &request.backend_options);
+    if primary.info().name == name {
+        return Ok(primary);
+    }
+    let options = gdn_options_for(name, device, options);
     let name = name.to_owned();
     Ok(Box::new(FailoverBackend::new(
         primary,
@@ -97,7 +104,12 @@ pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
                 request.gdn_backend
             )
         })?;
-    let gdn = with_fallback(gdn, request)?;
+    let gdn = with_fallback(
+        gdn,
+        request.gdn_fallback,
+        request.device,
+        &request.backend_options,
+    )?;
     let format = request.dtype.unwrap_or(WeightFormat {
         dtype: DType::F32,
         quantize: None,
