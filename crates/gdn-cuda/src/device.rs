@@ -182,6 +182,15 @@ pub fn open(ordinal: usize) -> Result<Gpu> {
     probe_nvrtc()?;
     no_panic("opening the GPU", || {
         let count = CudaContext::device_count().map_err(|e| match e.0 {
+            // The toolkit's link stub was found before a real driver: nothing is wrong with a
+            // device, there is none to use (seen with a wheel-installed toolkit's lib/stubs).
+            sys::cudaError_enum::CUDA_ERROR_STUB_LIBRARY => unavailable(
+                "the libcuda found on the loader path is the CUDA toolkit's link stub, not a \
+                 driver: remove its directory (…/lib/stubs) from LD_LIBRARY_PATH, or put the \
+                 NVIDIA driver's directory before it"
+                    .into(),
+            ),
+            // No GPU, or a driver that cannot drive it.
             sys::cudaError_enum::CUDA_ERROR_NO_DEVICE
             | sys::cudaError_enum::CUDA_ERROR_SYSTEM_DRIVER_MISMATCH
             | sys::cudaError_enum::CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE
