@@ -315,6 +315,54 @@ mod x86 {
         ]
     }
 
+    /// What a Q4_K super-block says before its nibbles: `d`, `dmin`, the eight sub-block scales
+    /// as 16-bit words in both 128-bit lanes (for [`word_pick`]), and the eight mins.
+    struct Q4kHeader {
+        d: f32,
+        dmin: f32,
+        scales16: __m256i,
+        mins: [u8; 8],
+    }
+
+    /// The header of the Q4_K super-block at `block`.
+    ///
+    /// # Safety
+    /// `block` must be readable for [`Q4K_BYTES`] bytes; the CPU must support AVX2 and F16C.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn q4_k_header(block: *const u8) -> Q4kHeader {
+        // SAFETY: bytes 0..16 of the block are readable (see # Safety).
+        unsafe {
+            let (scales, mins) = q4_k_scales_mins(block.add(4).cast::<[u8; 12]>().read_unaligned());
+            let scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                scales.as_ptr().cast(),
+            )));
+            Q4kHeader {
+                d: f16_at(block),
+                dmin: f16_at(block.add(2)),
+                scales16,
+                mins,
+            }
+        }
+    }
+
+    /// Chunk `j` (0..4) of the Q4_K super-block at `block` as unsigned 4-bit values: the low
+    /// nibbles are values 64j..64j + 32 (sub-block 2j), the high nibbles the next 32 (2j + 1).
+    ///
+    /// # Safety
+    /// `block` must be readable for [`Q4K_BYTES`] bytes and `j` < 4; the CPU must support AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4_k_nibbles(block: *const u8, j: usize) -> (__m256i, __m256i) {
+        let low = _mm256_set1_epi8(0x0F);
+        // SAFETY: bytes 16 + 32j..48 + 32j lie inside the block (see # Safety).
+        let q = unsafe { _mm256_loadu_si256(block.add(16 + 32 * j).cast()) };
+        (
+            _mm256_and_si256(q, low),
+            _mm256_and_si256(_mm256_srli_epi16(q, 4), low),
+        )
+    }
+
     /// The eight 6-bit scales and eight 6-bit mins of a Q4_K super-block from its 12 packed
     /// bytes: the first four of each keep their 6 bits in bytes 0–3 (scales) and 4–7 (mins);
     /// the last four take their low 4 bits from bytes 8–11 (scales low nibbles, mins high) and
@@ -358,7 +406,6 @@ mod x86 {
         let supers = rows.k / SUPER;
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q4K_BYTES);
         debug_assert!(rows.q.len() >= (r0 + R) * rows.k);
-        let low = _mm256_set1_epi8(0x0F);
         let pick_low: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j, 2 * j));
         let pick_high: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j + 1, 2 * j + 1));
         let mut acc = [[_mm256_setzero_ps(); R]; G];
@@ -381,20 +428,12 @@ mod x86 {
                 for g in 0..G {
                     let block = w.add(g * row_bytes + s * Q4K_BYTES);
                     prefetch_super_block(block.wrapping_add(G * row_bytes));
-                    let d = f16_at(block);
-                    let dmin = f16_at(block.add(2));
-                    let (scales, mins_of) =
-                        q4_k_scales_mins(block.add(4).cast::<[u8; 12]>().read_unaligned());
-                    let scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(
-                        scales.as_ptr().cast(),
-                    )));
+                    let header = q4_k_header(block);
                     let mut isum = [_mm256_setzero_si256(); R];
                     for j in 0..4 {
-                        let q = _mm256_loadu_si256(block.add(16 + 32 * j).cast());
-                        let lo = _mm256_and_si256(q, low);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
-                        let slo = _mm256_shuffle_epi8(scales16, pick_low[j]);
-                        let shi = _mm256_shuffle_epi8(scales16, pick_high[j]);
+                        let (lo, hi) = q4_k_nibbles(block, j);
+                        let slo = _mm256_shuffle_epi8(header.scales16, pick_low[j]);
+                        let shi = _mm256_shuffle_epi8(header.scales16, pick_high[j]);
                         for i in 0..R {
                             let xlo = _mm256_loadu_si256(x[i].add(64 * j).cast());
                             let xhi = _mm256_loadu_si256(x[i].add(64 * j + 32).cast());
@@ -407,10 +446,11 @@ mod x86 {
                     for i in 0..R {
                         acc[g][i] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(isum[i]),
-                            _mm256_set1_ps(d * dx[i]),
+                            _mm256_set1_ps(header.d * dx[i]),
                             acc[g][i],
                         );
-                        mins[g][i] += dmin * dx[i] * q4_k_min_dot(mins_of, sums32[i]) as f32;
+                        let min_dot = q4_k_min_dot(header.mins, sums32[i]) as f32;
+                        mins[g][i] += header.dmin * dx[i] * min_dot;
                     }
                 }
             }
@@ -644,7 +684,6 @@ mod x86 {
         let supers = rows.k / SUPER;
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q4K_BYTES);
         debug_assert!(rows.q.len() >= (r + 1) * rows.k);
-        let low = _mm256_set1_epi8(0x0F);
         // Sub-block 2j's scale in every lane (low nibbles of chunk j), and 2j + 1's (high).
         let pick_low: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j, 2 * j));
         let pick_high: [__m256i; 4] = std::array::from_fn(|j| word_pick(2 * j + 1, 2 * j + 1));
@@ -663,31 +702,22 @@ mod x86 {
                 for g in 0..G {
                     let block = w.add(g * row_bytes + s * Q4K_BYTES);
                     prefetch_super_block(block.wrapping_add(G * row_bytes));
-                    let d = f16_at(block);
-                    let dmin = f16_at(block.add(2));
-                    let (scales, mins_of) =
-                        q4_k_scales_mins(block.add(4).cast::<[u8; 12]>().read_unaligned());
-                    // The eight scales as 16-bit words, in both 128-bit lanes.
-                    let scales16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(
-                        scales.as_ptr().cast(),
-                    )));
+                    let header = q4_k_header(block);
                     let mut isum = _mm256_setzero_si256();
                     for j in 0..4 {
-                        let q = _mm256_loadu_si256(block.add(16 + 32 * j).cast());
-                        let lo = _mm256_and_si256(q, low);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+                        let (lo, hi) = q4_k_nibbles(block, j);
                         let xlo = _mm256_loadu_si256(x.add(64 * j).cast());
                         let xhi = _mm256_loadu_si256(x.add(64 * j + 32).cast());
                         let plo = _mm256_maddubs_epi16(lo, xlo);
                         let phi = _mm256_maddubs_epi16(hi, xhi);
-                        let slo = _mm256_shuffle_epi8(scales16, pick_low[j]);
-                        let shi = _mm256_shuffle_epi8(scales16, pick_high[j]);
+                        let slo = _mm256_shuffle_epi8(header.scales16, pick_low[j]);
+                        let shi = _mm256_shuffle_epi8(header.scales16, pick_high[j]);
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, slo));
                         isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, shi));
                     }
-                    acc[g] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), acc[g]);
-                    mins[g] += dmin * dx * q4_k_min_dot(mins_of, sums32) as f32;
+                    let scale = _mm256_set1_ps(header.d * dx);
+                    acc[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[g]);
+                    mins[g] += header.dmin * dx * q4_k_min_dot(header.mins, sums32) as f32;
                 }
             }
         }
