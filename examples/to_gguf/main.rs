@@ -70,13 +70,14 @@ fn main() -> Result<()> {
         );
     }
 
-    let config = ModelConfig::from_dir(&args.model)?;
+    // One read of config.json: the normalised config, and the raw keys the GGUF metadata
+    // copies that the normalised one does not keep (mrope sections, the attention interval).
     let config_path = args.model.join("config.json");
-    let hf_config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&config_path)
-            .with_context(|| format!("cannot read {}", config_path.display()))?,
-    )
-    .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+    let config_text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config = ModelConfig::from_json(&config_text, &config_path)?;
+    let hf_config: serde_json::Value = serde_json::from_str(&config_text)
+        .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
     let store = WeightStore::open(&args.model, DType::F32, &Device::Cpu)?;
     let name = args
         .name
