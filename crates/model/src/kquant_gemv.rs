@@ -651,10 +651,10 @@ mod x86 {
                 let group = GROUP.min(count - start);
                 let at = &weights[start * row_bytes..(start + group) * row_bytes];
                 let mut put = |g: usize, i: usize, v: f32| out[(r + i) * count + start + g] = v;
-                // SAFETY: forwarded contract; rows r..r + take exist.
+                // SAFETY: forwarded contract; rows r..r + take exist. `take` ≥ 2: a lone
+                // activation row took `single_row` above.
                 unsafe {
                     match take {
-                        1 => rows_of::<1>(dtype, at, row_bytes, rows, r, &mut put),
                         2 => rows_of::<2>(dtype, at, row_bytes, rows, r, &mut put),
                         3 => rows_of::<3>(dtype, at, row_bytes, rows, r, &mut put),
                         _ => rows_of::<4>(dtype, at, row_bytes, rows, r, &mut put),
