@@ -3,7 +3,8 @@
 #   PEER_DIR=/path/to/peers bash docs/bench/batch_and_context.sh > out.txt
 # PEER_DIR holds the GGUFs of ../shared/peers/setup.sh. Needs `cargo build --release --examples`.
 # Aggregate decode tok/s at --batch 1/4/8 (bf16, Q8_0, Q4_K_M; two rounds), then decode after
-# 512, 8192 and again 512 prompt tokens (bf16). An argument `batch` or `context` runs one part.
+# 512, 8192 and again 512 prompt tokens (bf16 weights; the KV cache in f16, the default for
+# them, then in f32). An argument `batch` or `context` runs one part.
 set -euo pipefail
 : "${PEER_DIR:?set PEER_DIR to the peers directory}"
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,6 +18,8 @@ grep -m1 "model name" /proc/cpuinfo
     done
   done
 done
-[ "${1:-}" = batch ] || for p in 512 8192 512; do
-  echo "context $p: $(row bf16 --prompt-tokens $p --gen-tokens 32 --warmup 0 --repeats 1)"
+[ "${1:-}" = batch ] || for kv in f16 f32; do
+  for p in 512 8192 512; do
+    echo "context $p, KV $kv: $(row bf16 --kv-cache $kv --prompt-tokens $p --gen-tokens 32 --warmup 0 --repeats 1)"
+  done
 done

@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use hybrid_decode::gdn::BackendOptions;
-use hybrid_decode::model::WeightFormat;
+use hybrid_decode::model::{KvDtype, WeightFormat};
 use hybrid_decode::runtime::{gguf_file, resolve_model, HubOptions};
 use serde_json::json;
 
@@ -67,6 +67,7 @@ fn parse() -> Result<Options> {
         dtype: DType::F32,
         quantize: None,
     };
+    let mut kv_cache = None;
     let mut threads = None;
     let mut device = None;
     let mut gdn_options = BackendOptions::default();
@@ -90,6 +91,7 @@ fn parse() -> Result<Options> {
             "--config",
             "--seed",
             "--dtype",
+            "--kv-cache",
             "--device",
             "--gdn-backend",
             "--threads",
@@ -120,6 +122,10 @@ fn parse() -> Result<Options> {
             "--random-weights" => random_weights = true,
             "--seed" => seed = number(&flag, &value, count)?,
             "--dtype" => dtype = value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+            "--kv-cache" => {
+                kv_cache =
+                    KvDtype::parse_flag(&value).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?
+            }
             "--device" => device = Some(value),
             "--gdn-backend" => {
                 backends = value.split(',').map(str::trim).map(String::from).collect()
@@ -234,6 +240,7 @@ fn parse() -> Result<Options> {
         settings: Settings {
             source,
             dtype,
+            kv_cache,
             device,
             gdn_options,
             prompt_tokens,

@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use hybrid_decode::cli::gdn_options_for;
 use hybrid_decode::gdn::BackendOptions;
-use hybrid_decode::model::{parse_device, HybridModel, LoadOptions, ModelConfig, WeightFormat};
+use hybrid_decode::model::{
+    parse_device, HybridModel, KvDtype, LoadOptions, ModelConfig, WeightFormat,
+};
 use hybrid_decode::runtime::{gguf_file, resolve_model, HubOptions, Sampler, SamplingParams};
 
 use crate::report::{BackendResult, Roofline, Stat};
@@ -27,6 +29,8 @@ pub enum Source {
 pub struct Settings {
     pub source: Source,
     pub dtype: WeightFormat,
+    /// `--kv-cache` (`None`: auto).
+    pub kv_cache: Option<KvDtype>,
     /// `--device cpu|cuda[:N]` (the CPU when absent).
     pub device: Option<String>,
     /// Options every GDN backend is created with (threads, xclbin, device index).
@@ -50,6 +54,7 @@ fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
         dtype: settings.dtype.dtype,
         quantize: settings.dtype.quantize,
         device,
+        kv_cache: settings.kv_cache,
         ..LoadOptions::default()
     };
     Ok(match &settings.source {
@@ -157,7 +162,12 @@ pub fn measure(settings: &Settings, backend: &str) -> Result<BackendResult> {
     let mut model = load(settings, backend)?;
     let load_s = started.elapsed().as_secs_f64();
     let info = model.gdn_backend().info();
-    let weights = format!("{} · {}", model.weight_format(), model.kernel_description());
+    let weights = format!(
+        "{} · {} · KV cache {}",
+        model.weight_format(),
+        model.kernel_description(),
+        model.kv_cache_dtype()
+    );
     let context = model.config().max_position_embeddings;
     if settings.prompt_tokens.saturating_add(settings.gen_tokens) > context {
         anyhow::bail!(

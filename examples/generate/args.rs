@@ -31,6 +31,7 @@ pub(crate) struct Args {
     pub(crate) xclbin: Option<PathBuf>,
     pub(crate) device_index: Option<usize>,
     pub(crate) dtype: Option<WeightFormat>,
+    pub(crate) kv_cache: Option<String>,
     pub(crate) device: Option<String>,
     pub(crate) tokenizer: Option<PathBuf>,
     pub(crate) json: bool,
@@ -77,6 +78,7 @@ pub(crate) fn parse_args() -> Result<Args> {
             "--xclbin",
             "--device-index",
             "--dtype",
+            "--kv-cache",
             "--device",
             "--tokenizer",
             "--save-state",
@@ -125,6 +127,7 @@ pub(crate) fn parse_args() -> Result<Args> {
             "--dtype" => {
                 a.dtype = Some(value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?)
             }
+            "--kv-cache" => a.kv_cache = Some(value),
             "--device" => a.device = Some(value),
             "--tokenizer" => a.tokenizer = Some(value.into()),
             "--json" => a.json = true,

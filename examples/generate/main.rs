@@ -5,7 +5,8 @@
 //!     [--prompt TEXT | --prompt-ids 1,2,3]
 //!     [--chat] [--max-new-tokens 32] [--temperature 0] [--top-k K] [--top-p P]
 //!     [--repeat-penalty 1.0] [--repeat-last-n 64] [--seed S] [--gdn-backend cpu] [--threads N]
-//!     [--dtype f32|bf16|f16|q8_0|q4_k|q6_k|…] [--config FILE --random-weights] [--json]
+//!     [--dtype f32|bf16|f16|q8_0|q4_k|q6_k|…] [--kv-cache auto|f32|bf16|f16]
+//!     [--config FILE --random-weights] [--json]
 //!     [--save-state FILE [--force]] [--resume FILE] [--migrate-after N --to BACKEND]
 //! ```
 //! Without `--model` it runs the embedded default model (see `DEFAULT_MODEL`). Text streams to
@@ -48,6 +49,7 @@ fn load(a: &Args) -> Result<Loaded> {
         config: a.config.as_deref(),
         seed: a.seed,
         dtype: a.dtype,
+        kv_cache: a.kv_cache.as_deref(),
         device: a.device.as_deref(),
         gdn_backend: &a.gdn_backend,
         gdn_fallback: a.gdn_fallback.as_deref(),
@@ -148,9 +150,10 @@ fn main() -> Result<()> {
     let mut loaded = load(&a)?;
     eprintln!("model: {}", loaded.description);
     eprintln!(
-        "weights: {} · kernels: {}",
+        "weights: {} · kernels: {} · KV cache: {}",
         loaded.engine.model().weight_format(),
-        loaded.engine.model().kernel_description()
+        loaded.engine.model().kernel_description(),
+        loaded.engine.model().kv_cache_dtype()
     );
     let backend = loaded.engine.model().gdn_backend().info();
     eprintln!("GDN backend: {} ({})", backend.name, backend.device);

@@ -71,6 +71,10 @@ struct Args {
     /// its own formats.
     #[arg(long)]
     dtype: Option<WeightFormat>,
+    /// What the attention layers' KV caches store: auto (f32 for f32 weights, f16 for every
+    /// smaller format, as llama.cpp), f32, bf16 or f16. Attention computes in f32 either way.
+    #[arg(long, value_name = "auto|f32|bf16|f16")]
+    kv_cache: Option<String>,
     /// Host threads of the GDN backend and the model's kernels [default: every core].
     #[arg(long)]
     threads: Option<usize>,
@@ -130,6 +134,7 @@ fn main() -> Result<()> {
         config: None,
         seed: None,
         dtype: args.dtype,
+        kv_cache: args.kv_cache.as_deref(),
         device: None,
         gdn_backend: &args.gdn_backend,
         gdn_fallback: None,
@@ -174,9 +179,10 @@ fn main() -> Result<()> {
 
     eprintln!("model: {}", loaded.description);
     eprintln!(
-        "weights: {} · {}",
+        "weights: {} · {} · KV cache: {}",
         loaded.engine.model().weight_format(),
-        loaded.engine.model().kernel_description()
+        loaded.engine.model().kernel_description(),
+        loaded.engine.model().kv_cache_dtype()
     );
     eprintln!(
         "text: {} ({} tokens); {} window(s) of ≤ {} tokens, stride {stride}, {scored} scored",

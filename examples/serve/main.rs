@@ -5,6 +5,7 @@
 //! cargo run --release --example serve -- [--model DIR|FILE.gguf|owner/name] [--port 8080]
 //!     [--host 127.0.0.1] [--device cpu|cuda[:N]] [--gdn-backend cpu] [--max-batch 8] [--max-queue 64]
 //!     [--state-cache-mb 256] [--ctx-size N] [--prefill-chunk 256] [--dtype f32|bf16|q8_0|…]
+//!     [--kv-cache auto|f32|bf16|f16]
 //!     [--threads N] [--model-name ID] [--max-body-mb 8] [--shutdown-grace-s 10]
 //! ```
 //! Without `--model` it serves the embedded demo model. Endpoints: `POST /v1/chat/completions`,
@@ -40,6 +41,10 @@ struct Args {
     /// Weight format for safetensors checkpoints (f32, bf16, f16, q8_0, q4_k, q6_k, …).
     #[arg(long)]
     dtype: Option<WeightFormat>,
+    /// What the attention layers' KV caches store: auto (f32 for f32 weights, f16 for every
+    /// smaller format, as llama.cpp), f32, bf16 or f16. Attention computes in f32 either way.
+    #[arg(long, value_name = "auto|f32|bf16|f16")]
+    kv_cache: Option<String>,
     /// Where the model runs: cpu, cuda or cuda:N (needs a `--features cuda-full` build).
     #[arg(long)]
     device: Option<String>,
@@ -118,6 +123,7 @@ fn main() -> Result<()> {
         config: None,
         seed: None,
         dtype: a.dtype,
+        kv_cache: a.kv_cache.as_deref(),
         device: a.device.as_deref(),
         gdn_backend: &gdn_backend,
         gdn_fallback: a.gdn_fallback.as_deref(),

@@ -1,7 +1,7 @@
 //! Loading a model and what lives next to its weights (tokenizer, chat template, generation
 //! defaults) from the flags every example shares: `--model DIR|FILE.gguf|owner/name`,
 //! `--tokenizer FILE`, `--config FILE --random-weights [--seed S]`, `--dtype`, `--device`,
-//! `--gdn-backend`, `--gdn-fallback`.
+//! `--kv-cache`, `--gdn-backend`, `--gdn-fallback`.
 //! Included by the examples with `#[path = "../shared/loading.rs"] mod loading;`.
 
 use std::path::Path;
@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use hybrid_decode::cli::gdn_options_for;
 use hybrid_decode::gdn::{BackendOptions, FailoverBackend, GdnBackend};
-use hybrid_decode::model::{parse_device, HybridModel, LoadOptions, ModelConfig, WeightFormat};
+use hybrid_decode::model::{
+    parse_device, HybridModel, KvDtype, LoadOptions, ModelConfig, WeightFormat,
+};
 use hybrid_decode::runtime::{
     gguf_file, resolve_model, GenerationConfig, GgufVocab, HubOptions, Tokenizer, TokenizerConfig,
     DEFAULT_SEED,
@@ -34,6 +36,8 @@ pub struct ModelRequest<'a> {
     pub seed: Option<u64>,
     /// `--dtype`: the weight format (f32 when absent; a GGUF keeps its own formats).
     pub dtype: Option<WeightFormat>,
+    /// `--kv-cache auto|f32|bf16|f16`: what the KV caches store (`auto` when absent).
+    pub kv_cache: Option<&'a str>,
     /// `--device cpu|cuda[:N]`: where the model's tensors live (the CPU when absent).
     pub device: Option<&'a str>,
     /// `--gdn-backend` (`hybrid_decode::cli::default_gdn_backend` when the flag is absent).
@@ -86,6 +90,13 @@ pub fn with_fallback(
     )))
 }
 
+/// The `--kv-cache` value (absent or `auto`: `None`, the model picks by weight format).
+pub fn kv_cache_flag(value: Option<&str>) -> Result<Option<KvDtype>> {
+    value.map_or(Ok(None), |value| {
+        KvDtype::parse_flag(value).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))
+    })
+}
+
 /// Loads the model (and tokenizer, chat template, generation defaults) `request` names.
 pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
     let device = parse_device(request.device.unwrap_or("cpu")).context("--device")?;
@@ -118,6 +129,7 @@ pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
         dtype: format.dtype,
         quantize: format.quantize,
         device,
+        kv_cache: kv_cache_flag(request.kv_cache)?,
         ..LoadOptions::default()
     };
     if let Some(config_path) = request.config {

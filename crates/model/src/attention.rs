@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::cached_attention::{attend, AttentionShape};
 use crate::config::ModelConfig;
 use crate::error::Result;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::nn::{sigmoid, Linear, RmsNorm};
 use crate::placement::{Place, Target};
 use crate::weights::WeightStore;
@@ -130,11 +130,11 @@ impl Attention {
         (self.kv_heads, self.head_dim)
     }
 
-    /// An empty KV cache of this layer's geometry, for a new sequence: host pages for this
-    /// crate's attention, tensors on the model's device for candle's.
-    pub fn new_cache(&self) -> KvCache {
+    /// An empty KV cache of this layer's geometry, for a new sequence: host pages storing
+    /// `dtype` for this crate's attention, f32 tensors on the model's device for candle's.
+    pub fn new_cache(&self, dtype: KvDtype) -> KvCache {
         if self.host_attention() {
-            KvCache::new(self.kv_heads, self.head_dim)
+            KvCache::in_dtype(self.kv_heads, self.head_dim, dtype)
         } else {
             KvCache::on_device(self.kv_heads, self.head_dim, &self.target.device)
         }

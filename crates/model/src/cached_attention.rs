@@ -9,9 +9,11 @@ use std::cell::RefCell;
 
 use hybrid_simd::Tier;
 
+use half::{bf16, f16};
+
 use crate::error::Result;
-use crate::gemv::dot;
-use crate::kv_cache::KvCache;
+use crate::gemv::{dot, WeightElement};
+use crate::kv_cache::{KvCache, KvDtype, KvElement};
 use crate::parallel::in_parallel;
 
 /// The shapes of one attention call.
@@ -54,6 +56,23 @@ pub(crate) fn attend_at(
     shape: AttentionShape,
     out: &mut [f32],
 ) -> Result<()> {
+    match cache.dtype() {
+        KvDtype::F32 => attend_in::<f32>(tier, queries, cache, start, shape, out),
+        KvDtype::Bf16 => attend_in::<bf16>(tier, queries, cache, start, shape, out),
+        KvDtype::F16 => attend_in::<f16>(tier, queries, cache, start, shape, out),
+    }
+}
+
+/// [`attend_at`] over a cache storing `T`: every key and value row is widened to f32 as it is
+/// read, so the arithmetic is the f32 one whatever the storage.
+fn attend_in<T: KvElement>(
+    tier: Tier,
+    queries: &[f32],
+    cache: &KvCache,
+    start: usize,
+    shape: AttentionShape,
+    out: &mut [f32],
+) -> Result<()> {
     let AttentionShape {
         heads,
         kv_heads,
@@ -73,7 +92,7 @@ pub(crate) fn attend_at(
             let (scores, totals) = scratch.split_at_mut(ratio * visible);
             // Scores, [ratio][visible]: each key row meets every query head of the group.
             let mut s0 = 0;
-            for (keys, _) in cache.head_pages(g, visible) {
+            for (keys, _) in cache.head_pages::<T>(g, visible) {
                 for (s, key) in keys.chunks_exact(hd).enumerate() {
                     for r in 0..ratio {
                         scores[r * visible + s0 + s] =
@@ -95,7 +114,7 @@ pub(crate) fn attend_at(
             // Weighted values: each value row is added into every query head of the group.
             out.fill(0.0);
             let mut s0 = 0;
-            for (_, values) in cache.head_pages(g, visible) {
+            for (_, values) in cache.head_pages::<T>(g, visible) {
                 for (s, value) in values.chunks_exact(hd).enumerate() {
                     for r in 0..ratio {
                         let p = scores[r * visible + s0 + s];
@@ -112,28 +131,30 @@ pub(crate) fn attend_at(
     })
 }
 
-/// `y += a·x`.
+/// `y += a·x`, `x` widened to f32.
 #[inline]
-fn axpy(y: &mut [f32], a: f32, x: &[f32], avx2: bool) {
+fn axpy<T: WeightElement>(y: &mut [f32], a: f32, x: &[T], avx2: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2 and FMA.
+        // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
         return unsafe { x86::axpy(y, a, x) };
     }
     let _ = avx2;
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x.widen());
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::gemv::WeightElement;
+
     /// `y += a·x`, eight lanes at a time.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn axpy<T: WeightElement>(y: &mut [f32], a: f32, x: &[T]) {
         let n = y.len().min(x.len());
         let av = _mm256_set1_ps(a);
         let mut i = 0;
@@ -141,14 +162,13 @@ mod x86 {
             // SAFETY: i + 8 ≤ n ≤ both lengths.
             unsafe {
                 let yp = y.as_mut_ptr().add(i);
-                let v =
-                    _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(yp));
+                let v = _mm256_fmadd_ps(av, T::load8(x.as_ptr().add(i)), _mm256_loadu_ps(yp));
                 _mm256_storeu_ps(yp, v);
             }
             i += 8;
         }
         for k in i..n {
-            y[k] += a * x[k];
+            y[k] += a * x[k].widen();
         }
     }
 }
@@ -158,11 +178,22 @@ mod tests {
     use super::*;
     use crate::kv_cache::PAGE;
 
-    /// Every tier against softmax attention computed in f64 straight from the definition, for a
-    /// chunk of tokens after a cache spanning several pages (so pages, the causal limit and the
-    /// grouping of query heads are all exercised).
+    /// Every tier and every cache type against softmax attention computed in f64 straight from
+    /// the definition (over the keys and values as the cache type rounds them), for a chunk of
+    /// tokens after a cache spanning several pages (so pages, the causal limit and the grouping
+    /// of query heads are all exercised).
     #[test]
     fn matches_definition_at_every_tier() {
+        for dtype in [KvDtype::F32, KvDtype::Bf16, KvDtype::F16] {
+            match dtype {
+                KvDtype::F32 => check_against_definition::<f32>(dtype),
+                KvDtype::Bf16 => check_against_definition::<bf16>(dtype),
+                KvDtype::F16 => check_against_definition::<f16>(dtype),
+            }
+        }
+    }
+
+    fn check_against_definition<T: KvElement>(dtype: KvDtype) {
         let shape = AttentionShape {
             heads: 6,
             kv_heads: 2,
@@ -177,7 +208,7 @@ mod tests {
         let keys: Vec<f32> = (0..total * kv_heads * hd).map(|i| value(i, 1)).collect();
         let values: Vec<f32> = (0..total * kv_heads * hd).map(|i| value(i, 2)).collect();
         let queries: Vec<f32> = (0..tokens * heads * hd).map(|i| value(i, 3)).collect();
-        let mut cache = KvCache::new(kv_heads, hd);
+        let mut cache = KvCache::in_dtype(kv_heads, hd, dtype);
         let row = kv_heads * hd;
         cache
             .append(&keys[..start * row], &values[..start * row])
@@ -185,6 +216,10 @@ mod tests {
         cache
             .append(&keys[start * row..], &values[start * row..])
             .unwrap();
+        // What the cache holds: each value rounded to its type.
+        let stored = |v: &f32| f64::from(T::narrow(*v).widen());
+        let keys: Vec<f64> = keys.iter().map(stored).collect();
+        let values: Vec<f64> = values.iter().map(stored).collect();
 
         let mut want = vec![0f64; tokens * heads * hd];
         for t in 0..tokens {
@@ -195,11 +230,7 @@ mod tests {
                 let scores: Vec<f64> = (0..visible)
                     .map(|s| {
                         let k = &keys[(s * kv_heads + g) * hd..][..hd];
-                        let d: f64 = q
-                            .iter()
-                            .zip(k)
-                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                            .sum();
+                        let d: f64 = q.iter().zip(k).map(|(a, b)| f64::from(*a) * b).sum();
                         d / (hd as f64).sqrt()
                     })
                     .collect();
@@ -209,7 +240,7 @@ mod tests {
                 for (s, w) in weights.iter().enumerate() {
                     let v = &values[(s * kv_heads + g) * hd..][..hd];
                     for d in 0..hd {
-                        want[(t * heads + h) * hd + d] += w / sum * f64::from(v[d]);
+                        want[(t * heads + h) * hd + d] += w / sum * v[d];
                     }
                 }
             }
@@ -220,7 +251,7 @@ mod tests {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (f64::from(*g) - w).abs() < 1e-5,
-                    "{tier:?} [{i}]: {g} vs {w}"
+                    "{dtype} {tier:?} [{i}]: {g} vs {w}"
                 );
             }
         }

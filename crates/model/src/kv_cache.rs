@@ -4,27 +4,235 @@
 //! and never move, so appending a token copies only that token (the cache used to be one tensor
 //! re-concatenated per token: the whole cache copied every step, plus a fresh multi-MiB
 //! allocation and its page faults). Memory is bounded by the positions held, rounded up to a
-//! page. Storage is f32, the precision the attention computes in.
+//! page.
+//!
+//! Host pages store keys and values in f32, bf16 or f16 ([`KvDtype`]); the attention widens
+//! them to f32 as it reads them and computes in f32 whatever the storage. 16 bits halve the
+//! bytes every decode step streams per cached position, which is what decode time at long
+//! context goes to (llama.cpp keeps f16 by default; HF transformers keeps the model's dtype).
 //!
 //! A model whose attention runs on candle's ops (on a GPU, or `LoadOptions::candle_ops`) keeps
-//! the cache as two tensors on its device instead ([`KvCache::on_device`]), `[kv_heads][capacity]
-//! [head_dim]`, the capacity grown by doubling in whole pages; appending writes the new rows in
-//! place, and a growth copies what is there once.
+//! the cache as two f32 tensors on its device instead ([`KvCache::on_device`]), `[kv_heads]
+//! [capacity][head_dim]`, the capacity grown by doubling in whole pages; appending writes the
+//! new rows in place, and a growth copies what is there once.
+
+use std::fmt;
+use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
 
 use crate::error::{ModelError, Result};
+use crate::gemv::WeightElement;
 
-/// Positions per page: 1 MiB of keys and values per page at the 0.8B shape (2 KV heads × 256
-/// dims), few enough pages at long context that the per-page loop costs nothing.
+/// Positions per page: 1 MiB of f32 keys and values per page at the 0.8B shape (2 KV heads ×
+/// 256 dims), few enough pages at long context that the per-page loop costs nothing.
 pub const PAGE: usize = 256;
+
+/// The element type a host-paged KV cache stores keys and values in (`--kv-cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    /// 4 bytes a value: exactly what the projections produced.
+    F32,
+    /// 2 bytes, 8 significant bits, f32's range (HF transformers' cache for bf16 models).
+    Bf16,
+    /// 2 bytes, 11 significant bits, values up to 65504 (llama.cpp's default cache type).
+    F16,
+}
+
+impl KvDtype {
+    /// The values `--kv-cache` takes, for help texts and errors.
+    pub const CHOICES: &'static str = "auto, f32, bf16, f16";
+
+    /// The default for a model whose weight matrices are f32 (`full_precision`) or not: f32
+    /// keeps an f32 model's logits those of the reference; every smaller weight format gets
+    /// f16, as llama.cpp does for every model.
+    pub fn auto(full_precision: bool) -> Self {
+        if full_precision {
+            KvDtype::F32
+        } else {
+            KvDtype::F16
+        }
+    }
+
+    /// Parses a `--kv-cache` value: `auto` is `None` (see [`KvDtype::auto`]).
+    pub fn parse_flag(value: &str) -> std::result::Result<Option<Self>, String> {
+        match value {
+            "auto" => Ok(None),
+            other => other.parse().map(Some),
+        }
+    }
+
+    /// Bytes per stored value.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::Bf16 | KvDtype::F16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for KvDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KvDtype::F32 => "f32",
+            KvDtype::Bf16 => "bf16",
+            KvDtype::F16 => "f16",
+        })
+    }
+}
+
+impl FromStr for KvDtype {
+    type Err = String;
+
+    fn from_str(value: &str) -> std::result::Result<Self, String> {
+        match value.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvDtype::F32),
+            "bf16" => Ok(KvDtype::Bf16),
+            "f16" => Ok(KvDtype::F16),
+            _ => Err(format!(
+                "unknown KV cache type `{value}` (one of {})",
+                KvDtype::CHOICES
+            )),
+        }
+    }
+}
 
 /// One page: `[kv_heads][PAGE][head_dim]` keys and the same of values, so one head's rows in a
 /// page are contiguous.
 #[derive(Debug, Clone)]
-struct Page {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+pub(crate) struct Page<T> {
+    keys: Vec<T>,
+    values: Vec<T>,
+}
+
+/// The pages of a host cache, in its [`KvDtype`].
+#[derive(Debug, Clone)]
+pub(crate) enum HostPages {
+    F32(Vec<Page<f32>>),
+    Bf16(Vec<Page<bf16>>),
+    F16(Vec<Page<f16>>),
+}
+
+/// `$body` with `$pages` bound to the page vector of whichever dtype `$host` holds.
+macro_rules! with_pages {
+    ($host:expr, $pages:ident => $body:expr) => {
+        match $host {
+            HostPages::F32($pages) => $body,
+            HostPages::Bf16($pages) => $body,
+            HostPages::F16($pages) => $body,
+        }
+    };
+}
+
+/// A value type a host cache can store: narrowed from f32 on append, widened back by the
+/// attention's loads ([`WeightElement`]).
+pub(crate) trait KvElement: WeightElement + Default + Send + Sync + 'static {
+    /// The value nearest `v` (round to nearest even).
+    fn narrow(v: f32) -> Self;
+
+    /// The pages of `host` if it holds this type.
+    fn pages(host: &HostPages) -> Option<&[Page<Self>]>;
+}
+
+impl KvElement for f32 {
+    fn narrow(v: f32) -> Self {
+        v
+    }
+
+    fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
+        match host {
+            HostPages::F32(pages) => Some(pages),
+            _ => None,
+        }
+    }
+}
+
+impl KvElement for bf16 {
+    fn narrow(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+
+    fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
+        match host {
+            HostPages::Bf16(pages) => Some(pages),
+            _ => None,
+        }
+    }
+}
+
+impl KvElement for f16 {
+    fn narrow(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+
+    fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
+        match host {
+            HostPages::F16(pages) => Some(pages),
+            _ => None,
+        }
+    }
+}
+
+/// Appends `tokens` positions, `[token][kv_head][dim]` f32, at position `len` of `pages`
+/// (narrowed to `T`), allocating pages as they fill.
+fn append_rows<T: KvElement>(
+    pages: &mut Vec<Page<T>>,
+    (kv_heads, head_dim): (usize, usize),
+    len: usize,
+    keys: &[f32],
+    values: &[f32],
+) {
+    let row = kv_heads * head_dim;
+    let tokens = keys.len() / row.max(1);
+    let narrow = |dst: &mut [T], src: &[f32]| {
+        dst.iter_mut()
+            .zip(src)
+            .for_each(|(d, s)| *d = T::narrow(*s));
+    };
+    for t in 0..tokens {
+        let (page, slot) = ((len + t) / PAGE, (len + t) % PAGE);
+        if page == pages.len() {
+            let n = kv_heads * PAGE * head_dim;
+            pages.push(Page {
+                keys: vec![T::default(); n],
+                values: vec![T::default(); n],
+            });
+        }
+        let page = &mut pages[page];
+        for h in 0..kv_heads {
+            let src = t * row + h * head_dim;
+            let dst = (h * PAGE + slot) * head_dim;
+            narrow(
+                &mut page.keys[dst..dst + head_dim],
+                &keys[src..src + head_dim],
+            );
+            narrow(
+                &mut page.values[dst..dst + head_dim],
+                &values[src..src + head_dim],
+            );
+        }
+    }
+}
+
+/// Head `head`'s rows of the first `positions` positions of `pages`, one `(keys, values)` pair
+/// of `[rows][head_dim]` slices per page.
+fn page_rows<T>(
+    pages: &[Page<T>],
+    head: usize,
+    positions: usize,
+    head_dim: usize,
+) -> impl Iterator<Item = (&[T], &[T])> + '_ {
+    pages.iter().enumerate().filter_map(move |(p, page)| {
+        let rows = positions.saturating_sub(p * PAGE).min(PAGE);
+        (rows > 0).then(|| {
+            let at = head * PAGE * head_dim;
+            (
+                &page.keys[at..at + rows * head_dim],
+                &page.values[at..at + rows * head_dim],
+            )
+        })
+    })
 }
 
 /// The cache of a model whose attention runs on candle's ops: keys and values as tensors on the
@@ -40,25 +248,34 @@ struct DeviceKv {
 pub struct KvCache {
     kv_heads: usize,
     head_dim: usize,
-    pages: Vec<Page>,
+    pages: HostPages,
     /// `Some`: the cache lives in tensors on a device (the pages stay empty).
     device: Option<DeviceKv>,
     len: usize,
 }
 
 impl KvCache {
-    /// An empty cache in host pages for `kv_heads` heads of `head_dim` values.
+    /// An empty f32 cache in host pages for `kv_heads` heads of `head_dim` values.
     pub fn new(kv_heads: usize, head_dim: usize) -> Self {
+        Self::in_dtype(kv_heads, head_dim, KvDtype::F32)
+    }
+
+    /// An empty cache in host pages storing `dtype`.
+    pub fn in_dtype(kv_heads: usize, head_dim: usize, dtype: KvDtype) -> Self {
         KvCache {
             kv_heads,
             head_dim,
-            pages: Vec::new(),
+            pages: match dtype {
+                KvDtype::F32 => HostPages::F32(Vec::new()),
+                KvDtype::Bf16 => HostPages::Bf16(Vec::new()),
+                KvDtype::F16 => HostPages::F16(Vec::new()),
+            },
             device: None,
             len: 0,
         }
     }
 
-    /// An empty cache in tensors on `device`, for attention on candle's ops.
+    /// An empty cache in f32 tensors on `device`, for attention on candle's ops.
     pub fn on_device(kv_heads: usize, head_dim: usize, device: &Device) -> Self {
         KvCache {
             device: Some(DeviceKv {
@@ -72,6 +289,15 @@ impl KvCache {
     /// True for a cache kept in device tensors ([`KvCache::on_device`]), false for host pages.
     pub fn holds_tensors(&self) -> bool {
         self.device.is_some()
+    }
+
+    /// The type keys and values are stored in (f32 for a device cache).
+    pub fn dtype(&self) -> KvDtype {
+        match self.pages {
+            HostPages::F32(_) => KvDtype::F32,
+            HostPages::Bf16(_) => KvDtype::Bf16,
+            HostPages::F16(_) => KvDtype::F16,
+        }
     }
 
     /// Positions held.
@@ -97,14 +323,14 @@ impl KvCache {
                 ..
             }) => keys.elem_count(),
             Some(_) => 0,
-            None => self.pages.len() * self.page_values(),
+            None => with_pages!(&self.pages, pages => pages.len()) * self.page_values(),
         };
-        2 * values * std::mem::size_of::<f32>()
+        2 * values * self.dtype().size()
     }
 
     /// Forgets every position and frees the pages (or buffers).
     pub fn clear(&mut self) {
-        self.pages = Vec::new();
+        with_pages!(&mut self.pages, pages => *pages = Vec::new());
         if let Some(device) = &mut self.device {
             device.buffers = None;
         }
@@ -116,7 +342,7 @@ impl KvCache {
     }
 
     /// Appends `tokens` positions whose keys and values are laid out `[token][kv_head][dim]`
-    /// (as the projections produce them) to a host-paged cache.
+    /// (as the projections produce them) to a host-paged cache, rounded to its dtype.
     pub(crate) fn append(&mut self, keys: &[f32], values: &[f32]) -> Result<()> {
         if self.device.is_some() {
             return Err(wrong_kind("host rows", "device tensors"));
@@ -124,27 +350,9 @@ impl KvCache {
         let row = self.kv_heads * self.head_dim;
         debug_assert_eq!(keys.len(), values.len());
         debug_assert_eq!(keys.len() % row.max(1), 0);
-        let tokens = keys.len() / row.max(1);
-        for t in 0..tokens {
-            let (page, slot) = (self.len / PAGE, self.len % PAGE);
-            if page == self.pages.len() {
-                let n = self.page_values();
-                self.pages.push(Page {
-                    keys: vec![0.0; n],
-                    values: vec![0.0; n],
-                });
-            }
-            let page = &mut self.pages[page];
-            for h in 0..self.kv_heads {
-                let src = t * row + h * self.head_dim;
-                let dst = (h * PAGE + slot) * self.head_dim;
-                page.keys[dst..dst + self.head_dim]
-                    .copy_from_slice(&keys[src..src + self.head_dim]);
-                page.values[dst..dst + self.head_dim]
-                    .copy_from_slice(&values[src..src + self.head_dim]);
-            }
-            self.len += 1;
-        }
+        let geometry = self.geometry();
+        with_pages!(&mut self.pages, pages => append_rows(pages, geometry, self.len, keys, values));
+        self.len += keys.len() / row.max(1);
         Ok(())
     }
 
@@ -196,23 +404,14 @@ impl KvCache {
 
     /// Head `head`'s keys and values of the first `positions` positions, one `(keys, values)`
     /// pair of `[rows][head_dim]` slices per page, in order.
-    pub(crate) fn head_pages(
+    pub(crate) fn head_pages<T: KvElement>(
         &self,
         head: usize,
         positions: usize,
-    ) -> impl Iterator<Item = (&[f32], &[f32])> + '_ {
-        let positions = positions.min(self.len);
-        let hd = self.head_dim;
-        self.pages.iter().enumerate().filter_map(move |(p, page)| {
-            let rows = positions.saturating_sub(p * PAGE).min(PAGE);
-            (rows > 0).then(|| {
-                let at = head * PAGE * hd;
-                (
-                    &page.keys[at..at + rows * hd],
-                    &page.values[at..at + rows * hd],
-                )
-            })
-        })
+    ) -> impl Iterator<Item = (&[T], &[T])> + '_ {
+        // Another type's pages are none of this type's (the attention asks for `dtype()`'s).
+        let pages = T::pages(&self.pages).unwrap_or_default();
+        page_rows(pages, head, positions.min(self.len), self.head_dim)
     }
 
     /// A copy as f32 `(keys, values)`, each `[kv_heads][len][head_dim]` row-major (the snapshot
@@ -230,10 +429,12 @@ impl KvCache {
         let mut keys = Vec::with_capacity(self.kv_heads * self.len * self.head_dim);
         let mut values = Vec::with_capacity(keys.capacity());
         for h in 0..self.kv_heads {
-            for (k, v) in self.head_pages(h, self.len) {
-                keys.extend_from_slice(k);
-                values.extend_from_slice(v);
-            }
+            with_pages!(&self.pages, pages => {
+                for (k, v) in page_rows(pages, h, self.len, self.head_dim) {
+                    keys.extend(k.iter().map(|x| x.widen()));
+                    values.extend(v.iter().map(|x| x.widen()));
+                }
+            });
         }
         Ok((keys, values))
     }
@@ -245,7 +446,8 @@ impl KvCache {
         let want = self.kv_heads * len * self.head_dim;
         if keys.len() != want || values.len() != want {
             return Err(ModelError::IncompatibleState(format!(
-                "a KV cache of {len} positions × {} heads × {} dims needs {want} keys and                  values, got {} and {}",
+                "a KV cache of {len} positions × {} heads × {} dims needs {want} keys and \
+                 values, got {} and {}",
                 self.kv_heads,
                 self.head_dim,
                 keys.len(),
@@ -324,13 +526,62 @@ mod tests {
         assert_eq!(copy.export().unwrap(), (keys, values));
         // A prefix view stops inside the last page it reaches.
         let rows: Vec<usize> = cache
-            .head_pages(1, PAGE + 3)
+            .head_pages::<f32>(1, PAGE + 3)
             .map(|(k, _)| k.len() / hd)
             .collect();
         assert_eq!(rows, vec![PAGE, 3]);
         cache.clear();
         assert!(cache.is_empty());
         assert_eq!(cache.allocated_bytes(), 0);
+    }
+
+    /// A 16-bit cache holds each value rounded to nearest in its type, takes half the bytes of
+    /// an f32 one, and its export imports back to the same contents (a snapshot round trip
+    /// loses nothing more).
+    #[test]
+    fn sixteen_bit_pages_round_to_nearest_and_round_trip() {
+        let (heads, hd, len) = (2, 5, PAGE + 3);
+        let k: Vec<f32> = (0..len * heads * hd)
+            .map(|i| ((i * 7919) % 1999) as f32 / 7.3 - 130.0)
+            .collect();
+        let v: Vec<f32> = k.iter().map(|x| x * 0.37 + 1.0 / 3.0).collect();
+        let f32_bytes = {
+            let mut cache = KvCache::new(heads, hd);
+            cache.append(&k, &v).unwrap();
+            cache.allocated_bytes()
+        };
+        type Rounding = fn(f32) -> f32;
+        let rounded: [(KvDtype, Rounding); 2] = [
+            (KvDtype::Bf16, |x| bf16::from_f32(x).to_f32()),
+            (KvDtype::F16, |x| f16::from_f32(x).to_f32()),
+        ];
+        for (dtype, round) in rounded {
+            let mut cache = KvCache::in_dtype(heads, hd, dtype);
+            assert_eq!(cache.dtype(), dtype);
+            cache.append(&k[..heads * hd], &v[..heads * hd]).unwrap();
+            cache.append(&k[heads * hd..], &v[heads * hd..]).unwrap();
+            assert_eq!(cache.allocated_bytes(), f32_bytes / 2);
+            let (keys, values) = cache.export().unwrap();
+            for h in 0..heads {
+                for t in 0..len {
+                    for d in 0..hd {
+                        let (i, src) = ((h * len + t) * hd + d, (t * heads + h) * hd + d);
+                        assert_eq!(keys[i], round(k[src]), "{dtype} key {i}");
+                        assert_eq!(values[i], round(v[src]), "{dtype} value {i}");
+                    }
+                }
+            }
+            let mut copy = KvCache::in_dtype(heads, hd, dtype);
+            copy.import(len, &keys, &values).unwrap();
+            assert_eq!(copy.export().unwrap(), (keys, values));
+            // Pages of another type are not this type's: nothing to read.
+            assert_eq!(cache.head_pages::<f32>(0, len).count(), 0);
+        }
+        assert_eq!("F16".parse::<KvDtype>(), Ok(KvDtype::F16));
+        assert_eq!(KvDtype::parse_flag("auto"), Ok(None));
+        assert!(KvDtype::parse_flag("q8_0")
+            .unwrap_err()
+            .contains("auto, f32"));
     }
 
     /// The tensor cache (attention on candle's ops) holds what the paged one holds, across

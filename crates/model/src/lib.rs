@@ -53,6 +53,7 @@ pub use device::{cuda_ordinal, parse_device};
 pub use error::{ModelError, Result};
 pub use gemv::kernel_paths;
 pub use gguf::GgufCheckpoint;
+pub use kv_cache::KvDtype;
 pub use matrix::{Matrix, WeightFormat, WEIGHT_FORMATS};
 pub use model::{HybridModel, LoadOptions, Sequence};
 pub use snapshot::{Fingerprint, ModelState, Snapshot, SnapshotError, WriteMode};

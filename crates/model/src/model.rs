@@ -21,7 +21,7 @@ use crate::config::{LayerKind, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gdn_mixer::GdnMixer;
 use crate::gguf::GgufCheckpoint;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvDtype};
 use crate::matrix::Matrix;
 use crate::moe::SparseMoe;
 use crate::nn::{Linear, Mlp, RmsNorm};
@@ -48,6 +48,10 @@ pub struct LoadOptions {
     /// Run the matrix products through candle's generic ops even on the CPU — the code path a
     /// GPU runs, so that it can be tested without one. Slower; off by default.
     pub candle_ops: bool,
+    /// What the host attention's KV caches store (`--kv-cache`); `None` picks
+    /// [`KvDtype::auto`]: f32 for f32 weights, f16 for every smaller format. Attention on
+    /// candle's ops (another device, or `candle_ops`) keeps f32 caches and refuses 16 bits.
+    pub kv_cache: Option<KvDtype>,
 }
 
 impl Default for LoadOptions {
@@ -57,6 +61,7 @@ impl Default for LoadOptions {
             quantize: None,
             device: Device::Cpu,
             candle_ops: false,
+            kv_cache: None,
         }
     }
 }
@@ -207,6 +212,8 @@ struct Network {
     fingerprint: Fingerprint,
     /// Where every weight and activation tensor lives, and what multiplies there.
     target: Target,
+    /// What the host attention's KV caches store.
+    kv_dtype: KvDtype,
 }
 
 /// A loaded Qwen3-Next / Qwen3.5 model and its built-in sequence.
@@ -236,7 +243,12 @@ impl HybridModel {
         let config = ModelConfig::from_dir(path)?;
         let store = WeightStore::open(path, options.dtype, &options.device)?
             .with_quantization(options.quantize);
-        Self::from_store(config, &store.with_candle_ops(options.candle_ops), gdn)
+        Self::build(
+            config,
+            &store.with_candle_ops(options.candle_ops),
+            gdn,
+            options.kv_cache,
+        )
     }
 
     /// Loads a GGUF file as llama.cpp's converter writes these models: config from its
@@ -252,7 +264,12 @@ impl HybridModel {
         let mut gguf = GgufCheckpoint::open(path)?;
         let config = gguf.config()?;
         let store = WeightStore::from_gguf(gguf, &options.device);
-        Self::from_store(config, &store.with_candle_ops(options.candle_ops), gdn)
+        Self::build(
+            config,
+            &store.with_candle_ops(options.candle_ops),
+            gdn,
+            options.kv_cache,
+        )
     }
 
     /// A model of `config`'s shapes with seeded random weights (see [`WeightStore::random`]):
@@ -265,15 +282,35 @@ impl HybridModel {
     ) -> Result<Self> {
         let store = WeightStore::random(seed, options.dtype, &options.device)
             .with_quantization(options.quantize);
-        Self::from_store(config, &store.with_candle_ops(options.candle_ops), gdn)
+        Self::build(
+            config,
+            &store.with_candle_ops(options.candle_ops),
+            gdn,
+            options.kv_cache,
+        )
     }
 
-    /// Builds the model from an opened checkpoint.
+    /// Builds the model from an opened checkpoint (KV caches of [`KvDtype::auto`]'s type).
     pub fn from_store(
         config: ModelConfig,
         store: &WeightStore,
-        mut gdn: Box<dyn GdnBackend>,
+        gdn: Box<dyn GdnBackend>,
     ) -> Result<Self> {
+        Self::build(config, store, gdn, None)
+    }
+
+    /// [`HybridModel::from_store`] with the KV cache type `LoadOptions::kv_cache` asks for.
+    fn build(
+        config: ModelConfig,
+        store: &WeightStore,
+        mut gdn: Box<dyn GdnBackend>,
+        kv_cache: Option<KvDtype>,
+    ) -> Result<Self> {
+        let target = Target {
+            device: store.device().clone(),
+            native_kernels: !store.candle_ops(),
+        };
+        let kv_dtype = kv_cache_dtype(kv_cache, store, &target)?;
         let root = if config.nested_text_config {
             "model.language_model"
         } else {
@@ -338,10 +375,6 @@ impl HybridModel {
         };
         let fingerprint = state::fingerprint(&config, &layers, &embed, &lm_head)?;
         // Assembled where the readers produced each tensor; now all onto the model's device.
-        let target = Target {
-            device: store.device().clone(),
-            native_kernels: !store.candle_ops(),
-        };
         embed.place(&target)?;
         layers.place(&target)?;
         norm.place(&target)?;
@@ -370,6 +403,7 @@ impl HybridModel {
             format_name: store.format_name(),
             fingerprint,
             target,
+            kv_dtype,
         };
         let primary = net.new_sequence()?;
         Ok(HybridModel { net, primary })
@@ -383,6 +417,11 @@ impl HybridModel {
     /// How the weight matrices are stored (`BF16`, `Q8_0 (quantized on load)`, `GGUF Q4_K_M`).
     pub fn weight_format(&self) -> &str {
         &self.net.format_name
+    }
+
+    /// What the KV caches of the attention layers store (`LoadOptions::kv_cache`, resolved).
+    pub fn kv_cache_dtype(&self) -> KvDtype {
+        self.net.kv_dtype
     }
 
     /// The device the model's tensors live on (`LoadOptions::device`).
@@ -480,6 +519,23 @@ impl HybridModel {
     }
 }
 
+/// The KV cache type of a model built from `store` on `target`: `asked` (`--kv-cache`), or
+/// [`KvDtype::auto`] for the store's weight format. 16 bits are the host attention's; candle's
+/// attention ops keep f32 caches, so asking for 16 bits there is refused rather than ignored.
+fn kv_cache_dtype(asked: Option<KvDtype>, store: &WeightStore, target: &Target) -> Result<KvDtype> {
+    let host_attention = target.native_kernels && target.device.is_cpu();
+    match asked {
+        None if host_attention => Ok(KvDtype::auto(store.full_precision())),
+        None | Some(KvDtype::F32) => Ok(KvDtype::F32),
+        Some(dtype) if host_attention => Ok(dtype),
+        Some(dtype) => Err(ModelError::InvalidOption(format!(
+            "--kv-cache {dtype}: 16-bit KV caches are kept by the CPU attention kernels; \
+             attention on candle's ops (--device other than cpu, or candle_ops) keeps f32 \
+             caches (use --kv-cache auto or f32)"
+        ))),
+    }
+}
+
 impl Network {
     fn new_sequence(&mut self) -> Result<Sequence> {
         self.free_dropped_slots();
@@ -491,7 +547,7 @@ impl Network {
             .layers
             .iter()
             .map(|layer| match &layer.mixer {
-                Mixer::Attention(attention) => Some(attention.new_cache()),
+                Mixer::Attention(attention) => Some(attention.new_cache(self.kv_dtype)),
                 Mixer::Gdn { .. } => None,
             })
             .collect();

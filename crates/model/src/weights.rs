@@ -260,6 +260,12 @@ impl WeightStore {
         }
     }
 
+    /// True when the weight matrices are f32 (an f32 checkpoint, or an all-F32 GGUF): what
+    /// [`crate::kv_cache::KvDtype::auto`] keeps f32 KV caches for.
+    pub fn full_precision(&self) -> bool {
+        matches!(self.format_id().as_str(), "f32" | "gguf-f32")
+    }
+
     /// How the weight matrices are stored, for display: the GGUF file type, the quantization
     /// type, or the dtype.
     pub fn format_name(&self) -> String {
