@@ -75,7 +75,12 @@ fn divergence(p: &[Vec<f32>], q: &[Vec<f32>]) -> (f64, f64, f64) {
     let mut same = 0;
     for (p, q) in p.iter().zip(q) {
         let (lp, lq) = (log_softmax(p), log_softmax(q));
-        kls.push(lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum::<f64>());
+        kls.push(
+            lp.iter()
+                .zip(&lq)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>(),
+        );
         same += usize::from(argmax(p) == argmax(q));
     }
     let mean = kls.iter().sum::<f64>() / kls.len() as f64;
@@ -115,7 +120,9 @@ fn auto_keeps_f32_for_f32_weights_and_f16_for_smaller_formats() {
         load(&candle_ops(None)).expect("load").kv_cache_dtype(),
         KvDtype::F32
     );
-    let err = load(&candle_ops(Some(KvDtype::F16))).unwrap_err().to_string();
+    let err = load(&candle_ops(Some(KvDtype::F16)))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("--kv-cache f16") && err.contains("auto or f32"),
         "{err}"

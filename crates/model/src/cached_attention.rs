@@ -12,13 +12,13 @@ use hybrid_simd::Tier;
 use half::{bf16, f16};
 
 use crate::error::Result;
-use crate::gemv::{dot, WeightElement};
+use crate::gemv::{dot, split_even_odd};
 use crate::kv_cache::{KvCache, KvDtype, KvElement};
 use crate::parallel::in_parallel;
 
 /// The shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct AttentionShape {
+pub struct AttentionShape {
     /// Query heads.
     pub heads: usize,
     /// Key/value heads (divides `heads`).
@@ -37,7 +37,7 @@ thread_local! {
 /// `T` tokens at positions `start..start + T` whose keys and values `cache` already holds.
 /// `queries` and `out` are `[T][heads][head_dim]`. Runs on the hot pool, one task per (token,
 /// KV head).
-pub(crate) fn attend(
+pub fn attend(
     queries: &[f32],
     cache: &KvCache,
     start: usize,
@@ -48,7 +48,7 @@ pub(crate) fn attend(
 }
 
 /// [`attend`] at a given SIMD tier (lowered to what this CPU supports).
-pub(crate) fn attend_at(
+pub fn attend_at(
     tier: Tier,
     queries: &[f32],
     cache: &KvCache,
@@ -88,17 +88,22 @@ fn attend_in<T: KvElement>(
         let q = &queries[piece * group..(piece + 1) * group];
         SCORES.with_borrow_mut(|scratch| {
             scratch.clear();
-            scratch.resize(ratio * visible + ratio, 0.0);
-            let (scores, totals) = scratch.split_at_mut(ratio * visible);
+            scratch.resize(ratio * visible + ratio + group, 0.0);
+            let (scores, rest) = scratch.split_at_mut(ratio * visible);
+            let (totals, q_split) = rest.split_at_mut(ratio);
+            // The AVX2 kernel widens bf16 keys 16 at a time, even and odd elements apart; the
+            // queries are rearranged once to match.
+            let q = if avx2 && T::INTERLEAVED_HALVES {
+                q_split.copy_from_slice(q);
+                split_even_odd(q_split, hd);
+                &*q_split
+            } else {
+                q
+            };
             // Scores, [ratio][visible]: each key row meets every query head of the group.
             let mut s0 = 0;
             for (keys, _) in cache.head_pages::<T>(g, visible) {
-                for (s, key) in keys.chunks_exact(hd).enumerate() {
-                    for r in 0..ratio {
-                        scores[r * visible + s0 + s] =
-                            dot(key, &q[r * hd..(r + 1) * hd], avx2) * scale;
-                    }
-                }
+                page_scores(keys, q, shape, scale, &mut scores[s0..], visible, avx2);
                 s0 += keys.len() / hd;
             }
             // Softmax per query head, kept unnormalised until the end.
@@ -115,12 +120,7 @@ fn attend_in<T: KvElement>(
             out.fill(0.0);
             let mut s0 = 0;
             for (_, values) in cache.head_pages::<T>(g, visible) {
-                for (s, value) in values.chunks_exact(hd).enumerate() {
-                    for r in 0..ratio {
-                        let p = scores[r * visible + s0 + s];
-                        axpy(&mut out[r * hd..(r + 1) * hd], p, value, avx2);
-                    }
-                }
+                page_values(values, &scores[s0..], visible, shape, out, avx2);
                 s0 += values.len() / hd;
             }
             for (r, o) in out.chunks_exact_mut(hd).enumerate() {
@@ -131,44 +131,236 @@ fn attend_in<T: KvElement>(
     })
 }
 
-/// `y += a·x`, `x` widened to f32.
-#[inline]
-fn axpy<T: WeightElement>(y: &mut [f32], a: f32, x: &[T], avx2: bool) {
+/// `scores[r·stride + s] = q[r]·keys[s]·scale` for every row `s` of one page's `keys`
+/// (`[rows][head_dim]`) and every query head `r` of the group (`q` is `[ratio][head_dim]`, as
+/// the AVX2 kernel reads it when `avx2`).
+fn page_scores<T: KvElement>(
+    keys: &[T],
+    q: &[f32],
+    shape: AttentionShape,
+    scale: f32,
+    scores: &mut [f32],
+    stride: usize,
+    avx2: bool,
+) {
+    let hd = shape.head_dim;
     #[cfg(target_arch = "x86_64")]
     if avx2 {
-        // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
-        return unsafe { x86::axpy(y, a, x) };
+        for (first, count) in head_blocks(shape) {
+            let at = first * stride;
+            // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
+            unsafe {
+                match count {
+                    1 => x86::scores::<T, 1>(
+                        keys,
+                        hd,
+                        q_rows(q, hd, first),
+                        scale,
+                        scores,
+                        at,
+                        stride,
+                    ),
+                    2 => x86::scores::<T, 2>(
+                        keys,
+                        hd,
+                        q_rows(q, hd, first),
+                        scale,
+                        scores,
+                        at,
+                        stride,
+                    ),
+                    3 => x86::scores::<T, 3>(
+                        keys,
+                        hd,
+                        q_rows(q, hd, first),
+                        scale,
+                        scores,
+                        at,
+                        stride,
+                    ),
+                    _ => x86::scores::<T, 4>(
+                        keys,
+                        hd,
+                        q_rows(q, hd, first),
+                        scale,
+                        scores,
+                        at,
+                        stride,
+                    ),
+                }
+            }
+        }
+        return;
     }
-    let _ = avx2;
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x.widen());
+    for (s, key) in keys.chunks_exact(hd).enumerate() {
+        for (r, q) in q.chunks_exact(hd).enumerate() {
+            scores[r * stride + s] = dot(key, q, avx2) * scale;
+        }
+    }
+}
+
+/// `out[r] += Σ_s weights[r·stride + s]·values[s]` over the rows of one page's `values`
+/// (`[rows][head_dim]`), in row order, for every query head `r` of the group (`out` is
+/// `[ratio][head_dim]`).
+fn page_values<T: KvElement>(
+    values: &[T],
+    weights: &[f32],
+    stride: usize,
+    shape: AttentionShape,
+    out: &mut [f32],
+    avx2: bool,
+) {
+    let hd = shape.head_dim;
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        for (first, count) in head_blocks(shape) {
+            let out = &mut out[first * hd..(first + count) * hd];
+            let weights = &weights[first * stride..];
+            // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
+            unsafe {
+                match count {
+                    1 => x86::weighted_sum::<T, 1>(values, hd, weights, stride, out),
+                    2 => x86::weighted_sum::<T, 2>(values, hd, weights, stride, out),
+                    3 => x86::weighted_sum::<T, 3>(values, hd, weights, stride, out),
+                    _ => x86::weighted_sum::<T, 4>(values, hd, weights, stride, out),
+                }
+            }
+        }
+        return;
+    }
+    for (s, value) in values.chunks_exact(hd).enumerate() {
+        for (r, out) in out.chunks_exact_mut(hd).enumerate() {
+            let p = weights[r * stride + s];
+            out.iter_mut()
+                .zip(value)
+                .for_each(|(y, x)| *y += p * x.widen());
+        }
+    }
+}
+
+/// The group's query heads in blocks of up to four, `(first, count)`: four heads' sums fill
+/// eight of AVX2's sixteen registers in both kernels.
+fn head_blocks(shape: AttentionShape) -> impl Iterator<Item = (usize, usize)> {
+    let ratio = shape.heads / shape.kv_heads;
+    (0..ratio)
+        .step_by(4)
+        .map(move |first| (first, (ratio - first).min(4)))
+}
+
+/// Query heads `first..first + R` of `q` (`[ratio][hd]`).
+fn q_rows<const R: usize>(q: &[f32], hd: usize, first: usize) -> [&[f32]; R] {
+    std::array::from_fn(|r| &q[(first + r) * hd..(first + r + 1) * hd])
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use crate::gemv::WeightElement;
+    use crate::gemv::x86::dot_tile;
+    use crate::gemv::{prefetch_line, WeightElement};
 
-    /// `y += a·x`, eight lanes at a time.
+    /// Value rows per block of [`weighted_sum`]: 16 KiB of f32 rows of 256 values, half of L1.
+    const BLOCK_ROWS: usize = 16;
+
+    /// `scores[at + r·stride + s] = q[r]·keys[s]·scale` for the rows of `keys` (`[rows][hd]`):
+    /// two key rows against the `R` query heads per [`dot_tile`], each key widened once for all
+    /// heads.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn axpy<T: WeightElement>(y: &mut [f32], a: f32, x: &[T]) {
-        let n = y.len().min(x.len());
-        let av = _mm256_set1_ps(a);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 ≤ n ≤ both lengths.
-            unsafe {
-                let yp = y.as_mut_ptr().add(i);
-                let v = _mm256_fmadd_ps(av, T::load8(x.as_ptr().add(i)), _mm256_loadu_ps(yp));
-                _mm256_storeu_ps(yp, v);
+    pub(super) unsafe fn scores<T: WeightElement, const R: usize>(
+        keys: &[T],
+        hd: usize,
+        q: [&[f32]; R],
+        scale: f32,
+        scores: &mut [f32],
+        at: usize,
+        stride: usize,
+    ) {
+        let rows = keys.len() / hd;
+        let mut put = |s: usize, sums: &[f32; R]| {
+            for (r, sum) in sums.iter().enumerate() {
+                scores[at + r * stride + s] = sum * scale;
             }
-            i += 8;
+        };
+        let mut s = 0;
+        while s + 2 <= rows {
+            let pair = [
+                &keys[s * hd..(s + 1) * hd],
+                &keys[(s + 1) * hd..(s + 2) * hd],
+            ];
+            // SAFETY: the caller guarantees the CPU features.
+            let sums = unsafe { dot_tile::<T, 2, R>(pair, q) };
+            put(s, &sums[0]);
+            put(s + 1, &sums[1]);
+            s += 2;
         }
-        for k in i..n {
-            y[k] += a * x[k].widen();
+        if s < rows {
+            // SAFETY: as above.
+            let sums = unsafe { dot_tile::<T, 1, R>([&keys[s * hd..(s + 1) * hd]], q) };
+            put(s, &sums[0]);
+        }
+    }
+
+    /// `out[r] += Σ_s weights[r·stride + s]·values[s]` for the rows of `values` (`[rows][hd]`)
+    /// and the `R` heads of `out` (`[R][hd]`). Rows go in blocks of [`BLOCK_ROWS`] (at most 16
+    /// KiB, read from memory once and then from L1) and each block 16 columns at a time: the
+    /// `R × 16` sums stay in registers over the block's rows, so a value is widened once per head
+    /// block and a sum goes through memory once per block, not per row.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_sum<T: WeightElement, const R: usize>(
+        values: &[T],
+        hd: usize,
+        weights: &[f32],
+        stride: usize,
+        out: &mut [f32],
+    ) {
+        let rows = values.len() / hd;
+        assert!(out.len() >= R * hd && weights.len() >= (R - 1) * stride + rows);
+        let columns = hd / 16 * 16;
+        for first in (0..rows).step_by(BLOCK_ROWS) {
+            let block = first..(first + BLOCK_ROWS).min(rows);
+            for c in (0..columns).step_by(16) {
+                // SAFETY: c + 16 ≤ hd, so every load and store below is inside `values` (row
+                // s < rows) or `out` (R·hd values); weight (r, s) is inside `weights`
+                // (asserted above).
+                unsafe {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let o = out.as_ptr().add(r * hd + c);
+                        *acc = [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))];
+                    }
+                    for s in block.clone() {
+                        let v = values.as_ptr().add(s * hd + c);
+                        // The next block's row, at these columns: a pass touches a new line of
+                        // each row, so the lines arrive a block ahead instead of as misses.
+                        prefetch_line(v.wrapping_add(BLOCK_ROWS * hd));
+                        let (v0, v1) = (T::load8(v), T::load8(v.add(8)));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let p = _mm256_broadcast_ss(&*weights.as_ptr().add(r * stride + s));
+                            acc[0] = _mm256_fmadd_ps(p, v0, acc[0]);
+                            acc[1] = _mm256_fmadd_ps(p, v1, acc[1]);
+                        }
+                    }
+                    for (r, acc) in acc.iter().enumerate() {
+                        let o = out.as_mut_ptr().add(r * hd + c);
+                        _mm256_storeu_ps(o, acc[0]);
+                        _mm256_storeu_ps(o.add(8), acc[1]);
+                    }
+                }
+            }
+        }
+        for c in columns..hd {
+            for r in 0..R {
+                for s in 0..rows {
+                    out[r * hd + c] = weights[r * stride + s]
+                        .mul_add(values[s * hd + c].widen(), out[r * hd + c]);
+                }
+            }
         }
     }
 }

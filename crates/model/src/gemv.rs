@@ -25,13 +25,18 @@ pub(crate) const PREFETCH_ROWS: usize = 8;
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn prefetch_two_lines<T>(p: *const T) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let p = p.cast::<i8>();
+    prefetch_line(p);
+    prefetch_line(p.wrapping_add(64));
+}
+
+/// Asks for the cache line at `p` (a hint only: it never faults, whatever `p` is).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_line<T>(p: *const T) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     // SAFETY: prefetch is a hint and never faults; SSE is part of x86-64.
-    unsafe {
-        _mm_prefetch::<_MM_HINT_T0>(p);
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
-    }
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>()) }
 }
 
 /// Weight storage a GEMV can stream.
@@ -67,7 +72,11 @@ pub fn gemv_at(
     // bf16 on AVX2 widens the even and the odd elements of 16 weights apart
     // (`WeightElement::load_half`); x is split to match, once here.
     let split = match weight {
-        WeightRows::Bf16(_) if avx2 && !avx512 => split_even_odd(x, in_dim),
+        WeightRows::Bf16(_) if avx2 && !avx512 => {
+            let mut split = x.to_vec();
+            split_even_odd(&mut split, in_dim);
+            split
+        }
         _ => Vec::new(),
     };
     // Each piece of weight rows serves every activation row, so the weights are read once per
@@ -109,9 +118,8 @@ pub fn gemv_at(
 
 /// Each `in_dim` row of `x` rearranged per 16 values into the 8 even then the 8 odd ones (a
 /// shorter tail stays as it is), the order [`WeightElement::load_half`] widens bf16 weights in.
-fn split_even_odd(x: &[f32], in_dim: usize) -> Vec<f32> {
-    let mut split = x.to_vec();
-    for row in split.chunks_exact_mut(in_dim.max(1)) {
+pub(crate) fn split_even_odd(x: &mut [f32], in_dim: usize) {
+    for row in x.chunks_exact_mut(in_dim.max(1)) {
         for block in row.chunks_exact_mut(16) {
             let original: [f32; 16] = block.try_into().expect("16 values");
             for i in 0..8 {
@@ -120,7 +128,6 @@ fn split_even_odd(x: &[f32], in_dim: usize) -> Vec<f32> {
             }
         }
     }
-    split
 }
 
 /// Weight rows `first..first + count` of `w` (`in_dim` values each) dotted with `x`, each result
@@ -341,6 +348,10 @@ pub fn kernel_paths() -> String {
 
 /// A weight element the GEMV can widen to f32.
 pub(crate) trait WeightElement: Copy {
+    /// True when [`WeightElement::load_half`] widens even and odd elements apart (bf16), so
+    /// that activations must be rearranged by [`split_even_odd`] first.
+    const INTERLEAVED_HALVES: bool = false;
+
     /// The value as f32.
     fn widen(self) -> f32;
 
@@ -396,6 +407,8 @@ impl WeightElement for f32 {
 }
 
 impl WeightElement for bf16 {
+    const INTERLEAVED_HALVES: bool = true;
+
     fn widen(self) -> f32 {
         self.to_f32()
     }
@@ -541,7 +554,7 @@ pub(crate) mod x86 {
     /// The CPU must support AVX2, FMA and F16C.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_tile<W: WeightElement, const G: usize, const R: usize>(
+    pub(crate) unsafe fn dot_tile<W: WeightElement, const G: usize, const R: usize>(
         w: [&[W]; G],
         x: [&[f32]; R],
     ) -> [[f32; R]; G] {

@@ -343,7 +343,7 @@ impl KvCache {
 
     /// Appends `tokens` positions whose keys and values are laid out `[token][kv_head][dim]`
     /// (as the projections produce them) to a host-paged cache, rounded to its dtype.
-    pub(crate) fn append(&mut self, keys: &[f32], values: &[f32]) -> Result<()> {
+    pub fn append(&mut self, keys: &[f32], values: &[f32]) -> Result<()> {
         if self.device.is_some() {
             return Err(wrong_kind("host rows", "device tensors"));
         }

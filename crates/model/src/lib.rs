@@ -23,7 +23,7 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-mod cached_attention;
+pub mod cached_attention;
 pub mod config;
 pub mod dense_gemm;
 #[cfg(target_arch = "x86_64")]
