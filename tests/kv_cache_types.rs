@@ -35,7 +35,7 @@ fn with_kv(kv_cache: Option<KvDtype>) -> LoadOptions {
 
 /// The first `n` tokens of the demo model's held-out text.
 fn heldout_tokens(n: usize) -> Vec<u32> {
-    let tokenizer = Tokenizer::from_file(&demo().join("tokenizer.json")).expect("tokenizer");
+    let tokenizer = Tokenizer::from_file(demo().join("tokenizer.json")).expect("tokenizer");
     let text = std::fs::read_to_string(demo().join("heldout.txt")).expect("heldout.txt");
     let mut ids = tokenizer.encode(&text, false).expect("encode");
     assert!(ids.len() >= n, "heldout.txt has only {} tokens", ids.len());

@@ -107,14 +107,8 @@ fn attend_in<T: KvElement>(
                 s0 += keys.len() / hd;
             }
             // Softmax per query head, kept unnormalised until the end.
-            for (r, row) in scores.chunks_exact_mut(visible).enumerate() {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                totals[r] = sum;
+            for (row, total) in scores.chunks_exact_mut(visible).zip(totals.iter_mut()) {
+                *total = softmax_numerators(row, avx2);
             }
             // Weighted values: each value row is added into every query head of the group.
             out.fill(0.0);
@@ -238,6 +232,23 @@ fn page_values<T: KvElement>(
     }
 }
 
+/// `row[s] ← e^(row[s] − max(row))`, returning their sum: a softmax's numerators and
+/// denominator.
+fn softmax_numerators(row: &mut [f32], avx2: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
+        return unsafe { x86::softmax_numerators(row) };
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    sum
+}
+
 /// The group's query heads in blocks of up to four, `(first, count)`: four heads' sums fill
 /// eight of AVX2's sixteen registers in both kernels.
 fn head_blocks(shape: AttentionShape) -> impl Iterator<Item = (usize, usize)> {
@@ -256,8 +267,48 @@ fn q_rows<const R: usize>(q: &[f32], hd: usize, first: usize) -> [&[f32]; R] {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use crate::gemv::x86::dot_tile;
+    use hybrid_simd::exp::exp_avx2;
+
+    use crate::gemv::x86::{dot_tile, hsum};
     use crate::gemv::{prefetch_line, WeightElement};
+
+    /// [`super::softmax_numerators`], eight lanes at a time (the exponential is the vector
+    /// one every kernel shares, [`exp_avx2`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn softmax_numerators(row: &mut [f32]) -> f32 {
+        let (lanes, tail) = row.as_chunks_mut::<8>();
+        let mut most = _mm256_set1_ps(f32::NEG_INFINITY);
+        for chunk in lanes.iter() {
+            // SAFETY: a chunk is 8 f32.
+            most = _mm256_max_ps(most, unsafe { _mm256_loadu_ps(chunk.as_ptr()) });
+        }
+        let mut spread = [0f32; 8];
+        // SAFETY: `spread` holds 8 f32.
+        unsafe { _mm256_storeu_ps(spread.as_mut_ptr(), most) };
+        let max = spread
+            .iter()
+            .chain(tail.iter())
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let (max_lanes, mut total) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        for chunk in lanes.iter_mut() {
+            // SAFETY: a chunk is 8 f32.
+            unsafe {
+                let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), max_lanes));
+                _mm256_storeu_ps(chunk.as_mut_ptr(), e);
+                total = _mm256_add_ps(total, e);
+            }
+        }
+        let mut sum = hsum(total);
+        for v in tail.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        sum
+    }
 
     /// Value rows per block of [`weighted_sum`]: 16 KiB of f32 rows of 256 values, half of L1.
     const BLOCK_ROWS: usize = 16;

@@ -16,6 +16,9 @@
 
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "x86_64")]
+pub mod exp;
+
 /// The environment variable that lowers the tier: `avx512`, `avx2` or `portable`.
 pub const ENV: &str = "HYBRID_SIMD";
 

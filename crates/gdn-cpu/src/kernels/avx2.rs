@@ -4,6 +4,8 @@
 
 use std::arch::x86_64::*;
 
+use hybrid_simd::exp::exp_avx2 as exp;
+
 use super::HeadToken;
 
 /// Value columns processed together: 4 rows × (kv, q) accumulators = 8 independent FMA chains,
@@ -23,41 +25,6 @@ fn hsum(v: __m256) -> f32 {
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
     let single = _mm_add_ss(pair, _mm_movehdup_ps(pair));
     _mm_cvtss_f32(single)
-}
-
-/// `e^x` for eight lanes: Cody–Waite range reduction and the Cephes degree-6 polynomial
-/// (≈ 1 ulp on the range that matters; saturates to 0 / +inf outside it).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn exp(x: __m256) -> __m256 {
-    let x = _mm256_min_ps(
-        _mm256_max_ps(x, _mm256_set1_ps(-87.336_55)),
-        _mm256_set1_ps(88.722_83),
-    );
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        x,
-        _mm256_set1_ps(std::f32::consts::LOG2_E),
-    ));
-    // ln 2 split in a part exact in f32 and a small correction.
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm256_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-    }
-    let r2 = _mm256_mul_ps(r, r);
-    let p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
-    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_cvtps_epi32(n),
-        _mm256_set1_epi32(127),
-    ));
-    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
 }
 
 /// `act ← act / (1 + e^−act)` in place.

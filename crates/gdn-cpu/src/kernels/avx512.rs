@@ -4,6 +4,8 @@
 
 use std::arch::x86_64::*;
 
+use hybrid_simd::exp::exp_avx512 as exp;
+
 use super::HeadToken;
 
 /// Value columns processed together, as in the AVX2 kernel: 4 rows × (kv, q) accumulators.
@@ -11,38 +13,6 @@ const COLUMNS: usize = 4;
 
 /// Prefetch distance in floats (see the AVX2 kernel).
 const PREFETCH_AHEAD_FLOATS: usize = 2048;
-
-/// `e^x` for sixteen lanes, with the AVX2 kernel's range reduction and polynomial.
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn exp(x: __m512) -> __m512 {
-    let x = _mm512_min_ps(
-        _mm512_max_ps(x, _mm512_set1_ps(-87.336_55)),
-        _mm512_set1_ps(88.722_83),
-    );
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-    );
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        0.166_666_65,
-        0.5,
-    ] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    let r2 = _mm512_mul_ps(r, r);
-    let p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
-    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-        _mm512_cvtps_epi32(n),
-        _mm512_set1_epi32(127),
-    ));
-    _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
-}
 
 /// `act ← act / (1 + e^−act)` in place.
 ///
