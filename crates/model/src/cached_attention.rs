@@ -7,9 +7,8 @@
 
 use std::cell::RefCell;
 
-use hybrid_simd::Tier;
-
 use half::{bf16, f16};
+use hybrid_simd::Tier;
 
 use crate::error::Result;
 use crate::gemv::{dot, split_even_odd};
@@ -125,6 +124,20 @@ fn attend_in<T: KvElement>(
     })
 }
 
+/// `$kernel::<$element, R>(args…)` with `R` = `$count` (1 to 4): the kernels' head-block size is
+/// a const generic, so that their accumulators are register arrays.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_head_count {
+    ($count:expr, $($kernel:ident)::+, $element:ty, ($($arg:expr),*)) => {
+        match $count {
+            1 => $($kernel)::+::<$element, 1>($($arg),*),
+            2 => $($kernel)::+::<$element, 2>($($arg),*),
+            3 => $($kernel)::+::<$element, 3>($($arg),*),
+            _ => $($kernel)::+::<$element, 4>($($arg),*),
+        }
+    };
+}
+
 /// `scores[r·stride + s] = q[r]·keys[s]·scale` for every row `s` of one page's `keys`
 /// (`[rows][head_dim]`) and every query head `r` of the group (`q` is `[ratio][head_dim]`, as
 /// the AVX2 kernel reads it when `avx2`).
@@ -141,48 +154,10 @@ fn page_scores<T: KvElement>(
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         for (first, count) in head_blocks(shape) {
-            let at = first * stride;
+            let q = &q[first * hd..(first + count) * hd];
+            let scores = &mut scores[first * stride..];
             // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
-            unsafe {
-                match count {
-                    1 => x86::scores::<T, 1>(
-                        keys,
-                        hd,
-                        q_rows(q, hd, first),
-                        scale,
-                        scores,
-                        at,
-                        stride,
-                    ),
-                    2 => x86::scores::<T, 2>(
-                        keys,
-                        hd,
-                        q_rows(q, hd, first),
-                        scale,
-                        scores,
-                        at,
-                        stride,
-                    ),
-                    3 => x86::scores::<T, 3>(
-                        keys,
-                        hd,
-                        q_rows(q, hd, first),
-                        scale,
-                        scores,
-                        at,
-                        stride,
-                    ),
-                    _ => x86::scores::<T, 4>(
-                        keys,
-                        hd,
-                        q_rows(q, hd, first),
-                        scale,
-                        scores,
-                        at,
-                        stride,
-                    ),
-                }
-            }
+            unsafe { with_head_count!(count, x86::scores, T, (keys, hd, q, scale, scores, stride)) }
         }
         return;
     }
@@ -212,16 +187,17 @@ fn page_values<T: KvElement>(
             let weights = &weights[first * stride..];
             // SAFETY: `avx2` is true only when the CPU supports AVX2, FMA and F16C.
             unsafe {
-                match count {
-                    1 => x86::weighted_sum::<T, 1>(values, hd, weights, stride, out),
-                    2 => x86::weighted_sum::<T, 2>(values, hd, weights, stride, out),
-                    3 => x86::weighted_sum::<T, 3>(values, hd, weights, stride, out),
-                    _ => x86::weighted_sum::<T, 4>(values, hd, weights, stride, out),
-                }
+                with_head_count!(
+                    count,
+                    x86::weighted_sum,
+                    T,
+                    (values, hd, weights, stride, out)
+                )
             }
         }
         return;
     }
+    let _ = avx2;
     for (s, value) in values.chunks_exact(hd).enumerate() {
         for (r, out) in out.chunks_exact_mut(hd).enumerate() {
             let p = weights[r * stride + s];
@@ -251,16 +227,12 @@ fn softmax_numerators(row: &mut [f32], avx2: bool) -> f32 {
 
 /// The group's query heads in blocks of up to four, `(first, count)`: four heads' sums fill
 /// eight of AVX2's sixteen registers in both kernels.
+#[cfg(target_arch = "x86_64")]
 fn head_blocks(shape: AttentionShape) -> impl Iterator<Item = (usize, usize)> {
     let ratio = shape.heads / shape.kv_heads;
     (0..ratio)
         .step_by(4)
         .map(move |first| (first, (ratio - first).min(4)))
-}
-
-/// Query heads `first..first + R` of `q` (`[ratio][hd]`).
-fn q_rows<const R: usize>(q: &[f32], hd: usize, first: usize) -> [&[f32]; R] {
-    std::array::from_fn(|r| &q[(first + r) * hd..(first + r + 1) * hd])
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -313,9 +285,9 @@ mod x86 {
     /// Value rows per block of [`weighted_sum`]: 16 KiB of f32 rows of 256 values, half of L1.
     const BLOCK_ROWS: usize = 16;
 
-    /// `scores[at + r·stride + s] = q[r]·keys[s]·scale` for the rows of `keys` (`[rows][hd]`):
-    /// two key rows against the `R` query heads per [`dot_tile`], each key widened once for all
-    /// heads.
+    /// `scores[r·stride + s] = q[r]·keys[s]·scale` for the rows of `keys` (`[rows][hd]`) and the
+    /// `R` query heads of `q` (`[R][hd]`): two key rows against the heads per [`dot_tile`], each
+    /// key widened once for all of them.
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
@@ -323,16 +295,16 @@ mod x86 {
     pub(super) unsafe fn scores<T: WeightElement, const R: usize>(
         keys: &[T],
         hd: usize,
-        q: [&[f32]; R],
+        q: &[f32],
         scale: f32,
         scores: &mut [f32],
-        at: usize,
         stride: usize,
     ) {
         let rows = keys.len() / hd;
+        let q: [&[f32]; R] = std::array::from_fn(|r| &q[r * hd..(r + 1) * hd]);
         let mut put = |s: usize, sums: &[f32; R]| {
             for (r, sum) in sums.iter().enumerate() {
-                scores[at + r * stride + s] = sum * scale;
+                scores[r * stride + s] = sum * scale;
             }
         };
         let mut s = 0;
