@@ -30,6 +30,9 @@ thread_local! {
     /// Scores of one task (query heads of a group × visible positions) and each head's softmax
     /// denominator after them, reused across calls so decode does not allocate per token.
     static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The portable path's page of 16-bit keys or values widened to f32 (once per page, not
+    /// once per value and query head).
+    static WIDENED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// `out[t][h] = Σ_s softmax_s(q[t][h]·k[s]·scale)·v[s]` over positions `s ≤ start + t`, for the
@@ -161,11 +164,13 @@ fn page_scores<T: KvElement>(
         }
         return;
     }
-    for (s, key) in keys.chunks_exact(hd).enumerate() {
-        for (r, q) in q.chunks_exact(hd).enumerate() {
-            scores[r * stride + s] = dot(key, q, avx2) * scale;
+    WIDENED.with_borrow_mut(|scratch| {
+        for (s, key) in T::as_f32(keys, scratch).chunks_exact(hd).enumerate() {
+            for (r, q) in q.chunks_exact(hd).enumerate() {
+                scores[r * stride + s] = dot(key, q, avx2) * scale;
+            }
         }
-    }
+    });
 }
 
 /// `out[r] += Σ_s weights[r·stride + s]·values[s]` over the rows of one page's `values`
@@ -198,14 +203,14 @@ fn page_values<T: KvElement>(
         return;
     }
     let _ = avx2;
-    for (s, value) in values.chunks_exact(hd).enumerate() {
-        for (r, out) in out.chunks_exact_mut(hd).enumerate() {
-            let p = weights[r * stride + s];
-            out.iter_mut()
-                .zip(value)
-                .for_each(|(y, x)| *y += p * x.widen());
+    WIDENED.with_borrow_mut(|scratch| {
+        for (s, value) in T::as_f32(values, scratch).chunks_exact(hd).enumerate() {
+            for (r, out) in out.chunks_exact_mut(hd).enumerate() {
+                let p = weights[r * stride + s];
+                out.iter_mut().zip(value).for_each(|(y, x)| *y += p * x);
+            }
         }
-    }
+    });
 }
 
 /// `row[s] ← e^(row[s] − max(row))`, returning their sum: a softmax's numerators and

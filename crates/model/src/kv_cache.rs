@@ -20,6 +20,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use crate::error::{ModelError, Result};
@@ -131,6 +132,10 @@ pub(crate) trait KvElement: WeightElement + Default + Send + Sync + 'static {
     /// The value nearest `v` (round to nearest even).
     fn narrow(v: f32) -> Self;
 
+    /// `values` as f32: the slice itself for f32, else widened into `scratch` by `half`'s slice
+    /// conversion (F16C or NEON where the CPU has it, chosen once per call, not per value).
+    fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
+
     /// The pages of `host` if it holds this type.
     fn pages(host: &HostPages) -> Option<&[Page<Self>]>;
 }
@@ -138,6 +143,10 @@ pub(crate) trait KvElement: WeightElement + Default + Send + Sync + 'static {
 impl KvElement for f32 {
     fn narrow(v: f32) -> Self {
         v
+    }
+
+    fn as_f32<'a>(values: &'a [Self], _: &'a mut Vec<f32>) -> &'a [f32] {
+        values
     }
 
     fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
@@ -153,6 +162,12 @@ impl KvElement for bf16 {
         bf16::from_f32(v)
     }
 
+    fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        scratch.resize(values.len(), 0.0);
+        values.convert_to_f32_slice(scratch);
+        scratch
+    }
+
     fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
         match host {
             HostPages::Bf16(pages) => Some(pages),
@@ -164,6 +179,12 @@ impl KvElement for bf16 {
 impl KvElement for f16 {
     fn narrow(v: f32) -> Self {
         f16::from_f32(v)
+    }
+
+    fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        scratch.resize(values.len(), 0.0);
+        values.convert_to_f32_slice(scratch);
+        scratch
     }
 
     fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
