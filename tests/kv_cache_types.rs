@@ -166,3 +166,34 @@ fn sixteen_bit_caches_keep_the_demo_models_predictions() {
         assert_eq!(2 * b.kv_bytes(), a.kv_bytes(), "{dtype}");
     }
 }
+
+/// A sequence with an f16 cache saved mid-way and restored into a fresh sequence of another
+/// instance of the model continues with the logits of the uninterrupted sequence, bit for bit
+/// (the snapshot's f32 values are exactly the f16 ones, and round back to them).
+#[test]
+fn an_f16_cache_survives_a_snapshot_bit_for_bit() {
+    let tokens = heldout_tokens(300);
+    let (first, rest) = tokens.split_at(280);
+    let mut model = load(&with_kv(Some(KvDtype::F16))).unwrap();
+    let mut sequence = model.new_sequence().unwrap();
+    model.prefill(&mut sequence, first).unwrap();
+    let snapshot = model
+        .snapshot_sequence(&sequence, first, serde_json::Value::Null)
+        .unwrap();
+    let mut straight = Vec::new();
+    for &token in rest {
+        let logits = model.step(&mut [&mut sequence], &[token]).unwrap();
+        straight.push(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+
+    let mut other = load(&with_kv(Some(KvDtype::F16))).unwrap();
+    let mut resumed = other.new_sequence().unwrap();
+    other.restore_sequence(&mut resumed, &snapshot).unwrap();
+    for (&token, want) in rest.iter().zip(&straight) {
+        let logits = other.step(&mut [&mut resumed], &[token]).unwrap();
+        assert_eq!(
+            &logits.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            want
+        );
+    }
+}

@@ -461,8 +461,10 @@ impl KvCache {
     }
 
     /// Replaces the contents with `len` positions laid out as [`export`](Self::export) returns
-    /// them; `len == 0` empties it. Lengths that do not match are an error naming both, and
-    /// leave the cache as it was.
+    /// them, rounded to the cache's type (exact for what a cache of the same type exported: a
+    /// snapshot restores bit for bit into a model with the same `--kv-cache`); `len == 0`
+    /// empties it. Lengths that do not match are an error naming both, and leave the cache as
+    /// it was.
     pub fn import(&mut self, len: usize, keys: &[f32], values: &[f32]) -> Result<()> {
         let want = self.kv_heads * len * self.head_dim;
         if keys.len() != want || values.len() != want {
