@@ -157,43 +157,32 @@ impl KvElement for f32 {
     }
 }
 
-impl KvElement for bf16 {
-    fn narrow(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
+/// The 16-bit element types: narrowed by `half`'s rounding, widened a slice at a time.
+macro_rules! sixteen_bit_element {
+    ($element:ty, $variant:ident) => {
+        impl KvElement for $element {
+            fn narrow(v: f32) -> Self {
+                <$element>::from_f32(v)
+            }
 
-    fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
-        scratch.resize(values.len(), 0.0);
-        values.convert_to_f32_slice(scratch);
-        scratch
-    }
+            fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+                scratch.resize(values.len(), 0.0);
+                values.convert_to_f32_slice(scratch);
+                scratch
+            }
 
-    fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
-        match host {
-            HostPages::Bf16(pages) => Some(pages),
-            _ => None,
+            fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
+                match host {
+                    HostPages::$variant(pages) => Some(pages),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl KvElement for f16 {
-    fn narrow(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-
-    fn as_f32<'a>(values: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32] {
-        scratch.resize(values.len(), 0.0);
-        values.convert_to_f32_slice(scratch);
-        scratch
-    }
-
-    fn pages(host: &HostPages) -> Option<&[Page<Self>]> {
-        match host {
-            HostPages::F16(pages) => Some(pages),
-            _ => None,
-        }
-    }
-}
+sixteen_bit_element!(bf16, Bf16);
+sixteen_bit_element!(f16, F16);
 
 /// Appends `tokens` positions, `[token][kv_head][dim]` f32, at position `len` of `pages`
 /// (narrowed to `T`), allocating pages as they fill.
