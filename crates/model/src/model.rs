@@ -243,12 +243,7 @@ impl HybridModel {
         let config = ModelConfig::from_dir(path)?;
         let store = WeightStore::open(path, options.dtype, &options.device)?
             .with_quantization(options.quantize);
-        Self::build(
-            config,
-            &store.with_candle_ops(options.candle_ops),
-            gdn,
-            options.kv_cache,
-        )
+        Self::with_options(config, store, options, gdn)
     }
 
     /// Loads a GGUF file as llama.cpp's converter writes these models: config from its
@@ -264,12 +259,7 @@ impl HybridModel {
         let mut gguf = GgufCheckpoint::open(path)?;
         let config = gguf.config()?;
         let store = WeightStore::from_gguf(gguf, &options.device);
-        Self::build(
-            config,
-            &store.with_candle_ops(options.candle_ops),
-            gdn,
-            options.kv_cache,
-        )
+        Self::with_options(config, store, options, gdn)
     }
 
     /// A model of `config`'s shapes with seeded random weights (see [`WeightStore::random`]):
@@ -282,12 +272,18 @@ impl HybridModel {
     ) -> Result<Self> {
         let store = WeightStore::random(seed, options.dtype, &options.device)
             .with_quantization(options.quantize);
-        Self::build(
-            config,
-            &store.with_candle_ops(options.candle_ops),
-            gdn,
-            options.kv_cache,
-        )
+        Self::with_options(config, store, options, gdn)
+    }
+
+    /// Builds the model from `store` with the rest of `options` (candle ops, KV cache type).
+    fn with_options(
+        config: ModelConfig,
+        store: WeightStore,
+        options: &LoadOptions,
+        gdn: Box<dyn GdnBackend>,
+    ) -> Result<Self> {
+        let store = store.with_candle_ops(options.candle_ops);
+        Self::build(config, &store, gdn, options.kv_cache)
     }
 
     /// Builds the model from an opened checkpoint (KV caches of [`KvDtype::auto`]'s type).
