@@ -141,7 +141,7 @@ impl Attention {
     }
 
     fn host_attention(&self) -> bool {
-        self.target.native_kernels && self.target.device.is_cpu()
+        self.target.host_kernels()
     }
 
     /// `x` is `[T, hidden]`: the rows of several sequences one after the other, `counts[i]`

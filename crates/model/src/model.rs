@@ -519,7 +519,7 @@ impl HybridModel {
 /// [`KvDtype::auto`] for the store's weight format. 16 bits are the host attention's; candle's
 /// attention ops keep f32 caches, so asking for 16 bits there is refused rather than ignored.
 fn kv_cache_dtype(asked: Option<KvDtype>, store: &WeightStore, target: &Target) -> Result<KvDtype> {
-    let host_attention = target.native_kernels && target.device.is_cpu();
+    let host_attention = target.host_kernels();
     match asked {
         None if host_attention => Ok(KvDtype::auto(store.full_precision())),
         None | Some(KvDtype::F32) => Ok(KvDtype::F32),

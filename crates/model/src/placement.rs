@@ -21,6 +21,14 @@ pub(crate) struct Target {
     pub native_kernels: bool,
 }
 
+impl Target {
+    /// True when this crate's CPU kernels run here — the host attention over paged KV caches
+    /// among them; false when candle's ops do (another device, or `candle_ops`).
+    pub fn host_kernels(&self) -> bool {
+        self.native_kernels && self.device.is_cpu()
+    }
+}
+
 /// Something holding weights that can be moved to a device in place.
 pub(crate) trait Place {
     /// Moves every tensor held to `target.device` (nothing moves when it is already there).
