@@ -4,7 +4,7 @@
 //! by these numbers; compare them with the machine's memory bandwidth.
 //!
 //! bf16 is also measured with eight activation rows (a batched decode step), from memory and
-//! with the weights in cache.
+//! with the weights in cache; Q8_0, Q4_K and Q6_K with eight rows from memory.
 //! Dense and Q8_0 kernels are measured at every SIMD tier this CPU has (`avx512`, `avx2`,
 //! `portable`), so one run compares the paths.
 //!
@@ -119,6 +119,15 @@ fn matvec(c: &mut Criterion) {
                 group.bench_function(BenchmarkId::new(&name, tier.key()), |b| {
                     b.iter(|| {
                         kquant_matmul_at(tier, dtype, &bytes, N, K, &x, &mut y).expect("k-quant")
+                    })
+                });
+            }
+            // A batched decode step: each unpacked chunk of weights shared by the rows.
+            for &tier in tiers.iter().filter(|t| **t >= Tier::Avx2) {
+                let batch = BenchmarkId::new(format!("{name} x{BATCH} rows"), tier.key());
+                group.bench_function(batch, |b| {
+                    b.iter(|| {
+                        kquant_matmul_at(tier, dtype, &bytes, N, K, &xs, &mut ys).expect("k-quant")
                     })
                 });
             }

@@ -10,9 +10,10 @@
 //!   Q8_K granularity, so a super-block's integer sub-block scales can multiply integer sums),
 //!   keeping the sums of every 16 and 32 values for the weights' minimums and offsets;
 //! - compute 4 weight rows at a time, prefetching the next group's bytes as each
-//!   super-block is read (rows of a GEMV are consecutive; see `gemv::PREFETCH_ROWS`); on AVX2
-//!   up to 4 activation rows (a batched decode step) share each unpacked chunk of weights, and
-//!   one activation row reads Q6_K weights row after row, prefetched 8 KiB ahead;
+//!   super-block is read (rows of a GEMV are consecutive; see `gemv::PREFETCH_ROWS`); up to 4
+//!   activation rows (a batched decode step) share each unpacked chunk of weights (AVX2, and
+//!   AVX-512 in `x86::avx512_rows`), and on AVX2 one activation row reads Q6_K weights row
+//!   after row, prefetched 8 KiB ahead;
 //! - unpack nibbles / 6-bit values in registers, `maddubs` them with the activations, multiply
 //!   by the integer sub-block scales with `madd`, and convert to f32 once per super-block. The
 //!   scales of two sub-blocks come from one byte shuffle of the super-block's scale vector
@@ -92,7 +93,18 @@ pub fn kquant_matmul_at(
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        for r in 0..m {
+        let mut r = 0;
+        #[cfg(target_arch = "x86_64")]
+        while r < m {
+            let take = (m - r).min(4);
+            if take > 1 {
+                // SAFETY: the AVX-512 tier was checked against the CPU above; `weights` holds
+                // `count` rows of `row_bytes` bytes of `dtype`, rows r..r + take exist in
+                // `rows` (with the AVX-512 Q4_K order), `out` is m × count.
+                unsafe { x86::avx512_rows_task(dtype, weights, row_bytes, &rows, r, take, out) };
+                r += take;
+                continue;
+            }
             let mut start = 0;
             while start < count {
                 let group = GROUP.min(count - start);
@@ -114,6 +126,7 @@ pub fn kquant_matmul_at(
                 out[r * count + start..r * count + start + group].copy_from_slice(&sums[..group]);
                 start += group;
             }
+            r += 1;
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (weights, count, &rows);
@@ -187,8 +200,96 @@ mod x86 {
     use crate::gemv::x86::hsum;
     use crate::qgemm::x86::widen_f16;
 
+    mod avx512_rows;
+
     /// A kernel computing `G` weight rows against one activation row.
     pub(super) type Kernel<const G: usize> = unsafe fn(&[u8], usize, &SuperRows, usize) -> [f32; G];
+
+    /// Activation rows `r0..r0 + take` (2 to 4) against every weight row of `weights` on the
+    /// AVX-512 multi-row kernels ([`avx512_rows`]), into `out` (`[m][count]`): each group of
+    /// [`GROUP`] weight rows in one call, the rows of a partial group one by one.
+    ///
+    /// # Safety
+    /// The CPU must support the AVX-512 tier; `weights` must hold whole rows of `row_bytes`
+    /// bytes of `dtype` (Q4_K or Q6_K), rows `r0..r0 + take` must exist in `rows` (with
+    /// `q4k_order` for Q4_K), and `out` must hold `(r0 + take) × count` values.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn avx512_rows_task(
+        dtype: GgmlDType,
+        weights: &[u8],
+        row_bytes: usize,
+        rows: &SuperRows,
+        r0: usize,
+        take: usize,
+        out: &mut [f32],
+    ) {
+        let count = weights.len() / row_bytes;
+        let mut start = 0;
+        while start < count {
+            let group = GROUP.min(count - start);
+            let at = &weights[start * row_bytes..(start + group) * row_bytes];
+            let mut put = |g: usize, i: usize, v: f32| out[(r0 + i) * count + start + g] = v;
+            // SAFETY: forwarded contract; `at` holds `group` whole rows.
+            unsafe {
+                match take {
+                    2 => avx512_rows_of::<2>(dtype, at, row_bytes, rows, r0, &mut put),
+                    3 => avx512_rows_of::<3>(dtype, at, row_bytes, rows, r0, &mut put),
+                    _ => avx512_rows_of::<4>(dtype, at, row_bytes, rows, r0, &mut put),
+                }
+            }
+            start += group;
+        }
+    }
+
+    /// [`rows_of`] on the AVX-512 multi-row kernels.
+    ///
+    /// # Safety
+    /// As [`avx512_rows_task`], for the rows of `at` and activation rows `r0..r0 + R`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn avx512_rows_of<const R: usize>(
+        dtype: GgmlDType,
+        at: &[u8],
+        row_bytes: usize,
+        rows: &SuperRows,
+        r0: usize,
+        put: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        use avx512_rows::{q4_k_rows_avx512, q6_k_rows_avx512};
+        let count = at.len() / row_bytes;
+        // SAFETY: forwarded contract; each call's rows are inside `at`.
+        unsafe {
+            if count == GROUP {
+                let sums = match dtype {
+                    GgmlDType::Q4K => q4_k_rows_avx512::<GROUP, R>(at, row_bytes, rows, r0),
+                    _ => q6_k_rows_avx512::<GROUP, R>(at, row_bytes, rows, r0),
+                };
+                emit_sums(0, &sums, put);
+                return;
+            }
+            for g in 0..count {
+                let one = &at[g * row_bytes..(g + 1) * row_bytes];
+                let sums = match dtype {
+                    GgmlDType::Q4K => q4_k_rows_avx512::<1, R>(one, row_bytes, rows, r0),
+                    _ => q6_k_rows_avx512::<1, R>(one, row_bytes, rows, r0),
+                };
+                emit_sums(g, &sums, put);
+            }
+        }
+    }
+
+    /// Hands each sum of a `[weight row][activation row]` block, the weight rows counted from
+    /// `first`, to `put(weight row, activation row offset, value)`.
+    fn emit_sums<const R: usize>(
+        first: usize,
+        sums: &[[f32; R]],
+        put: &mut dyn FnMut(usize, usize, f32),
+    ) {
+        for (g, row) in sums.iter().enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                put(first + g, i, v);
+            }
+        }
+    }
 
     /// The AVX-512 kernels for `dtype` (Q4_K or Q6_K): for a full group and for one row.
     pub(super) fn avx512_kernels(dtype: GgmlDType) -> (Kernel<GROUP>, Kernel<1>) {
@@ -549,13 +650,6 @@ mod x86 {
         r0: usize,
         put: &mut dyn FnMut(usize, usize, f32),
     ) {
-        let mut emit = |first: usize, sums: &[[f32; R]]| {
-            for (g, row) in sums.iter().enumerate() {
-                for (i, &v) in row.iter().enumerate() {
-                    put(first + g, i, v);
-                }
-            }
-        };
         let count = at.len() / row_bytes;
         // SAFETY: forwarded contract; each call's rows are inside `at`.
         unsafe {
@@ -564,7 +658,7 @@ mod x86 {
                     GgmlDType::Q4K => q4_k_rows::<GROUP, R>(at, row_bytes, rows, r0),
                     _ => q6_k_rows::<GROUP, R>(at, row_bytes, rows, r0),
                 };
-                emit(0, &sums);
+                emit_sums(0, &sums, put);
                 return;
             }
             for g in 0..count {
@@ -573,7 +667,7 @@ mod x86 {
                     GgmlDType::Q4K => q4_k_rows::<1, R>(one, row_bytes, rows, r0),
                     _ => q6_k_rows::<1, R>(one, row_bytes, rows, r0),
                 };
-                emit(g, &sums);
+                emit_sums(g, &sums, put);
             }
         }
     }
