@@ -7,7 +7,9 @@
 #   PEER_DIR=/work/peers bash docs/bench/serve_side_by_side.sh [FORMAT...]   (default: q8_0)
 #
 # Needs ../shared/peers/setup.sh's GGUFs and llama-server built in $PEER_DIR/llama.cpp/build
-# (cmake --build llama.cpp/build --target llama-server). Nothing else may run meanwhile.
+# (cmake --build llama.cpp/build --target llama-server). LLAMA_BUILD picks another build
+# directory (build-avx512 on a VM whose native build dies on AMX, see gguf_side_by_side.sh).
+# Nothing else may run meanwhile.
 set -euo pipefail
 : "${PEER_DIR:?set PEER_DIR to the directory of ../shared/peers/setup.sh}"
 cd "$(dirname "$0")/../.."
@@ -15,7 +17,7 @@ formats=("${@:-q8_0}")
 tokens=${TOKENS:-64}
 rounds=${ROUNDS:-2}
 rss_requests=${RSS_REQUESTS:-1000}
-llama_server="$PEER_DIR/llama.cpp/build/bin/llama-server"
+llama_server="$PEER_DIR/llama.cpp/${LLAMA_BUILD:-build}/bin/llama-server"
 serve=target/release/examples/serve
 cargo build --release --example serve >&2
 grep -m1 "model name" /proc/cpuinfo >&2
