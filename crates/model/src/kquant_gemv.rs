@@ -101,7 +101,11 @@ pub fn kquant_matmul_at(
                 // SAFETY: the AVX-512 tier was checked against the CPU above; `weights` holds
                 // `count` rows of `row_bytes` bytes of `dtype`, rows r..r + take exist in
                 // `rows` (with the AVX-512 Q4_K order), `out` is m × count.
-                unsafe { x86::avx512_rows_task(dtype, weights, row_bytes, &rows, r, take, out) };
+                unsafe {
+                    x86::rows_pass::<x86::Avx512Rows>(
+                        dtype, weights, row_bytes, &rows, r, take, out,
+                    )
+                };
                 r += take;
                 continue;
             }
@@ -205,16 +209,75 @@ mod x86 {
     /// A kernel computing `G` weight rows against one activation row.
     pub(super) type Kernel<const G: usize> = unsafe fn(&[u8], usize, &SuperRows, usize) -> [f32; G];
 
-    /// Activation rows `r0..r0 + take` (2 to 4) against every weight row of `weights` on the
-    /// AVX-512 multi-row kernels ([`avx512_rows`]), into `out` (`[m][count]`): each group of
-    /// [`GROUP`] weight rows in one call, the rows of a partial group one by one.
+    /// One tier's multi-row K-quant kernels: `G` weight rows of `dtype` (Q4_K or Q6_K) against
+    /// activation rows `r0..r0 + R`, `[weight row][activation row]`, with a pair's arithmetic
+    /// independent of `G` and `R`.
+    pub(super) trait RowKernels {
+        /// # Safety
+        /// The CPU must support the tier; `at` must hold `G` rows of `row_bytes` bytes of
+        /// `dtype`, which are `rows.k / 256` super-blocks; rows `r0..r0 + R` must exist in
+        /// `rows` (with `q4k_order` for the AVX-512 Q4_K kernel).
+        unsafe fn rows<const G: usize, const R: usize>(
+            dtype: GgmlDType,
+            at: &[u8],
+            row_bytes: usize,
+            rows: &SuperRows,
+            r0: usize,
+        ) -> [[f32; R]; G];
+    }
+
+    /// The AVX2 kernels, [`q4_k_rows`] and [`q6_k_rows`].
+    pub(super) struct Avx2Rows;
+
+    impl RowKernels for Avx2Rows {
+        unsafe fn rows<const G: usize, const R: usize>(
+            dtype: GgmlDType,
+            at: &[u8],
+            row_bytes: usize,
+            rows: &SuperRows,
+            r0: usize,
+        ) -> [[f32; R]; G] {
+            // SAFETY: forwarded contract.
+            unsafe {
+                match dtype {
+                    GgmlDType::Q4K => q4_k_rows::<G, R>(at, row_bytes, rows, r0),
+                    _ => q6_k_rows::<G, R>(at, row_bytes, rows, r0),
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernels of [`avx512_rows`].
+    pub(super) struct Avx512Rows;
+
+    impl RowKernels for Avx512Rows {
+        unsafe fn rows<const G: usize, const R: usize>(
+            dtype: GgmlDType,
+            at: &[u8],
+            row_bytes: usize,
+            rows: &SuperRows,
+            r0: usize,
+        ) -> [[f32; R]; G] {
+            use avx512_rows::{q4_k_rows_avx512, q6_k_rows_avx512};
+            // SAFETY: forwarded contract.
+            unsafe {
+                match dtype {
+                    GgmlDType::Q4K => q4_k_rows_avx512::<G, R>(at, row_bytes, rows, r0),
+                    _ => q6_k_rows_avx512::<G, R>(at, row_bytes, rows, r0),
+                }
+            }
+        }
+    }
+
+    /// Activation rows `r0..r0 + take` (2 to 4) against every weight row of `weights` on `K`'s
+    /// multi-row kernels, into `out` (`[m][count]`): each group of [`GROUP`] weight rows in one
+    /// call, the rows of a partial group one at a time (the same arithmetic either way).
     ///
     /// # Safety
-    /// The CPU must support the AVX-512 tier; `weights` must hold whole rows of `row_bytes`
-    /// bytes of `dtype` (Q4_K or Q6_K), rows `r0..r0 + take` must exist in `rows` (with
-    /// `q4k_order` for Q4_K), and `out` must hold `(r0 + take) × count` values.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn avx512_rows_task(
+    /// As [`RowKernels::rows`] for every row of `weights` (whole rows of `row_bytes` bytes of
+    /// `dtype`) and activation rows `r0..r0 + take`; `out` must hold `(r0 + take) × count`
+    /// values.
+    pub(super) unsafe fn rows_pass<K: RowKernels>(
         dtype: GgmlDType,
         weights: &[u8],
         row_bytes: usize,
@@ -232,21 +295,21 @@ mod x86 {
             // SAFETY: forwarded contract; `at` holds `group` whole rows.
             unsafe {
                 match take {
-                    2 => avx512_rows_of::<2>(dtype, at, row_bytes, rows, r0, &mut put),
-                    3 => avx512_rows_of::<3>(dtype, at, row_bytes, rows, r0, &mut put),
-                    _ => avx512_rows_of::<4>(dtype, at, row_bytes, rows, r0, &mut put),
+                    2 => rows_of::<K, 2>(dtype, at, row_bytes, rows, r0, &mut put),
+                    3 => rows_of::<K, 3>(dtype, at, row_bytes, rows, r0, &mut put),
+                    _ => rows_of::<K, 4>(dtype, at, row_bytes, rows, r0, &mut put),
                 }
             }
             start += group;
         }
     }
 
-    /// [`rows_of`] on the AVX-512 multi-row kernels.
+    /// Weight rows `at` (a full group or fewer) against activation rows `r0..r0 + R` on `K`'s
+    /// kernels, each sum handed to `put(weight row, activation row offset, value)`.
     ///
     /// # Safety
-    /// As [`avx512_rows_task`], for the rows of `at` and activation rows `r0..r0 + R`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn avx512_rows_of<const R: usize>(
+    /// As [`RowKernels::rows`] for every row of `at`.
+    unsafe fn rows_of<K: RowKernels, const R: usize>(
         dtype: GgmlDType,
         at: &[u8],
         row_bytes: usize,
@@ -254,25 +317,16 @@ mod x86 {
         r0: usize,
         put: &mut dyn FnMut(usize, usize, f32),
     ) {
-        use avx512_rows::{q4_k_rows_avx512, q6_k_rows_avx512};
         let count = at.len() / row_bytes;
         // SAFETY: forwarded contract; each call's rows are inside `at`.
         unsafe {
             if count == GROUP {
-                let sums = match dtype {
-                    GgmlDType::Q4K => q4_k_rows_avx512::<GROUP, R>(at, row_bytes, rows, r0),
-                    _ => q6_k_rows_avx512::<GROUP, R>(at, row_bytes, rows, r0),
-                };
-                emit_sums(0, &sums, put);
+                emit_sums(0, &K::rows::<GROUP, R>(dtype, at, row_bytes, rows, r0), put);
                 return;
             }
             for g in 0..count {
                 let one = &at[g * row_bytes..(g + 1) * row_bytes];
-                let sums = match dtype {
-                    GgmlDType::Q4K => q4_k_rows_avx512::<1, R>(one, row_bytes, rows, r0),
-                    _ => q6_k_rows_avx512::<1, R>(one, row_bytes, rows, r0),
-                };
-                emit_sums(g, &sums, put);
+                emit_sums(g, &K::rows::<1, R>(dtype, one, row_bytes, rows, r0), put);
             }
         }
     }
@@ -634,44 +688,6 @@ mod x86 {
         sums
     }
 
-    /// Weight rows `at` (whole `row_bytes` rows of `dtype`: a full group or fewer) against
-    /// activation rows `r0..r0 + R` on the AVX2 kernels, each sum handed to
-    /// `put(weight row, activation row offset, value)`: a full group in one call, fewer rows one
-    /// at a time (the same arithmetic either way).
-    ///
-    /// # Safety
-    /// As [`q4_k_rows`] (or [`q6_k_rows`]) for every row of `at`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn rows_of<const R: usize>(
-        dtype: GgmlDType,
-        at: &[u8],
-        row_bytes: usize,
-        rows: &SuperRows,
-        r0: usize,
-        put: &mut dyn FnMut(usize, usize, f32),
-    ) {
-        let count = at.len() / row_bytes;
-        // SAFETY: forwarded contract; each call's rows are inside `at`.
-        unsafe {
-            if count == GROUP {
-                let sums = match dtype {
-                    GgmlDType::Q4K => q4_k_rows::<GROUP, R>(at, row_bytes, rows, r0),
-                    _ => q6_k_rows::<GROUP, R>(at, row_bytes, rows, r0),
-                };
-                emit_sums(0, &sums, put);
-                return;
-            }
-            for g in 0..count {
-                let one = &at[g * row_bytes..(g + 1) * row_bytes];
-                let sums = match dtype {
-                    GgmlDType::Q4K => q4_k_rows::<1, R>(one, row_bytes, rows, r0),
-                    _ => q6_k_rows::<1, R>(one, row_bytes, rows, r0),
-                };
-                emit_sums(g, &sums, put);
-            }
-        }
-    }
-
     /// Activation row `r` of `rows` against every weight row of `weights` with the single-row
     /// kernels, into `out[..count]`: Q4_K four rows side by side, Q6_K one row after another
     /// ([`q6_k_row`]).
@@ -740,22 +756,9 @@ mod x86 {
                 r += 1;
                 continue;
             }
-            let mut start = 0;
-            while start < count {
-                let group = GROUP.min(count - start);
-                let at = &weights[start * row_bytes..(start + group) * row_bytes];
-                let mut put = |g: usize, i: usize, v: f32| out[(r + i) * count + start + g] = v;
-                // SAFETY: forwarded contract; rows r..r + take exist. `take` ≥ 2: a lone
-                // activation row took `single_row` above.
-                unsafe {
-                    match take {
-                        2 => rows_of::<2>(dtype, at, row_bytes, rows, r, &mut put),
-                        3 => rows_of::<3>(dtype, at, row_bytes, rows, r, &mut put),
-                        _ => rows_of::<4>(dtype, at, row_bytes, rows, r, &mut put),
-                    }
-                }
-                start += group;
-            }
+            // SAFETY: forwarded contract; rows r..r + take exist. `take` ≥ 2: a lone
+            // activation row took `single_row` above.
+            unsafe { rows_pass::<Avx2Rows>(dtype, weights, row_bytes, rows, r, take, out) };
             r += take;
         }
     }
@@ -895,6 +898,100 @@ mod x86 {
         _mm_cvtsi128_si32(_mm_add_epi32(two, _mm_shuffle_epi32::<0b01>(two)))
     }
 
+    /// The lane orders of the AVX-512 Q4_K kernels: lanes 0–7 take sub-block a's scale, 8–15
+    /// sub-block b's, for the (a, b) pairs of the low and high nibbles of chunks (0, 1) and
+    /// (2, 3).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn q4_k_scale_orders() -> [__m512i; 4] {
+        let pick =
+            |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+        [pick(0, 2), pick(1, 3), pick(4, 6), pick(5, 7)]
+    }
+
+    /// Chunks `2·pair` and `2·pair + 1` of a Q4_K super-block's nibbles as bytes: the low
+    /// nibbles, then the high ones (the order `q4k_order` lays the activations in).
+    ///
+    /// # Safety
+    /// `block` must be readable for [`Q4K_BYTES`] bytes and `pair` < 2; the CPU must support
+    /// AVX-512 F and BW.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn q4_k_nibbles_avx512(block: *const u8, pair: usize) -> [__m512i; 2] {
+        let low = _mm512_set1_epi8(0x0F);
+        // SAFETY: bytes 16 + 64·pair .. + 64 lie inside the block.
+        let q = unsafe { _mm512_loadu_si512(block.add(16 + 64 * pair).cast()) };
+        [
+            _mm512_and_si512(q, low),
+            _mm512_and_si512(_mm512_srli_epi16(q, 4), low),
+        ]
+    }
+
+    /// The constant lanes of the AVX-512 Q6_K kernels.
+    struct Q6kLanes {
+        /// Per 16-bit lane: the shift of the high-bit pair of values 0–31 | 32–63 (0 | 2).
+        shift_a: __m512i,
+        /// The same for values 64–95 | 96–127 (4 | 6).
+        shift_b: __m512i,
+        /// Four lanes per sub-block of 16: sub-blocks 4i..4i + 4 of the super-block.
+        order: [__m512i; 4],
+    }
+
+    impl Q6kLanes {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx2")]
+        fn new() -> Self {
+            let split = |a: i16, b: i16| {
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_set1_epi16(a)),
+                    _mm256_set1_epi16(b),
+                )
+            };
+            let quad = |i: i32| {
+                let b = 4 * i;
+                let (c, d, e) = (b + 1, b + 2, b + 3);
+                _mm512_setr_epi32(b, b, b, b, c, c, c, c, d, d, d, d, e, e, e, e)
+            };
+            Q6kLanes {
+                shift_a: split(0, 2),
+                shift_b: split(4, 6),
+                order: [quad(0), quad(1), quad(2), quad(3)],
+            }
+        }
+    }
+
+    /// Half `half` of a Q6_K super-block as 6-bit values: values 0–63 and 64–127 of the half,
+    /// each from its low (or high) nibble and its two high bits.
+    ///
+    /// # Safety
+    /// `block` must be readable for [`Q6K_BYTES`] bytes and `half` < 2; the CPU must support
+    /// AVX-512 F and BW.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx2")]
+    unsafe fn q6_k_values_avx512(block: *const u8, half: usize, lanes: &Q6kLanes) -> [__m512i; 2] {
+        let low = _mm512_set1_epi8(0x0F);
+        let two_bits = _mm512_set1_epi8(3);
+        // SAFETY: bytes 64·half .. + 64 and 128 + 32·half .. + 32 lie inside the block.
+        let (l, h) = unsafe {
+            (
+                _mm512_loadu_si512(block.add(64 * half).cast()),
+                _mm256_loadu_si256(block.add(128 + 32 * half).cast()),
+            )
+        };
+        let hh = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h), h);
+        let high = |shift: __m512i| {
+            let bits = _mm512_and_si512(_mm512_srlv_epi16(hh, shift), two_bits);
+            _mm512_slli_epi16(bits, 4)
+        };
+        [
+            _mm512_or_si512(_mm512_and_si512(l, low), high(lanes.shift_a)),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16(l, 4), low),
+                high(lanes.shift_b),
+            ),
+        ]
+    }
+
     /// [`q4_k_rows`] for one activation row on AVX-512 VNNI: two 32-byte chunks of nibbles per 512-bit step, against
     /// the activations in `q4k_order`, `vpdpbusd` into per-sub-block lanes, and the sub-block
     /// scales applied as f32 lanes (`d·sc·dx`), so no 16-bit stage and no `madd`.
@@ -912,13 +1009,8 @@ mod x86 {
         let supers = rows.k / SUPER;
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q4K_BYTES);
         debug_assert!(rows.q4k_order.len() >= (r + 1) * rows.k);
-        let low = _mm512_set1_epi8(0x0F);
         let zero = _mm512_setzero_si512();
-        // Lanes 0–7 take sub-block a's scale, 8–15 sub-block b's, for the (a, b) pairs of the
-        // low and high nibbles of chunks (0, 1) and (2, 3).
-        let pick =
-            |a: i32, b: i32| _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
-        let order = [pick(0, 2), pick(1, 3), pick(4, 6), pick(5, 7)];
+        let order = q4_k_scale_orders();
         let mut acc = [_mm512_setzero_ps(); G];
         let mut mins = [0f32; G];
         let w = weights.as_ptr();
@@ -940,9 +1032,7 @@ mod x86 {
                     let scaled = _mm256_mul_ps(_mm256_cvtepi32_ps(eight), _mm256_set1_ps(d * dx));
                     let wide = _mm512_castps256_ps512(scaled);
                     for pair in 0..2 {
-                        let q = _mm512_loadu_si512(block.add(16 + 64 * pair).cast());
-                        let lo = _mm512_and_si512(q, low);
-                        let hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), low);
+                        let [lo, hi] = q4_k_nibbles_avx512(block, pair);
                         let xlo = _mm512_loadu_si512(x.add(128 * pair).cast());
                         let xhi = _mm512_loadu_si512(x.add(128 * pair + 64).cast());
                         let dlo = _mm512_dpbusd_epi32(zero, lo, xlo);
@@ -976,41 +1066,8 @@ mod x86 {
         let supers = rows.k / SUPER;
         debug_assert!(weights.len() >= G * row_bytes && row_bytes == supers * Q6K_BYTES);
         debug_assert!(rows.q.len() >= (r + 1) * rows.k);
-        let low = _mm512_set1_epi8(0x0F);
-        let two_bits = _mm512_set1_epi8(3);
         let zero = _mm512_setzero_si512();
-        // Per 16-bit lane: the high-bit pair of values 0–31 | 32–63 (shifts 0 | 2) and of
-        // 64–95 | 96–127 (4 | 6).
-        let split = |a: i16, b: i16| {
-            _mm512_inserti64x4::<1>(
-                _mm512_castsi256_si512(_mm256_set1_epi16(a)),
-                _mm256_set1_epi16(b),
-            )
-        };
-        let (shift_a, shift_b) = (split(0, 2), split(4, 6));
-        // Four lanes per sub-block of 16: sub-blocks 4i..4i + 4 of the super-block.
-        let quad = |i: i32| {
-            let b = 4 * i;
-            _mm512_setr_epi32(
-                b,
-                b,
-                b,
-                b,
-                b + 1,
-                b + 1,
-                b + 1,
-                b + 1,
-                b + 2,
-                b + 2,
-                b + 2,
-                b + 2,
-                b + 3,
-                b + 3,
-                b + 3,
-                b + 3,
-            )
-        };
-        let order = [quad(0), quad(1), quad(2), quad(3)];
+        let lanes = Q6kLanes::new();
         let mut acc = [_mm512_setzero_ps(); G];
         let mut offsets = [0f32; G];
         let w = weights.as_ptr();
@@ -1036,24 +1093,13 @@ mod x86 {
                         _mm512_set1_ps(dd),
                     );
                     for half in 0..2 {
-                        let l = _mm512_loadu_si512(block.add(64 * half).cast());
-                        let h = _mm256_loadu_si256(block.add(128 + 32 * half).cast());
-                        let hh = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h), h);
-                        let high = |shift: __m512i| {
-                            let bits = _mm512_and_si512(_mm512_srlv_epi16(hh, shift), two_bits);
-                            _mm512_slli_epi16(bits, 4)
-                        };
-                        let first = _mm512_or_si512(_mm512_and_si512(l, low), high(shift_a));
-                        let second = _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi16(l, 4), low),
-                            high(shift_b),
-                        );
+                        let [first, second] = q6_k_values_avx512(block, half, &lanes);
                         let x0 = _mm512_loadu_si512(x.add(128 * half).cast());
                         let x1 = _mm512_loadu_si512(x.add(128 * half + 64).cast());
                         let d0 = _mm512_dpbusd_epi32(zero, first, x0);
                         let d1 = _mm512_dpbusd_epi32(zero, second, x1);
-                        let s0 = _mm512_permutexvar_ps(order[2 * half], scales);
-                        let s1 = _mm512_permutexvar_ps(order[2 * half + 1], scales);
+                        let s0 = _mm512_permutexvar_ps(lanes.order[2 * half], scales);
+                        let s1 = _mm512_permutexvar_ps(lanes.order[2 * half + 1], scales);
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), s0, *acc);
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), s1, *acc);
                     }
