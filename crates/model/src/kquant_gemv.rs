@@ -80,57 +80,19 @@ pub fn kquant_matmul_at(
     }
     let avx512 = tier.min(Tier::detect()) >= Tier::Avx512;
     let rows = SuperRows::new(x, k, avx512 && dtype == GgmlDType::Q4K);
-    #[cfg(target_arch = "x86_64")]
-    let (full, one) = x86::avx512_kernels(dtype);
     by_weight_rows("K-quant GEMV", y, m, n, ROWS_PER_TASK, &|first, out| {
         let count = out.len() / m;
         let weights = &w[first * row_bytes..(first + count) * row_bytes];
+        // SAFETY: the tier was checked against the CPU above; `weights` holds `count` rows of
+        // `row_bytes` bytes of `dtype`, `rows` holds `m` rows (with the AVX-512 Q4_K order when
+        // `avx512`), `out` is m × count.
         #[cfg(target_arch = "x86_64")]
-        if !avx512 {
-            // SAFETY: the AVX2 tier was checked against the CPU above; `weights` holds `count`
-            // rows of `row_bytes` bytes of `dtype`, `rows` holds `m` rows, `out` m × count.
-            unsafe { x86::avx2_task(dtype, weights, row_bytes, &rows, m, out) };
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        let mut r = 0;
-        #[cfg(target_arch = "x86_64")]
-        while r < m {
-            let take = (m - r).min(4);
-            if take > 1 {
-                // SAFETY: the AVX-512 tier was checked against the CPU above; `weights` holds
-                // `count` rows of `row_bytes` bytes of `dtype`, rows r..r + take exist in
-                // `rows` (with the AVX-512 Q4_K order), `out` is m × count.
-                unsafe {
-                    x86::rows_pass::<x86::Avx512Rows>(
-                        dtype, weights, row_bytes, &rows, r, take, out,
-                    )
-                };
-                r += take;
-                continue;
+        unsafe {
+            if avx512 {
+                x86::task::<x86::Avx512Rows>(dtype, weights, row_bytes, &rows, m, out)
+            } else {
+                x86::task::<x86::Avx2Rows>(dtype, weights, row_bytes, &rows, m, out)
             }
-            let mut start = 0;
-            while start < count {
-                let group = GROUP.min(count - start);
-                let at = &weights[start * row_bytes..(start + group) * row_bytes];
-                let mut sums = [0f32; GROUP];
-                // SAFETY: the AVX-512 tier was checked against the CPU above; `at` holds `group` rows of `row_bytes` bytes of `dtype` and
-                // `rows` row r's `k` values with their scales, sums (and the AVX-512 Q4_K order).
-                unsafe {
-                    if group == GROUP {
-                        sums = full(at, row_bytes, &rows, r);
-                    } else {
-                        for (g, sum) in sums.iter_mut().enumerate().take(group) {
-                            *sum =
-                                one(&at[g * row_bytes..(g + 1) * row_bytes], row_bytes, &rows, r)
-                                    [0];
-                        }
-                    }
-                }
-                out[r * count + start..r * count + start + group].copy_from_slice(&sums[..group]);
-                start += group;
-            }
-            r += 1;
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (weights, count, &rows);
@@ -206,9 +168,6 @@ mod x86 {
 
     mod avx512_rows;
 
-    /// A kernel computing `G` weight rows against one activation row.
-    pub(super) type Kernel<const G: usize> = unsafe fn(&[u8], usize, &SuperRows, usize) -> [f32; G];
-
     /// One tier's multi-row K-quant kernels: `G` weight rows of `dtype` (Q4_K or Q6_K) against
     /// activation rows `r0..r0 + R`, `[weight row][activation row]`, with a pair's arithmetic
     /// independent of `G` and `R`.
@@ -224,6 +183,23 @@ mod x86 {
             rows: &SuperRows,
             r0: usize,
         ) -> [[f32; R]; G];
+
+        /// Activation row `r` against every weight row of `weights` (whole rows of
+        /// `row_bytes` bytes of `dtype`) with the tier's one-row kernels, into `out[..count]`:
+        /// the same arithmetic as [`RowKernels::rows`], written for one row because it streams
+        /// faster so.
+        ///
+        /// # Safety
+        /// The CPU must support the tier; row `r` must exist in `rows` (with `q4k_order` for the
+        /// AVX-512 Q4_K kernel); `out` must hold `count` values.
+        unsafe fn single_row(
+            dtype: GgmlDType,
+            weights: &[u8],
+            row_bytes: usize,
+            rows: &SuperRows,
+            r: usize,
+            out: &mut [f32],
+        );
     }
 
     /// The AVX2 kernels, [`q4_k_rows`] and [`q6_k_rows`].
@@ -245,6 +221,18 @@ mod x86 {
                 }
             }
         }
+
+        unsafe fn single_row(
+            dtype: GgmlDType,
+            weights: &[u8],
+            row_bytes: usize,
+            rows: &SuperRows,
+            r: usize,
+            out: &mut [f32],
+        ) {
+            // SAFETY: forwarded contract.
+            unsafe { single_row(dtype, weights, row_bytes, rows, r, out) }
+        }
     }
 
     /// The AVX-512 kernels of [`avx512_rows`].
@@ -265,6 +253,41 @@ mod x86 {
                     GgmlDType::Q4K => q4_k_rows_avx512::<G, R>(at, row_bytes, rows, r0),
                     _ => q6_k_rows_avx512::<G, R>(at, row_bytes, rows, r0),
                 }
+            }
+        }
+
+        /// Four weight rows side by side ([`q4_k_group_avx512`], [`q6_k_group_avx512`]), the
+        /// rows of a partial group one at a time.
+        unsafe fn single_row(
+            dtype: GgmlDType,
+            weights: &[u8],
+            row_bytes: usize,
+            rows: &SuperRows,
+            r: usize,
+            out: &mut [f32],
+        ) {
+            let count = weights.len() / row_bytes;
+            let mut start = 0;
+            while start < count {
+                let group = GROUP.min(count - start);
+                let at = &weights[start * row_bytes..(start + group) * row_bytes];
+                // SAFETY: forwarded contract; `at` holds `group` whole rows.
+                unsafe {
+                    if group == GROUP {
+                        out[start..start + GROUP].copy_from_slice(&match dtype {
+                            GgmlDType::Q4K => q4_k_group_avx512::<GROUP>(at, row_bytes, rows, r),
+                            _ => q6_k_group_avx512::<GROUP>(at, row_bytes, rows, r),
+                        });
+                    } else {
+                        for (g, one) in at.chunks_exact(row_bytes).enumerate() {
+                            out[start + g] = match dtype {
+                                GgmlDType::Q4K => q4_k_group_avx512::<1>(one, row_bytes, rows, r),
+                                _ => q6_k_group_avx512::<1>(one, row_bytes, rows, r),
+                            }[0];
+                        }
+                    }
+                }
+                start += group;
             }
         }
     }
@@ -342,14 +365,6 @@ mod x86 {
             for (i, &v) in row.iter().enumerate() {
                 put(first + g, i, v);
             }
-        }
-    }
-
-    /// The AVX-512 kernels for `dtype` (Q4_K or Q6_K): for a full group and for one row.
-    pub(super) fn avx512_kernels(dtype: GgmlDType) -> (Kernel<GROUP>, Kernel<1>) {
-        match dtype {
-            GgmlDType::Q4K => (q4_k_group_avx512::<GROUP>, q4_k_group_avx512::<1>),
-            _ => (q6_k_group_avx512::<GROUP>, q6_k_group_avx512::<1>),
         }
     }
 
@@ -693,7 +708,7 @@ mod x86 {
     /// ([`q6_k_row`]).
     ///
     /// # Safety
-    /// As [`avx2_task`], for row `r`.
+    /// As [`task`], for row `r`, on the AVX2 tier.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn single_row(
         dtype: GgmlDType,
@@ -731,15 +746,15 @@ mod x86 {
         }
     }
 
-    /// The AVX2 driver of one task: `count` weight rows (`weights`) against every activation row
-    /// of `rows` (`m` of them), into `out` (`[m][count]`), four activation rows per pass over
-    /// the task's weights.
+    /// The driver of one task on `K`'s kernels: `count` weight rows (`weights`) against every
+    /// activation row of `rows` (`m` of them), into `out` (`[m][count]`), four activation rows
+    /// per pass over the task's weights, a lone row on the one-row kernels.
     ///
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `weights` must hold `count` rows of `row_bytes`
-    /// bytes of `dtype` (Q4_K or Q6_K) and `rows` `m` rows; `out` `m × count` values.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn avx2_task(
+    /// The CPU must support `K`'s tier; `weights` must hold `count` rows of `row_bytes` bytes of
+    /// `dtype` (Q4_K or Q6_K) and `rows` `m` rows (with `q4k_order` for the AVX-512 Q4_K
+    /// kernels); `out` `m × count` values.
+    pub(super) unsafe fn task<K: RowKernels>(
         dtype: GgmlDType,
         weights: &[u8],
         row_bytes: usize,
@@ -752,13 +767,14 @@ mod x86 {
         while r < m {
             let take = (m - r).min(4);
             if take == 1 {
-                single_row(dtype, weights, row_bytes, rows, r, &mut out[r * count..]);
+                // SAFETY: forwarded contract; row r exists.
+                unsafe { K::single_row(dtype, weights, row_bytes, rows, r, &mut out[r * count..]) };
                 r += 1;
                 continue;
             }
             // SAFETY: forwarded contract; rows r..r + take exist. `take` ≥ 2: a lone
             // activation row took `single_row` above.
-            unsafe { rows_pass::<Avx2Rows>(dtype, weights, row_bytes, rows, r, take, out) };
+            unsafe { rows_pass::<K>(dtype, weights, row_bytes, rows, r, take, out) };
             r += take;
         }
     }
