@@ -96,3 +96,53 @@ fn quantized_ggufs_load_and_stay_near_f32() {
         }
     }
 }
+
+/// Quantized tensors are used in place from a read-only map of the file by default, and read
+/// into memory with `mmap: false` (`--no-mmap`); both give the same logits to the last bit.
+/// The file is a private copy, so `/proc/self/maps` shows whether this load mapped it whatever
+/// other tests of this binary load at the same time.
+#[test]
+fn quantized_ggufs_are_mapped_unless_told_not_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for fixture in ["qwen3-next-tiny", "qwen3.5-tiny"] {
+        let prompt = Golden::load(fixture).ids("long_ids");
+        let file = dir.path().join(format!("{fixture}-q4_k_m-copy.gguf"));
+        std::fs::copy(gguf(&format!("{fixture}-q4_k_m.gguf")), &file).expect("copy");
+        let before = std::fs::read(&file).expect("read");
+        let mapped_by_us = || {
+            std::fs::read_to_string("/proc/self/maps")
+                .expect("/proc/self/maps")
+                .lines()
+                .filter(|l| l.ends_with(file.to_str().unwrap()))
+                .count()
+        };
+        let mut logits = Vec::new();
+        for mmap in [true, false] {
+            let gdn = hybrid_decode::gdn_registry()
+                .create("cpu", &BackendOptions::default())
+                .expect("backend");
+            let options = LoadOptions {
+                mmap,
+                ..LoadOptions::default()
+            };
+            let mut model = HybridModel::load(&file, &options, gdn).expect("load");
+            let maps = mapped_by_us();
+            if mmap {
+                assert!(maps > 0, "{fixture}: no tensor of the file is mapped");
+            } else {
+                assert_eq!(maps, 0, "{fixture}: mapped although mmap is off");
+            }
+            logits.push(last_logits(&mut model, &prompt));
+        }
+        assert_eq!(
+            logits[0], logits[1],
+            "{fixture}: mapped and read weights differ"
+        );
+        assert_eq!(mapped_by_us(), 0, "{fixture}: maps outlive the model");
+        assert_eq!(
+            std::fs::read(&file).expect("read"),
+            before,
+            "{fixture}: file changed"
+        );
+    }
+}

@@ -68,6 +68,7 @@ fn parse() -> Result<Options> {
         quantize: None,
     };
     let mut kv_cache = None;
+    let mut mmap = true;
     let mut threads = None;
     let mut device = None;
     let mut gdn_options = BackendOptions::default();
@@ -84,7 +85,7 @@ fn parse() -> Result<Options> {
         }
         let switch = matches!(
             flag.as_str(),
-            "--random-weights" | "--json" | "--in-process"
+            "--random-weights" | "--json" | "--in-process" | "--no-mmap"
         );
         const VALUE_FLAGS: &[&str] = &[
             "--model",
@@ -127,6 +128,7 @@ fn parse() -> Result<Options> {
                     KvDtype::parse_flag(&value).map_err(|e| anyhow::anyhow!("--kv-cache: {e}"))?
             }
             "--device" => device = Some(value),
+            "--no-mmap" => mmap = false,
             "--gdn-backend" => {
                 backends = value.split(',').map(str::trim).map(String::from).collect()
             }
@@ -241,6 +243,7 @@ fn parse() -> Result<Options> {
             source,
             dtype,
             kv_cache,
+            mmap,
             device,
             gdn_options,
             prompt_tokens,

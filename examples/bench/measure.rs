@@ -31,6 +31,8 @@ pub struct Settings {
     pub dtype: WeightFormat,
     /// `--kv-cache` (`None`: auto).
     pub kv_cache: Option<KvDtype>,
+    /// `--no-mmap` clears it: a GGUF's quantized tensors read into memory, not mapped.
+    pub mmap: bool,
     /// `--device cpu|cuda[:N]` (the CPU when absent).
     pub device: Option<String>,
     /// Options every GDN backend is created with (threads, xclbin, device index).
@@ -55,6 +57,7 @@ fn load(settings: &Settings, backend: &str) -> Result<HybridModel> {
         quantize: settings.dtype.quantize,
         device,
         kv_cache: settings.kv_cache,
+        mmap: settings.mmap,
         ..LoadOptions::default()
     };
     Ok(match &settings.source {

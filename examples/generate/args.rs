@@ -32,6 +32,7 @@ pub(crate) struct Args {
     pub(crate) device_index: Option<usize>,
     pub(crate) dtype: Option<WeightFormat>,
     pub(crate) kv_cache: Option<String>,
+    pub(crate) no_mmap: bool,
     pub(crate) device: Option<String>,
     pub(crate) tokenizer: Option<PathBuf>,
     pub(crate) json: bool,
@@ -88,7 +89,7 @@ pub(crate) fn parse_args() -> Result<Args> {
         ];
         let switch = matches!(
             flag.as_str(),
-            "--chat" | "--json" | "--random-weights" | "--force"
+            "--chat" | "--json" | "--random-weights" | "--force" | "--no-mmap"
         );
         if !switch && !VALUE_FLAGS.contains(&flag.as_str()) {
             bail!("unknown flag `{flag}` (see --help)");
@@ -128,6 +129,7 @@ pub(crate) fn parse_args() -> Result<Args> {
                 a.dtype = Some(value.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?)
             }
             "--kv-cache" => a.kv_cache = Some(value),
+            "--no-mmap" => a.no_mmap = true,
             "--device" => a.device = Some(value),
             "--tokenizer" => a.tokenizer = Some(value.into()),
             "--json" => a.json = true,

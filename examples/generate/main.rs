@@ -5,7 +5,7 @@
 //!     [--prompt TEXT | --prompt-ids 1,2,3]
 //!     [--chat] [--max-new-tokens 32] [--temperature 0] [--top-k K] [--top-p P]
 //!     [--repeat-penalty 1.0] [--repeat-last-n 64] [--seed S] [--gdn-backend cpu] [--threads N]
-//!     [--dtype f32|bf16|f16|q8_0|q4_k|q6_k|…] [--kv-cache auto|f32|bf16|f16]
+//!     [--dtype f32|bf16|f16|q8_0|q4_k|q6_k|…] [--kv-cache auto|f32|bf16|f16] [--no-mmap]
 //!     [--config FILE --random-weights] [--json]
 //!     [--save-state FILE [--force]] [--resume FILE] [--migrate-after N --to BACKEND]
 //! ```
@@ -50,6 +50,7 @@ fn load(a: &Args) -> Result<Loaded> {
         seed: a.seed,
         dtype: a.dtype,
         kv_cache: a.kv_cache.as_deref(),
+        no_mmap: a.no_mmap,
         device: a.device.as_deref(),
         gdn_backend: &a.gdn_backend,
         gdn_fallback: a.gdn_fallback.as_deref(),

@@ -75,6 +75,10 @@ struct Args {
     /// smaller format, as llama.cpp), f32, bf16 or f16. Attention computes in f32 either way.
     #[arg(long, value_name = "auto|f32|bf16|f16")]
     kv_cache: Option<String>,
+    /// Read a GGUF's quantized tensors into memory instead of using them in place from a
+    /// read-only map of the file (the default, as llama.cpp).
+    #[arg(long)]
+    no_mmap: bool,
     /// Host threads of the GDN backend and the model's kernels [default: every core].
     #[arg(long)]
     threads: Option<usize>,
@@ -135,6 +139,7 @@ fn main() -> Result<()> {
         seed: None,
         dtype: args.dtype,
         kv_cache: args.kv_cache.as_deref(),
+        no_mmap: args.no_mmap,
         device: None,
         gdn_backend: &args.gdn_backend,
         gdn_fallback: None,

@@ -5,7 +5,7 @@
 //! cargo run --release --example serve -- [--model DIR|FILE.gguf|owner/name] [--port 8080]
 //!     [--host 127.0.0.1] [--device cpu|cuda[:N]] [--gdn-backend cpu] [--max-batch 8] [--max-queue 64]
 //!     [--state-cache-mb 256] [--ctx-size N] [--prefill-chunk 256] [--dtype f32|bf16|q8_0|…]
-//!     [--kv-cache auto|f32|bf16|f16]
+//!     [--kv-cache auto|f32|bf16|f16] [--no-mmap]
 //!     [--threads N] [--model-name ID] [--max-body-mb 8] [--shutdown-grace-s 10]
 //! ```
 //! Without `--model` it serves the embedded demo model. Endpoints: `POST /v1/chat/completions`,
@@ -45,6 +45,10 @@ struct Args {
     /// smaller format, as llama.cpp), f32, bf16 or f16. Attention computes in f32 either way.
     #[arg(long, value_name = "auto|f32|bf16|f16")]
     kv_cache: Option<String>,
+    /// Read a GGUF's quantized tensors into memory instead of using them in place from a
+    /// read-only map of the file (the default, as llama.cpp).
+    #[arg(long)]
+    no_mmap: bool,
     /// Where the model runs: cpu, cuda or cuda:N (needs a `--features cuda-full` build).
     #[arg(long)]
     device: Option<String>,
@@ -124,6 +128,7 @@ fn main() -> Result<()> {
         seed: None,
         dtype: a.dtype,
         kv_cache: a.kv_cache.as_deref(),
+        no_mmap: a.no_mmap,
         device: a.device.as_deref(),
         gdn_backend: &gdn_backend,
         gdn_fallback: a.gdn_fallback.as_deref(),

@@ -38,6 +38,8 @@ pub struct ModelRequest<'a> {
     pub dtype: Option<WeightFormat>,
     /// `--kv-cache auto|f32|bf16|f16`: what the KV caches store (`auto` when absent).
     pub kv_cache: Option<&'a str>,
+    /// `--no-mmap`: read a GGUF's quantized tensors into memory instead of mapping the file.
+    pub no_mmap: bool,
     /// `--device cpu|cuda[:N]`: where the model's tensors live (the CPU when absent).
     pub device: Option<&'a str>,
     /// `--gdn-backend` (`hybrid_decode::cli::default_gdn_backend` when the flag is absent).
@@ -130,6 +132,7 @@ pub fn load(request: &ModelRequest<'_>) -> Result<Loaded> {
         quantize: format.quantize,
         device,
         kv_cache: kv_cache_flag(request.kv_cache)?,
+        mmap: !request.no_mmap,
         ..LoadOptions::default()
     };
     if let Some(config_path) = request.config {

@@ -26,6 +26,11 @@
 //! Nothing is sized from an unchecked header value: candle bounds every count and string by the
 //! file size, and [`GgufCheckpoint::open`] checks each tensor's shape, type, alignment and byte
 //! range (inside the file, no overlaps) before any tensor is read.
+//!
+//! Quantized tensors are used in place from a read-only memory map of the file (one copy of the
+//! weights, shared with the page cache, as llama.cpp does); `--no-mmap`
+//! ([`GgufCheckpoint::memory_map`]) reads them into memory instead. Tensors whose rows are put
+//! back in HF order, and dense F32/F16/BF16 tensors, are read.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -39,6 +44,7 @@ use candle_core::Tensor;
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
+use crate::mapped_blocks::map_tensor;
 use crate::matrix::{ggml_name, read_matrix, Matrix};
 
 /// Tensor types a GGUF weight may have (candle can multiply by all of them).
@@ -106,6 +112,8 @@ pub struct GgufCheckpoint {
     data_offset: u64,
     /// `(Hk, r, dk)` when value heads are stored tiled (Qwen3.5 with Hk < Hv), from the config.
     tiled: Option<(usize, usize, usize)>,
+    /// Quantized tensors are mapped from the file rather than read (see [`Self::memory_map`]).
+    memory_map: bool,
 }
 
 impl std::fmt::Debug for GgufCheckpoint {
@@ -228,9 +236,19 @@ impl GgufCheckpoint {
             file: Mutex::new(reader.into_inner()),
             len: meta.len(),
             tiled: None,
+            memory_map: true,
         };
         checkpoint.check_tensor_directory()?;
         Ok(checkpoint)
+    }
+
+    /// Whether quantized tensors are used in place from a read-only memory map of the file
+    /// (the default, as llama.cpp does: one copy of the weights, shared with the page cache) or
+    /// read into memory of the process (`--no-mmap`: for a file that may change while it is in
+    /// use, or a file system that cannot map). Dense F32/F16/BF16 tensors are always read.
+    pub fn memory_map(mut self, enabled: bool) -> Self {
+        self.memory_map = enabled;
+        self
     }
 
     /// The file.
@@ -591,6 +609,11 @@ impl GgufCheckpoint {
             .file
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.memory_map {
+            if let Some(mapped) = map_tensor(&self.path, &file, start, bytes, dtype, dims)? {
+                return Ok(mapped);
+            }
+        }
         let mut fill = |buffer: &mut [u8]| -> Result<()> {
             file.seek(SeekFrom::Start(start))
                 .and_then(|_| file.read_exact(buffer))

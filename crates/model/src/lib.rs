@@ -38,6 +38,7 @@ pub mod int8_gemm;
 mod int8_unpack;
 pub mod kquant_gemv;
 pub mod kv_cache;
+mod mapped_blocks;
 pub mod matrix;
 pub mod model;
 pub mod moe;

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use candle_core::quantized::k_quants::GgmlType;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 
@@ -262,7 +263,6 @@ pub(crate) fn read_matrix(
     bytes: usize,
     fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
 ) -> Result<Matrix> {
-    use candle_core::quantized::k_quants::*;
     /// A zeroed buffer of `bytes / size_of::<T>()` elements, filled through its bytes.
     fn buffer<T: Clone>(
         zero: T,
@@ -285,16 +285,21 @@ pub(crate) fn read_matrix(
         fill(view)?;
         Ok(values)
     }
-    fn blocks<T: GgmlType + Send + Sync + 'static>(
-        dims: &[usize],
+    /// Reads the bytes into an owned buffer of the visited block type.
+    struct ReadBlocks<'a, 'f> {
+        dims: &'a [usize],
         bytes: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
-    ) -> Result<Matrix> {
-        let values = buffer(T::zeros(), bytes, fill)?;
-        Ok(Matrix::Quantized(Arc::new(QTensor::new(
-            QStorage::Cpu(Box::new(values)),
-            dims,
-        )?)))
+        fill: &'f mut dyn FnMut(&mut [u8]) -> Result<()>,
+    }
+    impl BlockTypeVisitor for ReadBlocks<'_, '_> {
+        type Output = Result<Matrix>;
+        fn visit<T: GgmlType + Send + Sync + 'static>(self) -> Result<Matrix> {
+            let values = buffer(T::zeros(), self.bytes, self.fill)?;
+            Ok(Matrix::Quantized(Arc::new(QTensor::new(
+                QStorage::Cpu(Box::new(values)),
+                self.dims,
+            )?)))
+        }
     }
     let dense = |t: Tensor| Ok(Matrix::Dense(t));
     match dtype {
@@ -313,18 +318,43 @@ pub(crate) fn read_matrix(
             dims,
             &Device::Cpu,
         )?),
-        GgmlDType::Q4_0 => blocks::<BlockQ4_0>(dims, bytes, fill),
-        GgmlDType::Q4_1 => blocks::<BlockQ4_1>(dims, bytes, fill),
-        GgmlDType::Q5_0 => blocks::<BlockQ5_0>(dims, bytes, fill),
-        GgmlDType::Q5_1 => blocks::<BlockQ5_1>(dims, bytes, fill),
-        GgmlDType::Q8_0 => blocks::<BlockQ8_0>(dims, bytes, fill),
-        GgmlDType::Q2K => blocks::<BlockQ2K>(dims, bytes, fill),
-        GgmlDType::Q3K => blocks::<BlockQ3K>(dims, bytes, fill),
-        GgmlDType::Q4K => blocks::<BlockQ4K>(dims, bytes, fill),
-        GgmlDType::Q5K => blocks::<BlockQ5K>(dims, bytes, fill),
-        GgmlDType::Q6K => blocks::<BlockQ6K>(dims, bytes, fill),
-        other => Err(candle_core::Error::Msg(format!("no weight storage for {other:?}")).into()),
+        other => visit_block_type(other, ReadBlocks { dims, bytes, fill }).unwrap_or_else(|| {
+            Err(candle_core::Error::Msg(format!("no weight storage for {other:?}")).into())
+        }),
     }
+}
+
+/// Code generic over candle's GGML block types, run for the one a [`GgmlDType`] names (see
+/// [`visit_block_type`]): the single place that maps a run-time type to a compile-time one.
+pub(crate) trait BlockTypeVisitor {
+    /// What the visit produces.
+    type Output;
+    /// Runs with `T` the block type of the visited [`GgmlDType`].
+    fn visit<T: GgmlType + Send + Sync + 'static>(self) -> Self::Output;
+}
+
+/// Runs `visitor` with the block type `dtype` names: every quantized weight type (Q4_0 … Q8_0,
+/// Q2_K … Q6_K). `None` for the dense and activation-only types.
+pub(crate) fn visit_block_type<V: BlockTypeVisitor>(
+    dtype: GgmlDType,
+    visitor: V,
+) -> Option<V::Output> {
+    use candle_core::quantized::k_quants::*;
+    Some(match dtype {
+        GgmlDType::Q4_0 => visitor.visit::<BlockQ4_0>(),
+        GgmlDType::Q4_1 => visitor.visit::<BlockQ4_1>(),
+        GgmlDType::Q5_0 => visitor.visit::<BlockQ5_0>(),
+        GgmlDType::Q5_1 => visitor.visit::<BlockQ5_1>(),
+        GgmlDType::Q8_0 => visitor.visit::<BlockQ8_0>(),
+        GgmlDType::Q2K => visitor.visit::<BlockQ2K>(),
+        GgmlDType::Q3K => visitor.visit::<BlockQ3K>(),
+        GgmlDType::Q4K => visitor.visit::<BlockQ4K>(),
+        GgmlDType::Q5K => visitor.visit::<BlockQ5K>(),
+        GgmlDType::Q6K => visitor.visit::<BlockQ6K>(),
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 | GgmlDType::Q8_1 | GgmlDType::Q8K => {
+            return None
+        }
+    })
 }
 
 /// llama.cpp's name of a GGML type.

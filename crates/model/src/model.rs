@@ -52,6 +52,9 @@ pub struct LoadOptions {
     /// [`KvDtype::auto`]: f32 for f32 weights, f16 for every smaller format. Attention on
     /// candle's ops (another device, or `candle_ops`) keeps f32 caches and refuses 16 bits.
     pub kv_cache: Option<KvDtype>,
+    /// Use a GGUF file's quantized tensors in place from a read-only memory map (default) rather
+    /// than reading them into memory (`--no-mmap`); see [`GgufCheckpoint::memory_map`].
+    pub mmap: bool,
 }
 
 impl Default for LoadOptions {
@@ -62,6 +65,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             candle_ops: false,
             kv_cache: None,
+            mmap: true,
         }
     }
 }
@@ -256,7 +260,7 @@ impl HybridModel {
                 path.display()
             )));
         }
-        let mut gguf = GgufCheckpoint::open(path)?;
+        let mut gguf = GgufCheckpoint::open(path)?.memory_map(options.mmap);
         let config = gguf.config()?;
         let store = WeightStore::from_gguf(gguf, &options.device);
         Self::with_options(config, store, options, gdn)
