@@ -343,7 +343,12 @@ pub fn kernel_paths() -> String {
     } else {
         "portable"
     };
-    format!("{} (other quants: candle {blocks})", hybrid_simd::tier())
+    let (tier, quantized) = (hybrid_simd::tier(), hybrid_simd::quantized_gemv_tier());
+    if quantized == tier {
+        format!("{tier} (other quants: candle {blocks})")
+    } else {
+        format!("{tier}, quantized decode {quantized} (other quants: candle {blocks})")
+    }
 }
 
 /// A weight element the GEMV can widen to f32.

@@ -54,7 +54,7 @@ pub fn kquant_matmul(
     x: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
-    kquant_matmul_at(hybrid_simd::tier(), dtype, w, n, k, x, y)
+    kquant_matmul_at(hybrid_simd::quantized_gemv_tier(), dtype, w, n, k, x, y)
 }
 
 /// [`kquant_matmul`] at a given SIMD tier (lowered to what this CPU supports); below AVX2,

@@ -84,7 +84,7 @@ pub(crate) fn quantize_rows(x: &[f32]) -> QuantizedRows {
 /// blocks) and f32 activations `x` (`m × k`), writing `y` (`m × n`). `k` must be a multiple of
 /// 32 and the slices must have the sizes these imply (checked by the caller).
 pub fn q8_0_matmul(w: &[u8], n: usize, k: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
-    q8_0_matmul_at(hybrid_simd::tier(), w, n, k, x, y)
+    q8_0_matmul_at(hybrid_simd::quantized_gemv_tier(), w, n, k, x, y)
 }
 
 /// [`q8_0_matmul`] at a given SIMD tier (lowered to what this CPU supports), for tests and

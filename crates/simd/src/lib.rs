@@ -149,6 +149,40 @@ pub fn tier() -> Tier {
     *TIER.get_or_init(|| requested().ok().flatten().unwrap_or_else(Tier::detect))
 }
 
+/// The tier the quantized decode GEMV kernels (Q8_0, Q4_K, Q6_K against one or a few activation
+/// rows) run at: [`tier`], except on a CPU that runs each 512-bit operation as two 256-bit halves
+/// (AMD Zen 4), where their AVX2 kernels are faster and this is [`Tier::Avx2`]. The AVX-512 Q8_0
+/// kernel gathers block scales and the Q4_K one permutes them across the whole register, both
+/// far slower there: 0.8B-shape Q8_0 decode, 2-core AMD EPYC Zen 4, two alternating rounds,
+/// 18.1–18.4 tok/s at AVX-512 against 25.0–26.5 at AVX2 (README, "CPU kernels and SIMD tiers").
+/// Prefill's GEMMs keep [`tier`], where AVX-512 wins on the same CPU. An explicit [`ENV`] is
+/// obeyed as it is (`HYBRID_SIMD=avx512` measures the AVX-512 kernels on Zen 4).
+pub fn quantized_gemv_tier() -> Tier {
+    static TIER: OnceLock<Tier> = OnceLock::new();
+    *TIER.get_or_init(|| match requested() {
+        Ok(Some(asked)) => asked,
+        _ if Tier::detect() == Tier::Avx512 && splits_512_bit_operations() => Tier::Avx2,
+        _ => Tier::detect(),
+    })
+}
+
+/// True on AMD Zen 4 (vendor AuthenticAMD, family 0x19 with AVX-512; Zen 3 shares the family but
+/// has no AVX-512, Zen 5 is family 0x1A with a full 512-bit data path).
+#[cfg(target_arch = "x86_64")]
+fn splits_512_bit_operations() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let vendor = __cpuid(0);
+    let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    let signature = __cpuid(1).eax;
+    let family = ((signature >> 8) & 0xf) + ((signature >> 20) & 0xff);
+    amd && family == 0x19
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn splits_512_bit_operations() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
