@@ -187,6 +187,19 @@ fn splits_512_bit_operations() -> bool {
 mod tests {
     use super::*;
 
+    /// The quantized decode tier is one the CPU has, and differs from the detected tier only
+    /// on Zen 4 (AVX2 there) or when HYBRID_SIMD asks for a tier.
+    #[test]
+    fn quantized_gemv_tier_is_lowered_only_on_zen_4() {
+        let chosen = quantized_gemv_tier();
+        assert!(chosen.is_supported());
+        if requested().ok().flatten().is_none() {
+            let zen4 = Tier::detect() == Tier::Avx512 && splits_512_bit_operations();
+            let expected = if zen4 { Tier::Avx2 } else { Tier::detect() };
+            assert_eq!(chosen, expected);
+        }
+    }
+
     #[test]
     fn the_chosen_tier_runs_on_this_cpu_and_names_round_trip() {
         assert!(tier().is_supported());
