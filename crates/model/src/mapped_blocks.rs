@@ -13,7 +13,6 @@
 //! candle CPU tensor owns its `Vec`, so there is no tensor over borrowed memory to hand out.
 
 use std::fs::File;
-use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,8 +25,9 @@ use memmap2::{Mmap, MmapOptions};
 use crate::error::ModelError;
 use crate::matrix::{visit_block_type, BlockTypeVisitor, Matrix};
 
-/// The blocks of one tensor: mapped from the file, or owned once something overwrote them.
-enum Blocks<T> {
+/// One tensor's GGML blocks of type `T`, read in place from a read-only file mapping, or owned
+/// once something overwrote them.
+pub(crate) enum MappedBlocks<T> {
     /// `count` blocks of `T` at the start of `map` (memmap2 maps from the page boundary below
     /// the tensor and points past the slack, so the map starts exactly at the tensor).
     Mapped { map: Mmap, count: usize },
@@ -35,35 +35,29 @@ enum Blocks<T> {
     Owned(Vec<T>),
 }
 
-/// One tensor's GGML blocks of type `T`, read in place from a read-only file mapping.
-pub(crate) struct MappedBlocks<T> {
-    blocks: Blocks<T>,
-    _type: PhantomData<T>,
-}
-
 impl<T: GgmlType> MappedBlocks<T> {
     fn slice(&self) -> &[T] {
-        match &self.blocks {
+        match self {
             // SAFETY: `map_tensor` only builds `Mapped` after checking that the map holds
             // `count * size_of::<T>()` bytes and starts at a multiple of `align_of::<T>()`, and
             // `T` is one of candle's `#[repr(C)]` GGML blocks of integers and f16 (or f32/f16/
             // bf16 themselves), for which every byte pattern is a valid value. The map is
             // read-only and lives as long as `self`, which the returned slice borrows.
-            Blocks::Mapped { map, count } => unsafe {
+            MappedBlocks::Mapped { map, count } => unsafe {
                 std::slice::from_raw_parts(map.as_ptr().cast::<T>(), *count)
             },
-            Blocks::Owned(values) => values,
+            MappedBlocks::Owned(values) => values,
         }
     }
 
     fn owned_mut(&mut self) -> &mut [T] {
         let count = self.slice().len();
-        if let Blocks::Mapped { .. } = self.blocks {
-            self.blocks = Blocks::Owned(vec![T::zeros(); count]);
+        if let MappedBlocks::Mapped { .. } = self {
+            *self = MappedBlocks::Owned(vec![T::zeros(); count]);
         }
-        match &mut self.blocks {
-            Blocks::Owned(values) => values,
-            Blocks::Mapped { .. } => unreachable!("replaced just above"),
+        match self {
+            MappedBlocks::Owned(values) => values,
+            MappedBlocks::Mapped { .. } => unreachable!("replaced just above"),
         }
     }
 }
@@ -150,9 +144,10 @@ impl<T: GgmlType + 'static> QuantizedType for MappedBlocks<T> {
 
 /// Maps `bytes` bytes of `file` at `start` as a quantized matrix of `dtype` and shape `dims`.
 ///
-/// `Ok(None)` when the tensor is dense (F32/F16/BF16: candle tensors own their memory) or its
-/// bytes are not aligned for the block type: the caller reads those into memory instead.
-/// The range must lie inside the file (checked when the GGUF was opened).
+/// `Ok(None)` when `dtype` is not a block type (F32/F16/BF16: candle tensors own their
+/// memory), the tensor is empty, or its bytes are not aligned for the block type: the caller
+/// reads those into memory instead. The range must lie inside the file (checked when the GGUF
+/// was opened).
 pub(crate) fn map_tensor(
     path: &Path,
     file: &File,
@@ -161,33 +156,22 @@ pub(crate) fn map_tensor(
     dtype: GgmlDType,
     dims: &[usize],
 ) -> crate::Result<Option<Matrix>> {
-    if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) || bytes == 0 {
-        return Ok(None);
-    }
-    // SAFETY: the map is read-only and private to this process's view; its contents change
-    // only if another program rewrites the GGUF while it is in use, which would corrupt the
-    // weights (as it would for llama.cpp, which maps the same way) but not memory safety of
-    // the block types, which accept every byte pattern. `--no-mmap` reads the file instead.
-    // MAP_POPULATE reads the pages now, so the first token does not pay for the page faults.
-    let map = unsafe {
-        MmapOptions::new()
-            .offset(start)
-            .len(bytes)
-            .populate()
-            .map(file)
-    }
-    .map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(visit_block_type(dtype, MapAs { map, dims })
-        .transpose()?
-        .flatten())
+    let visitor = MapAs {
+        path,
+        file,
+        start,
+        bytes,
+        dims,
+    };
+    Ok(visit_block_type(dtype, visitor).transpose()?.flatten())
 }
 
-/// [`BlockTypeVisitor`] that wraps a finished map in [`MappedBlocks`] of the visited type.
+/// [`BlockTypeVisitor`] that maps a tensor's bytes as [`MappedBlocks`] of the visited type.
 struct MapAs<'a> {
-    map: Mmap,
+    path: &'a Path,
+    file: &'a File,
+    start: u64,
+    bytes: usize,
     dims: &'a [usize],
 }
 
@@ -196,17 +180,35 @@ impl BlockTypeVisitor for MapAs<'_> {
 
     fn visit<T: GgmlType + Send + Sync + 'static>(self) -> Self::Output {
         let size = std::mem::size_of::<T>();
-        let aligned = (self.map.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>());
-        if !aligned || !self.map.len().is_multiple_of(size) {
+        // The map starts `start % page` bytes into its first page, so its alignment for `T`
+        // is the start's; an empty range cannot be mapped.
+        let aligned = (self.start as usize).is_multiple_of(std::mem::align_of::<T>());
+        if self.bytes == 0 || !aligned || !self.bytes.is_multiple_of(size) {
             return Ok(None);
         }
-        let count = self.map.len() / size;
-        let blocks = MappedBlocks::<T> {
-            blocks: Blocks::Mapped {
-                map: self.map,
-                count,
-            },
-            _type: PhantomData,
+        // SAFETY: the map is read-only and private to this process's view; its contents change
+        // only if another program rewrites the GGUF while it is in use, which would corrupt the
+        // weights (as it would for llama.cpp, which maps the same way) but not memory safety of
+        // the block types, which accept every byte pattern. `--no-mmap` reads the file instead.
+        // MAP_POPULATE reads the pages now, so the first token does not pay for the page faults.
+        let map = unsafe {
+            MmapOptions::new()
+                .offset(self.start)
+                .len(self.bytes)
+                .populate()
+                .map(self.file)
+        }
+        .map_err(|source| ModelError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        })?;
+        // What `slice` relies on, checked on the map itself rather than trusted from `start`.
+        if !(map.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
+            return Ok(None);
+        }
+        let blocks = MappedBlocks::<T>::Mapped {
+            map,
+            count: self.bytes / size,
         };
         let tensor = QTensor::new(QStorage::Cpu(Box::new(blocks)), self.dims)?;
         Ok(Some(Matrix::Quantized(Arc::new(tensor))))
@@ -302,12 +304,9 @@ mod tests {
         file.write_all(&[0u8; 34]).unwrap();
         // SAFETY: the temporary file is private to this test and not written while mapped.
         let map = unsafe { MmapOptions::new().len(34).map(&file) }.unwrap();
-        let mut blocks = MappedBlocks::<k_quants::BlockQ8_0> {
-            blocks: Blocks::Mapped { map, count: 1 },
-            _type: PhantomData,
-        };
+        let mut blocks = MappedBlocks::<k_quants::BlockQ8_0>::Mapped { map, count: 1 };
         blocks.from_float(&[1.0; 32]);
-        assert!(matches!(blocks.blocks, Blocks::Owned(_)));
+        assert!(matches!(blocks, MappedBlocks::Owned(_)));
         let mut back = vec![0f32; 32];
         k_quants::BlockQ8_0::to_float(blocks.slice(), &mut back);
         assert!(back.iter().all(|&v| (v - 1.0).abs() < 1e-2));
